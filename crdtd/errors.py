@@ -1,0 +1,174 @@
+"""One hierarchy of typed errors: callers catch at the level they care about.
+
+Every error names what was wrong and where (a column and row, a tensor name, a config key,
+an entry id). The gRPC layer maps families to status codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class CrdtdError(Exception):
+    """Root of every error crdtd raises on purpose."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+class ConfigError(CrdtdError):
+    """A configuration file or setting is invalid (names the file, line and key)."""
+
+
+class KeyFileError(ConfigError):
+    """A key or certificate file is missing, malformed, or readable by others (names the path)."""
+
+
+# -- lattices and encodings ------------------------------------------------------------------
+
+
+class LatticeError(CrdtdError):
+    """A lattice value or operation is invalid."""
+
+
+class DecodeError(LatticeError, ValueError):
+    """Bytes could not be decoded into the expected canonical value."""
+
+
+# -- merging (tables and models) -------------------------------------------------------------
+
+
+class MergeError(CrdtdError):
+    """A merge could not be performed; the message names the column/tensor and row."""
+
+
+class KeyColumnError(MergeError):
+    """A key column is missing from an input."""
+
+
+class NullKeyError(MergeError):
+    """A key value is null."""
+
+
+class KeyTypeError(MergeError):
+    """A key value is unhashable or of a type mixed with others in the same column."""
+
+
+class InputReadError(MergeError):
+    """An input file could not be read or has an unsupported format."""
+
+
+class SchemaError(MergeError):
+    """Inputs cannot be merged because their schemas conflict."""
+
+
+class StrategyError(MergeError):
+    """A merge strategy was misused."""
+
+
+class UnknownStrategyError(StrategyError, KeyError):
+    """No strategy is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class StrategyParamError(StrategyError, ValueError):
+    """A strategy parameter is unknown, of the wrong type, or out of range."""
+
+
+class TensorMismatchError(MergeError):
+    """Inputs disagree on a tensor's presence, shape or dtype (names the tensor)."""
+
+
+# -- entries, signatures, validation ---------------------------------------------------------
+
+
+class ValidationError(CrdtdError):
+    """An entry or payload failed validation; the state is unchanged."""
+
+
+class MalformedEntryError(ValidationError):
+    """An entry's bytes are not a well-formed canonical header."""
+
+
+class SignatureError(ValidationError):
+    """A required signature is missing or does not verify."""
+
+
+class NotMemberError(ValidationError):
+    """The author is not a current member of the federation."""
+
+
+class RevokedKeyError(ValidationError):
+    """The author's key has been revoked."""
+
+
+class PayloadError(ValidationError):
+    """A payload is truncated, oversized or does not match its digest."""
+
+
+class TruncatedPayloadError(PayloadError):
+    """A payload ended before its declared size."""
+
+
+class OversizedPayloadError(PayloadError):
+    """A payload exceeds its declared size or the configured maximum."""
+
+
+class DigestMismatchError(PayloadError):
+    """A payload or chunk does not hash to its declared digest."""
+
+
+class MalformedManifestError(PayloadError):
+    """A payload manifest's bytes are not a well-formed canonical chunk list."""
+
+
+class ChainError(ValidationError):
+    """An entry's seq/prev does not continue its author's hash chain."""
+
+
+class SeqReuseError(ChainError):
+    """An author reused a seq with a different header (an equivocation)."""
+
+
+class UnauthorizedError(ValidationError):
+    """The signer may not perform this action (e.g. erase another author's entry)."""
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+class StorageError(CrdtdError):
+    """The store could not complete an operation."""
+
+
+class CorruptionError(StorageError):
+    """Stored bytes no longer match their digest."""
+
+
+class NotFoundError(StorageError, KeyError):
+    """A requested entry, chunk or payload is not in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# -- trust -----------------------------------------------------------------------------------
+
+
+class TrustError(CrdtdError):
+    """A trust operation failed or an author is gated."""
+
+
+# -- peers and network -----------------------------------------------------------------------
+
+
+class PeerError(CrdtdError):
+    """A peer misbehaved or could not be reached."""
+
+
+class HandshakeError(PeerError):
+    """A peer handshake failed (wrong CA, federation, key or protocol version)."""
+
+
+class PeerRefusedError(PeerError):
+    """A peer refused us, or we refused it (revoked, non-member)."""

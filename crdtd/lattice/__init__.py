@@ -1,0 +1,35 @@
+"""CRDT lattice types the node state is built from, and the law checker.
+
+Every type implements one contract (`Lattice`): `join`, a partial order `le`, and canonical
+bytes (`to_bytes` / `from_bytes`, msgpack, identical for equal values on every platform).
+"""
+
+from crdtd.lattice.base import Lattice, LatticeBase, decode
+from crdtd.lattice.clocks import Dot, DotContext, VersionVector
+from crdtd.lattice.counters import GCounter, PNCounter
+from crdtd.lattice.laws import LawReport, LawResult, check_crdt, verify_laws
+from crdtd.lattice.maps import ORMap
+from crdtd.lattice.product import Product
+from crdtd.lattice.registers import LWWRegister, MVRegister
+from crdtd.lattice.sets import GSet, ORSet
+
+__all__ = [
+    "Dot",
+    "DotContext",
+    "GCounter",
+    "GSet",
+    "LWWRegister",
+    "Lattice",
+    "LatticeBase",
+    "LawReport",
+    "LawResult",
+    "MVRegister",
+    "ORMap",
+    "ORSet",
+    "PNCounter",
+    "Product",
+    "VersionVector",
+    "check_crdt",
+    "decode",
+    "verify_laws",
+]
