@@ -15,7 +15,9 @@ from crdtd import __version__
 from crdtd.errors import CrdtdError
 
 # (module, extra that provides its dependencies, verbs it adds)
-COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("crdtd.crypto.cli", "pq", ("federation", "keygen", "tls")),
+)
 
 
 def _missing_extra(verbs: tuple[str, ...], extra: str, err: ModuleNotFoundError):

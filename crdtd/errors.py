@@ -22,6 +22,10 @@ class KeyFileError(ConfigError):
     """A key or certificate file is missing, malformed, or readable by others (names the path)."""
 
 
+class PqUnavailableError(ConfigError):
+    """No ML-DSA-65 backend is installed (install `pqcrypto`, or liboqs with liboqs-python)."""
+
+
 # -- lattices and encodings ------------------------------------------------------------------
 
 
@@ -54,6 +58,10 @@ class KeyTypeError(MergeError):
 
 class InputReadError(MergeError):
     """An input file could not be read or has an unsupported format."""
+
+
+class OutputWriteError(MergeError):
+    """A merged table could not be written to the requested file."""
 
 
 class SchemaError(MergeError):
@@ -110,6 +118,10 @@ class TruncatedPayloadError(PayloadError):
     """A payload ended before its declared size."""
 
 
+class MissingPayloadError(TruncatedPayloadError):
+    """A payload or some of its chunks are neither stored locally nor offered by the source."""
+
+
 class OversizedPayloadError(PayloadError):
     """A payload exceeds its declared size or the configured maximum."""
 
@@ -128,6 +140,14 @@ class ChainError(ValidationError):
 
 class SeqReuseError(ChainError):
     """An author reused a seq with a different header (an equivocation)."""
+
+
+class EquivocationError(SeqReuseError):
+    """Seq reuse caught with both signed headers; `.proof` is the EquivocationProof."""
+
+    def __init__(self, message: str, proof: object = None) -> None:
+        super().__init__(message)
+        self.proof = proof
 
 
 class UnauthorizedError(ValidationError):
@@ -157,6 +177,14 @@ class NotFoundError(StorageError, KeyError):
 
 class TrustError(CrdtdError):
     """A trust operation failed or an author is gated."""
+
+
+class EvidenceError(TrustError, ValueError):
+    """An evidence entry or its proof envelope is malformed (names the entry and field)."""
+
+
+class GatedAuthorError(TrustError):
+    """An author is revoked or below its namespace's trust threshold (names author and why)."""
 
 
 # -- peers and network -----------------------------------------------------------------------
