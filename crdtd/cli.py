@@ -17,6 +17,7 @@ from crdtd.errors import CrdtdError
 # (module, extra that provides its dependencies, verbs it adds)
 COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("crdtd.crypto.cli", "pq", ("federation", "keygen", "tls")),
+    ("crdtd.store.cli", "all", ("fsck",)),
 )
 
 

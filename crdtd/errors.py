@@ -26,6 +26,10 @@ class PqUnavailableError(ConfigError):
     """No ML-DSA-65 backend is installed (install `pqcrypto`, or liboqs with liboqs-python)."""
 
 
+class UnknownNamespaceError(ConfigError):
+    """A namespace is not declared in the node's config (names it and the declared ones)."""
+
+
 # -- lattices and encodings ------------------------------------------------------------------
 
 
@@ -200,3 +204,18 @@ class HandshakeError(PeerError):
 
 class PeerRefusedError(PeerError):
     """A peer refused us, or we refused it (revoked, non-member)."""
+
+
+class PeerUnavailableError(PeerError):
+    """A peer could not be reached, timed out, or cut the connection."""
+
+
+class ProtocolError(PeerError):
+    """A peer sent a message that breaks the sync protocol (malformed, unasked-for, wrong bytes)."""
+
+
+# -- client API ------------------------------------------------------------------------------
+
+
+class UnauthenticatedError(CrdtdError):
+    """A client call carried no credentials, or wrong ones (bearer token or certificate)."""

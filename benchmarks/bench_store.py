@@ -1,0 +1,283 @@
+"""Node store figures, each with a baseline measured in the same run.
+
+- small-entry inserts/s: signed contributions applied one durable commit each, against bare
+  SQLite (same WAL + synchronous=FULL settings) committing one row of the same size each;
+- signature verifications/s: `Entry.verify_signatures` against bare Ed25519 verify;
+- payload ingest MB/s for a generated safetensors file: `NodeStore.ingest_file` + `apply`,
+  against sha256 + write + fsync of the same bytes into one file;
+- chunk dedup: a fine-tune that changed 10 % of the base's tensors, new bytes stored / size;
+- Merkle descent: bytes a sync descent moves for n ids and d differences, against the full
+  id list (the LEAF_DEPTH argument in docs/store.md).
+
+    python benchmarks/bench_store.py --ingest-mb 1024      # the reported 1 GB run
+
+The last line is `ingest_MBps: ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from crdtd.crypto.keys import NodeKey
+from crdtd.crypto.schemes import verify_ed25519
+from crdtd.state import E4State
+from crdtd.state.entry import Entry, make_contribution, make_membership
+from crdtd.store.chunks import CHUNK_SIZE, BytesSource
+from crdtd.store.merkle import FANOUT, ID_SIZE, LEAF_DEPTH, MerkleIndex
+
+
+def rate(n: float, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+# -- small entries --------------------------------------------------------------------------
+
+
+def bench_inserts(work: Path, count: int, rounds: int) -> tuple[float, float, list[Entry], NodeKey]:
+    """Best-of-rounds rates, alternating ours and the bare-SQLite baseline so that load from
+    other processes hits both alike."""
+    admin, key = NodeKey.generate(), NodeKey.generate()
+    state = E4State.open(work / "inserts", admin.public_keys)
+    state.apply(make_membership(admin, 1, None, key.public_keys, "bench"))
+    conn = sqlite3.connect(work / "bare.sqlite", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id BLOB PRIMARY KEY, raw BLOB) WITHOUT ROWID")
+    entries: list[Entry] = []
+    prev = None
+    ours = bare = 0.0
+    per_round = max(1, count // rounds)
+    for _ in range(rounds):
+        batch = []
+        t0 = time.perf_counter()
+        for _ in range(per_round):
+            seq = len(entries) + 1
+            data = f"record {seq:08d} ".encode() * 6
+            src = BytesSource(data)
+            m = src.manifest
+            e = make_contribution(key, seq, prev, "bench/records", m.digest, m.size)
+            state.apply(e, src)
+            entries.append(e)
+            batch.append(e)
+            prev = e.id
+        ours = max(ours, rate(per_round, time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for e in batch:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?, ?)", (e.id, e.to_bytes()))
+            conn.execute("COMMIT")
+        bare = max(bare, rate(per_round, time.perf_counter() - t0))
+    state.close()
+    conn.close()
+    return ours, bare, entries, key
+
+
+def bench_verify(
+    entries: list[Entry], key: NodeKey, count: int, rounds: int
+) -> tuple[float, float]:
+    """Best-of-rounds verification rates, ours and bare Ed25519 alternating."""
+    pool = (entries * (count // max(1, len(entries)) + 1))[: max(1, count // rounds)]
+    keys = key.public_keys
+    msgs = [(e.signing_message, e.signatures[0].value) for e in pool]
+    pub = key.public_bytes
+    ours = bare = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for e in pool:
+            e.verify_signatures(keys)
+        ours = max(ours, rate(len(pool), time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for msg, sig in msgs:
+            assert verify_ed25519(pub, msg, sig)
+        bare = max(bare, rate(len(pool), time.perf_counter() - t0))
+    return ours, bare
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+
+def tensor_bytes(seed: int, i: int, n_floats: int, changed: bool) -> bytes:
+    rng = np.random.default_rng([seed, i])
+    t = rng.standard_normal(n_floats, dtype=np.float32)
+    if changed:
+        t += np.float32(0.01)
+    return t.tobytes()
+
+
+def write_model(path: Path, size_mb: int, tensors: int, seed: int, changed: set[int]) -> int:
+    """Stream a safetensors file of `tensors` float32 tensors totalling ~size_mb MiB."""
+    n_floats = size_mb * 1024 * 1024 // 4 // tensors
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    for i in range(tensors):
+        begin = i * n_floats * 4
+        header[f"model.layers.{i:03d}.weight"] = {
+            "dtype": "F32",
+            "shape": [n_floats],
+            "data_offsets": [begin, begin + n_floats * 4],
+        }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for i in range(tensors):
+            f.write(tensor_bytes(seed, i, n_floats, i in changed))
+    return path.stat().st_size
+
+
+def read_pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb", buffering=0) as f:
+        while piece := f.read(CHUNK_SIZE):
+            yield piece
+
+
+def baseline_hash_write(src: Path, dst: Path) -> float:
+    """sha256 of every 4 MiB piece + one sequential write + fsync: the floor for ingest."""
+    t0 = time.perf_counter()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for piece in read_pieces(src):
+            hashlib.sha256(piece).digest()
+            os.write(fd, piece)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def bench_ingest(work: Path, size_mb: int, tensors: int) -> dict[str, float]:
+    admin, key = NodeKey.generate(), NodeKey.generate()
+    base = work / "base.safetensors"
+    size = write_model(base, size_mb, tensors, seed=1, changed=set())
+    os.sync()  # both runs start with no writeback in flight and the source in page cache
+    baseline_s = baseline_hash_write(base, work / "baseline.out")
+    (work / "baseline.out").unlink()
+    os.sync()
+
+    state = E4State.open(work / "ingest", admin.public_keys)
+    state.apply(make_membership(admin, 1, None, key.public_keys, "bench"))
+    t0 = time.perf_counter()
+    m = state.store.ingest_file(base)
+    e = make_contribution(key, 1, None, "model/bench", m.digest, m.size, payload_kind="safetensors")
+    state.apply(e)
+    ingest_s = time.perf_counter() - t0
+    stored_base = state.store.chunk_bytes_stored()
+
+    changed = set(random.Random(7).sample(range(tensors), max(1, round(tensors / 10))))
+    tuned = work / "tuned.safetensors"
+    write_model(tuned, size_mb, tensors, seed=1, changed=changed)
+    base.unlink()
+    m2 = state.store.ingest_file(tuned)
+    e2 = make_contribution(
+        key, 2, e.id, "model/bench", m2.digest, m2.size, payload_kind="safetensors", base_id=e.id
+    )
+    state.apply(e2)
+    new_bytes = state.store.chunk_bytes_stored() - stored_base
+    state.close()
+    return {
+        "size_mb": size / 1e6,
+        "chunks": len(m.chunks),
+        "ingest_MBps": size / 1e6 / ingest_s,
+        "baseline_MBps": size / 1e6 / baseline_s,
+        "changed_fraction": len(changed) / tensors,
+        "new_fraction": new_bytes / size,
+    }
+
+
+# -- Merkle descent --------------------------------------------------------------------------
+
+
+def bench_descent(work: Path, n: int, d: int) -> tuple[int, int]:
+    """(bytes a descent moves, bytes of the full id list) for n shared ids and d extra ones."""
+    rng = random.Random(11)
+    common = [rng.randbytes(ID_SIZE) for _ in range(n)]
+    extra = [rng.randbytes(ID_SIZE) for _ in range(d)]
+    sides = []
+    for name, ids in (("a", common), ("b", common + extra)):
+        conn = sqlite3.connect(work / f"merkle-{name}.sqlite", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE ids (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        conn.execute(MerkleIndex.schema("nodes"))
+        ix = MerkleIndex(conn, "ids", "nodes")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO ids VALUES (?)", [(i,) for i in ids])
+        ix.update(ids)
+        conn.execute("COMMIT")
+        sides.append(ix)
+    a, b = sides
+    moved, frontier, found = 0, [b""], set()
+    while frontier:
+        prefix = frontier.pop()
+        if len(prefix) == LEAF_DEPTH:
+            theirs = b.ids_under(prefix)
+            moved += ID_SIZE * len(theirs)
+            found |= set(theirs) - set(a.ids_under(prefix))
+            continue
+        mine, theirs_h = a.children(prefix), b.children(prefix)
+        moved += ID_SIZE * FANOUT
+        frontier += [prefix + bytes([i]) for i in range(FANOUT) if mine[i] != theirs_h[i]]
+    assert found == set(extra)
+    for ix in sides:
+        ix.conn.close()
+    return moved, ID_SIZE * (n + d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=300, help="small entries to insert")
+    ap.add_argument("--verify", type=int, default=5000, help="signature verifications")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (best kept)")
+    ap.add_argument("--ingest-mb", type=int, default=128, help="safetensors size in MiB")
+    ap.add_argument("--tensors", type=int, default=100, help="tensors in the safetensors file")
+    ap.add_argument("--merkle-n", type=int, default=100_000, help="ids for the descent figure")
+    ap.add_argument("--merkle-d", type=int, default=10, help="differences for the descent")
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_store-", dir=args.dir))
+    try:
+        ins, bare_ins, entries, key = bench_inserts(work, args.entries, args.rounds)
+        print(f"small-entry inserts/s (signed, durable, best of {args.rounds}): {ins:,.0f}")
+        print(
+            f"  baseline bare SQLite durable commits/s: {bare_ins:,.0f} (ratio {ins / bare_ins:.2f})"
+        )
+        ver, bare_ver = bench_verify(entries, key, args.verify, args.rounds)
+        print(f"signature verifications/s: {ver:,.0f}")
+        print(f"  baseline bare Ed25519 verify/s: {bare_ver:,.0f} (ratio {ver / bare_ver:.2f})")
+        moved, full = bench_descent(work, args.merkle_n, args.merkle_d)
+        print(
+            f"merkle descent n={args.merkle_n} d={args.merkle_d} LEAF_DEPTH={LEAF_DEPTH}: "
+            f"{moved:,} bytes vs full id list {full:,} ({100 * moved / full:.2f} %)"
+        )
+        r = bench_ingest(work, args.ingest_mb, args.tensors)
+        print(
+            f"dedup: fine-tune changing {100 * r['changed_fraction']:.0f} % of tensors stored "
+            f"{100 * r['new_fraction']:.2f} % new bytes (ratio {r['new_fraction']:.3f})"
+        )
+        print(
+            f"payload ingest ({r['size_mb']:.0f} MB safetensors, {r['chunks']:.0f} chunks): "
+            f"{r['ingest_MBps']:.0f} MB/s"
+        )
+        print(
+            f"  baseline sha256 + write + fsync of the same bytes: {r['baseline_MBps']:.0f} MB/s "
+            f"(ratio {r['ingest_MBps'] / r['baseline_MBps']:.2f})"
+        )
+        print(f"ingest_MBps: {r['ingest_MBps']:.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

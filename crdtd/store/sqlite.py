@@ -1,0 +1,114 @@
+"""The SQLite file behind a node store: connection settings, schema and migrations.
+
+WAL journal with `synchronous=FULL`, so a commit that returns is on disk (it survives kill -9
+and power loss); transactions are explicit (`BEGIN IMMEDIATE` … `COMMIT`); `secure_delete`
+zeroes deleted rows so erased payload bytes do not linger in free pages. Migrations are an
+ordered list of SQL scripts; `user_version` records how many have run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from crdtd.errors import StorageError
+from crdtd.store.merkle import MerkleIndex
+
+# Entry status values (entries.status).
+LIVE = 0
+TOMBSTONED = 1
+QUARANTINED = 2
+
+_V1 = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE entries (
+    id BLOB PRIMARY KEY,
+    author BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    prev BLOB,
+    namespace TEXT,
+    payload_digest BLOB,
+    status INTEGER NOT NULL,
+    raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX entries_author_seq ON entries (author, seq);
+CREATE INDEX entries_payload ON entries (payload_digest) WHERE payload_digest IS NOT NULL;
+CREATE INDEX entries_namespace ON entries (namespace, status) WHERE namespace IS NOT NULL;
+CREATE INDEX entries_kind ON entries (kind);
+{MerkleIndex.schema("merkle_nodes")};
+CREATE TABLE payloads (digest BLOB PRIMARY KEY, size INTEGER NOT NULL, manifest BLOB NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE payload_chunks (chunk BLOB NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (chunk, payload)) WITHOUT ROWID;
+CREATE INDEX payload_chunks_payload ON payload_chunks (payload);
+CREATE TABLE clock (author BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE pending (
+    id BLOB PRIMARY KEY,
+    author BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    prev BLOB NOT NULL,
+    payload_digest BLOB,
+    raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX pending_prev ON pending (prev);
+CREATE INDEX pending_author_seq ON pending (author, seq);
+CREATE TABLE removal_targets (target BLOB NOT NULL, removal BLOB NOT NULL, remover BLOB NOT NULL,
+    PRIMARY KEY (target, removal)) WITHOUT ROWID;
+CREATE TABLE author_removals (target_author BLOB NOT NULL, removal BLOB NOT NULL,
+    PRIMARY KEY (target_author, removal)) WITHOUT ROWID;
+CREATE TABLE members (key_id BLOB NOT NULL, entry BLOB NOT NULL, ed25519 BLOB NOT NULL,
+    ml_dsa_65 BLOB, name TEXT NOT NULL, PRIMARY KEY (key_id, entry)) WITHOUT ROWID;
+CREATE TABLE revocations (revoked BLOB NOT NULL, entry BLOB NOT NULL, cutoff INTEGER NOT NULL,
+    PRIMARY KEY (revoked, entry)) WITHOUT ROWID;
+CREATE TABLE equivocations (author BLOB NOT NULL, seq INTEGER NOT NULL, a BLOB NOT NULL,
+    b BLOB NOT NULL, proof BLOB NOT NULL, PRIMARY KEY (author, seq, a, b)) WITHOUT ROWID;
+"""
+
+# Chunks up to INLINE_MAX bytes live in SQLite: one WAL commit makes them durable, where a file
+# would cost a file fsync and a directory fsync (small records, safetensors headers, biases).
+_V2 = """
+CREATE TABLE small_chunks (digest BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+"""Migration i (0-based) takes the schema from user_version i to i + 1."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the store database."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{path}: cannot open store database ({exc})") from None
+    if str(mode).lower() != "wal":
+        raise StorageError(f"{path}: could not enable WAL journal (got {mode})")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")  # erased inline chunks are zeroed, not just unlinked
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    migrate(conn, path)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Run every migration newer than the file's user_version, each in its own transaction."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path}: schema version {version} is newer than this crdtd ({SCHEMA_VERSION})"
+        )
+    for i in range(version, SCHEMA_VERSION):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in MIGRATIONS[i].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={i + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            conn.execute("ROLLBACK")
+            raise StorageError(f"{path}: migration {i + 1} failed ({exc})") from None

@@ -1,0 +1,478 @@
+"""NodeStore: entries, manifests, the Merkle cache and the version vector in SQLite, chunks on disk.
+
+The store does not judge entries; `crdtd.state.E4State` validates and then writes through
+`transaction()`. Every write transaction updates the Merkle nodes above the ids it touched and
+fsyncs the chunk directories it renamed into before its COMMIT, so what a commit acknowledges
+is complete on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from crdtd.errors import CorruptionError, DigestMismatchError, NotFoundError, StorageError
+from crdtd.state.entry import Entry, Kind
+from crdtd.store import sqlite as db
+from crdtd.store.chunks import (
+    ChunkDir,
+    ChunkRef,
+    Manifest,
+    chunk_bytes,
+    chunk_digest,
+    chunk_file,
+)
+from crdtd.store.merkle import MerkleIndex
+
+DB_NAME = "store.sqlite"
+CHUNK_DIR = "chunks"
+INLINE_MAX = 64 * 1024
+"""Chunks up to this many bytes are stored inside SQLite rather than as files."""
+
+
+class PayloadSource(Protocol):
+    """Where apply fetches a payload it does not hold: a manifest and its chunks."""
+
+    def get_manifest(self, payload_digest: bytes) -> Manifest: ...
+
+    def read_chunk(self, digest: bytes) -> bytes: ...
+
+
+class NodeStore:
+    """One node's durable state directory: `store.sqlite` plus `chunks/`."""
+
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection, chunks: ChunkDir) -> None:
+        self.data_dir = data_dir
+        self.conn = conn
+        self.chunks = chunks
+        self.merkle = MerkleIndex(conn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._owner = 0
+        self._changed: set[bytes] = set()
+        self._after_commit: list[bytes] = []
+        self._erased_inline = False
+        self._closed = False
+
+    @classmethod
+    def open(cls, data_dir: Path | str, maintenance: bool = True) -> NodeStore:
+        """Open or create the store in `data_dir`.
+
+        With `maintenance` (the owner's open) it also clears stale temp files and finishes any
+        chunk deletion a crash cut short; fsck opens without it, beside a running daemon.
+        """
+        d = Path(data_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        store = cls(d, db.connect(d / DB_NAME), ChunkDir(d / CHUNK_DIR, clean_tmp=maintenance))
+        if maintenance:
+            store._finish_gc()
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.conn.close()
+                self._closed = True
+
+    def __enter__(self) -> NodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable write; nested calls join the outer transaction."""
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"{self.data_dir}: store is closed")
+            outer = self._depth == 0
+            if outer:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._owner = threading.get_ident()
+                self._changed.clear()
+                self._after_commit.clear()
+            self._depth += 1
+            try:
+                yield self.conn
+                if outer:
+                    self.merkle.update(self._changed)
+                    self.chunks.flush()
+                    self.conn.execute("COMMIT")
+            except BaseException:
+                if outer:
+                    self.conn.execute("ROLLBACK")
+                    self.chunks.discard()
+                    self._after_commit.clear()
+                    self._erased_inline = False
+                raise
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._changed.clear()
+            if outer and self._after_commit:
+                self._finish_gc()
+            if outer and self._erased_inline:
+                self._erased_inline = False
+                # move the zeroed pages into the database file and empty the WAL, so the
+                # erased bytes survive in neither
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _in_transaction(self) -> bool:
+        """True when the calling thread is inside `transaction()`."""
+        return self._depth > 0 and self._owner == threading.get_ident()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Serialise a multi-statement read with writers (one connection, one lock)."""
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"{self.data_dir}: store is closed")
+            yield self.conn
+
+    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
+        with self.reading() as c:
+            return c.execute(sql, args).fetchall()
+
+    # -- Merkle (what sync asks for) -----------------------------------------------------
+
+    def merkle_root(self) -> bytes:
+        with self.reading():
+            return self.merkle.root()
+
+    def merkle_children(self, prefix: bytes) -> list[bytes]:
+        with self.reading():
+            return self.merkle.children(prefix)
+
+    def ids_under(self, prefix: bytes) -> list[bytes]:
+        with self.reading():
+            return self.merkle.ids_under(prefix)
+
+    def count_under(self, prefix: bytes) -> int:
+        with self.reading():
+            return self.merkle.count_under(prefix)
+
+    # -- entries -------------------------------------------------------------------------
+
+    def has_entry(self, entry_id: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM entries WHERE id = ?", (entry_id,)))
+
+    def get_entry(self, entry_id: bytes) -> Entry:
+        rows = self._q("SELECT raw FROM entries WHERE id = ?", (entry_id,))
+        if not rows:
+            raise NotFoundError(f"entry {entry_id.hex()} is not in the store")
+        return Entry.from_bytes(bytes(rows[0][0]))
+
+    def get_entry_bytes(self, entry_id: bytes) -> bytes:
+        """The entry's wire bytes (what sync sends) without decoding them."""
+        rows = self._q("SELECT raw FROM entries WHERE id = ?", (entry_id,))
+        if not rows:
+            raise NotFoundError(f"entry {entry_id.hex()} is not in the store")
+        return bytes(rows[0][0])
+
+    def entry_status(self, entry_id: bytes) -> int | None:
+        """db.LIVE, db.TOMBSTONED, db.QUARANTINED, or None when absent."""
+        rows = self._q("SELECT status FROM entries WHERE id = ?", (entry_id,))
+        return int(rows[0][0]) if rows else None
+
+    def all_ids(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._q("SELECT id FROM entries ORDER BY id")]
+
+    def entry_count(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM entries")[0][0])
+
+    def iter_entries(
+        self, kind: Kind | None = None, status: int | None = None
+    ) -> Iterator[tuple[Entry, int]]:
+        """(entry, status) in id order, optionally filtered."""
+        sql, args = "SELECT raw, status FROM entries", []
+        where = []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(int(kind))
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        for raw, st in self._q(sql + " ORDER BY id", tuple(args)):
+            yield Entry.from_bytes(bytes(raw)), int(st)
+
+    def entries_at(self, author: bytes, seq: int) -> list[Entry]:
+        """Stored entries of `author` with this seq (more than one means an equivocation)."""
+        rows = self._q(
+            "SELECT raw FROM entries WHERE author = ? AND seq = ? ORDER BY id", (author, seq)
+        )
+        return [Entry.from_bytes(bytes(r[0])) for r in rows]
+
+    def held_entries(self) -> list[Entry]:
+        """Entries waiting for their predecessor (not in the set), in id order."""
+        rows = self._q("SELECT raw FROM pending ORDER BY id")
+        return [Entry.from_bytes(bytes(r[0])) for r in rows]
+
+    def version_vector(self) -> dict[bytes, int]:
+        """Highest contiguous seq held per author."""
+        return {
+            bytes(a): int(s) for a, s in self._q("SELECT author, seq FROM clock ORDER BY author")
+        }
+
+    # writes (call inside transaction(); used by crdtd.state)
+
+    def insert_entry(self, entry: Entry, status: int) -> None:
+        ns = digest = None
+        if entry.kind is Kind.CONTRIBUTION:
+            ns, digest = entry.body.namespace, entry.body.payload_digest  # type: ignore[union-attr]
+        self.conn.execute(
+            "INSERT INTO entries (id, author, seq, kind, prev, namespace, payload_digest, status, "
+            "raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.id,
+                entry.author,
+                entry.seq,
+                int(entry.kind),
+                entry.prev,
+                ns,
+                digest,
+                status,
+                entry.to_bytes(),
+            ),
+        )
+        self._changed.add(entry.id)
+        self._advance_clock(entry.author)
+
+    def delete_entry(self, entry_id: bytes) -> None:
+        row = self.conn.execute("SELECT author FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            return
+        self.conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+        self._changed.add(entry_id)
+        self._recompute_clock(bytes(row[0]))
+
+    def set_status(self, entry_id: bytes, status: int) -> None:
+        self.conn.execute("UPDATE entries SET status = ? WHERE id = ?", (status, entry_id))
+
+    def _advance_clock(self, author: bytes) -> None:
+        row = self.conn.execute("SELECT seq FROM clock WHERE author = ?", (author,)).fetchone()
+        seq = int(row[0]) if row else 0
+        while self.conn.execute(
+            "SELECT 1 FROM entries WHERE author = ? AND seq = ? LIMIT 1", (author, seq + 1)
+        ).fetchone():
+            seq += 1
+        self._set_clock(author, seq)
+
+    def _recompute_clock(self, author: bytes) -> None:
+        self.conn.execute("DELETE FROM clock WHERE author = ?", (author,))
+        self._advance_clock(author)
+
+    def _set_clock(self, author: bytes, seq: int) -> None:
+        if seq:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO clock (author, seq) VALUES (?, ?)", (author, seq)
+            )
+        else:
+            self.conn.execute("DELETE FROM clock WHERE author = ?", (author,))
+
+    # -- payloads ------------------------------------------------------------------------
+
+    def has_manifest(self, payload_digest: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM payloads WHERE digest = ?", (payload_digest,)))
+
+    def get_manifest(self, payload_digest: bytes) -> Manifest:
+        rows = self._q("SELECT manifest FROM payloads WHERE digest = ?", (payload_digest,))
+        if not rows:
+            raise NotFoundError(f"payload {payload_digest.hex()} has no manifest in the store")
+        return Manifest.from_bytes(bytes(rows[0][0]))
+
+    def has_chunk(self, digest: bytes) -> bool:
+        if self.chunks.has(digest):
+            return True
+        return bool(self._q("SELECT 1 FROM small_chunks WHERE digest = ?", (digest,)))
+
+    def missing_chunks(self, digests: Iterable[bytes]) -> list[bytes]:
+        """The digests (in the order given, without repeats) that the store does not hold."""
+        seen: set[bytes] = set()
+        out = []
+        for d in digests:
+            if d not in seen and not self.has_chunk(d):
+                out.append(d)
+            seen.add(d)
+        return out
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        """A chunk's bytes, re-verified (CorruptionError if they no longer match)."""
+        rows = self._q("SELECT data FROM small_chunks WHERE digest = ?", (digest,))
+        if not rows:
+            return self.chunks.read(digest)
+        data = bytes(rows[0][0])
+        if chunk_digest(data) != digest:
+            raise CorruptionError(f"inline chunk {digest.hex()} does not hash to its digest")
+        return data
+
+    def put_chunk(self, data: bytes, expected_digest: bytes | None = None) -> bytes:
+        """Store a verified chunk durably (DigestMismatchError when it hashes elsewhere).
+
+        A chunk file is written without taking the store lock; an inline chunk commits alone.
+        """
+        if len(data) > INLINE_MAX and not self._in_transaction():
+            return self.chunks.put(data, expected_digest, sync=True)
+        with self.transaction():
+            return self.store_chunk(data, expected_digest)
+
+    def store_chunk(self, data: bytes, expected_digest: bytes | None = None) -> bytes:
+        """Store a chunk as part of the current transaction: inline in SQLite when it is at most
+        INLINE_MAX bytes, else as a file made durable before the transaction commits."""
+        if not self._in_transaction():
+            return self.put_chunk(data, expected_digest)
+        if len(data) > INLINE_MAX:
+            return self.chunks.put(data, expected_digest, sync=False)
+        digest = chunk_digest(data)
+        if expected_digest is not None and digest != expected_digest:
+            raise DigestMismatchError(
+                f"chunk hashes to {digest.hex()}, expected {expected_digest.hex()}"
+            )
+        self.conn.execute(
+            "INSERT OR IGNORE INTO small_chunks (digest, data) VALUES (?, ?)", (digest, data)
+        )
+        return digest
+
+    def iter_chunk_digests(self) -> list[bytes]:
+        """Every chunk the store holds (files and inline), sorted."""
+        inline = [bytes(r[0]) for r in self._q("SELECT digest FROM small_chunks")]
+        return sorted([*self.chunks.iter_digests(), *inline])
+
+    def chunk_bytes_stored(self) -> int:
+        """Total payload bytes held (chunk files plus inline chunks)."""
+        files = sum(self.chunks.path(d).stat().st_size for d in self.chunks.iter_digests())
+        inline = self._q("SELECT COALESCE(SUM(length(data)), 0) FROM small_chunks")[0][0]
+        return files + int(inline)
+
+    def put_manifest(self, manifest: Manifest) -> bytes:
+        """Record a manifest (inside or outside a transaction); returns the payload digest."""
+        digest = manifest.digest
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO payloads (digest, size, manifest) VALUES (?, ?, ?)",
+                (digest, manifest.size, manifest.to_bytes()),
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO payload_chunks (chunk, payload) VALUES (?, ?)",
+                [(ref.digest, digest) for ref in manifest.chunks],
+            )
+        return digest
+
+    def ingest_chunks(self, chunks: Iterable[bytes]) -> Manifest:
+        """Store chunks (once each) and their manifest; returns the manifest.
+
+        Chunk files are written as they come and fsynced in batches, outside the store lock;
+        inline chunks and the manifest then commit in one short transaction.
+        """
+        refs = []
+        small: list[bytes] = []
+        try:
+            for data in chunks:
+                if len(data) > INLINE_MAX:
+                    refs.append(ChunkRef(self.chunks.put(data, sync=False), len(data)))
+                else:
+                    refs.append(ChunkRef(chunk_digest(data), len(data)))
+                    small.append(data)
+            self.chunks.flush()
+        except BaseException:
+            self.chunks.discard()
+            raise
+        manifest = Manifest(tuple(refs))
+        with self.transaction():
+            for data in small:
+                self.store_chunk(data)
+            self.put_manifest(manifest)
+        return manifest
+
+    def ingest_file(self, path: Path | str) -> Manifest:
+        """Chunk a file (tensor-aware for safetensors) into the store in one pass."""
+        return self.ingest_chunks(chunk_file(path))
+
+    def ingest_bytes(self, data: bytes) -> Manifest:
+        return self.ingest_chunks(chunk_bytes(data))
+
+    def read_payload(self, payload_digest: bytes) -> bytes:
+        """A whole payload, every chunk verified (for small payloads and tests)."""
+        manifest = self.get_manifest(payload_digest)
+        return b"".join(self.read_chunk(ref.digest) for ref in manifest.chunks)
+
+    def payload_in_use(self, payload_digest: bytes) -> bool:
+        """True when a live contribution or a held entry still needs this payload."""
+        c = self.conn
+        return bool(
+            c.execute(
+                "SELECT 1 FROM entries WHERE payload_digest = ? AND status = ? LIMIT 1",
+                (payload_digest, db.LIVE),
+            ).fetchone()
+            or c.execute(
+                "SELECT 1 FROM pending WHERE payload_digest = ? LIMIT 1", (payload_digest,)
+            ).fetchone()
+        )
+
+    def release_payload(self, payload_digest: bytes) -> None:
+        """Forget a payload no live entry uses; its unshared chunks are deleted after COMMIT.
+
+        Must run inside `transaction()`.
+        """
+        if not self._in_transaction():
+            raise StorageError("release_payload must run inside a transaction")
+        if self.payload_in_use(payload_digest):
+            return
+        c = self.conn
+        chunks = [
+            bytes(r[0])
+            for r in c.execute(
+                "SELECT chunk FROM payload_chunks WHERE payload = ?", (payload_digest,)
+            )
+        ]
+        c.execute("DELETE FROM payload_chunks WHERE payload = ?", (payload_digest,))
+        c.execute("DELETE FROM payloads WHERE digest = ?", (payload_digest,))
+        for ch in chunks:
+            if c.execute("SELECT 1 FROM payload_chunks WHERE chunk = ? LIMIT 1", (ch,)).fetchone():
+                continue
+            if c.execute("DELETE FROM small_chunks WHERE digest = ?", (ch,)).rowcount:
+                self._erased_inline = True
+            else:
+                key = "gc:" + ch.hex()  # survives a crash between COMMIT and the unlink
+                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, X'')", (key,))
+                self._after_commit.append(ch)
+
+    def _finish_gc(self) -> None:
+        """Delete the chunk files a committed erasure queued (also after a crash)."""
+        with self._lock:
+            rows = self.conn.execute("SELECT key FROM meta WHERE key LIKE 'gc:%'").fetchall()
+            if not rows:
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for (key,) in rows:
+                    ch = bytes.fromhex(key[3:])
+                    used = self.conn.execute(
+                        "SELECT 1 FROM payload_chunks WHERE chunk = ? LIMIT 1", (ch,)
+                    ).fetchone()
+                    if not used:
+                        self.chunks.delete(ch)
+                    self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self._after_commit.clear()
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -1,0 +1,100 @@
+"""`crdtd fsck --data-dir DIR` finds corruption and exits 1; a healthy store exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from crdtd.state import E4State
+from crdtd.state.testing import Federation
+from crdtd.store import cli
+from crdtd.store.chunks import BytesSource
+from crdtd.store.store import DB_NAME, NodeStore
+
+
+def run_fsck(data_dir: Path, *extra: str) -> int:
+    parser = argparse.ArgumentParser(prog="crdtd")
+    cli.add_commands(parser.add_subparsers())
+    args = parser.parse_args(["fsck", "--data-dir", str(data_dir), *extra])
+    return int(args.func(args))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    fed = Federation()
+    d = tmp_path / "node"
+    rng = np.random.default_rng(1)
+    model = save({f"t{i}": rng.standard_normal(40_000).astype(np.float32) for i in range(4)})
+    with E4State.open(d, fed.admin.public_keys) as s:
+        s.apply(fed.add_member("alice"))
+        s.apply(fed.contribute("alice", model, payload_kind="safetensors"), BytesSource(model))
+        s.apply(fed.contribute("alice", b"small record"), BytesSource(b"small record"))
+        gone = fed.contribute("alice", b"to be erased")
+        s.apply(gone, BytesSource(b"to be erased"))
+        s.apply(fed.remove("alice", [gone.id]))
+    return d
+
+
+def test_healthy_store_passes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_fsck(data_dir) == 0
+    out = capsys.readouterr().out
+    assert ": ok: 5 entries, 2 live payloads, 6 chunks" in out
+
+
+def test_flipped_byte_in_a_chunk_file_is_found(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with NodeStore.open(data_dir) as store:
+        victim = store.chunks.path(sorted(store.chunks.iter_digests())[2])
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    victim.write_bytes(bytes(raw))
+    assert run_fsck(data_dir) == 1
+    err = capsys.readouterr().err
+    assert str(victim) in err and "corrupted" in err
+
+
+def test_flipped_byte_in_an_inline_chunk_is_found(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with NodeStore.open(data_dir) as store, store.transaction() as c:
+        digest, data = c.execute("SELECT digest, data FROM small_chunks LIMIT 1").fetchone()
+        bad = bytearray(data)
+        bad[0] ^= 0x01
+        c.execute("UPDATE small_chunks SET data = ? WHERE digest = ?", (bytes(bad), digest))
+    assert run_fsck(data_dir) == 1
+    assert bytes(digest).hex() in capsys.readouterr().err
+
+
+def test_missing_chunk_of_a_live_payload_is_found(data_dir: Path) -> None:
+    with NodeStore.open(data_dir) as store:
+        store.chunks.path(next(store.chunks.iter_digests())).unlink()
+    assert run_fsck(data_dir) == 1
+
+
+def test_tampered_entry_bytes_are_found(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with NodeStore.open(data_dir) as store, store.transaction() as c:
+        rid, raw = c.execute("SELECT id, raw FROM entries WHERE kind = 1 LIMIT 1").fetchone()
+        bad = bytearray(raw)
+        bad[-1] ^= 0x01  # last byte of the Ed25519 signature
+        c.execute("UPDATE entries SET raw = ? WHERE id = ?", (bytes(bad), rid))
+    assert run_fsck(data_dir, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [p["where"] for p in report["problems"]] == [f"entry {bytes(rid).hex()}"]
+    assert "signature" in report["problems"][0]["what"]
+
+
+def test_stale_merkle_cache_is_found(data_dir: Path) -> None:
+    with NodeStore.open(data_dir) as store, store.transaction() as c:
+        c.execute("UPDATE merkle_nodes SET hash = zeroblob(32) WHERE depth = 1")
+    assert run_fsck(data_dir) == 1
+
+
+def test_a_directory_without_a_store_is_an_error(tmp_path: Path) -> None:
+    assert run_fsck(tmp_path / "nothing") == 1
+    assert not (tmp_path / "nothing" / DB_NAME).exists()
