@@ -1,0 +1,181 @@
+"""Model-dimension detection and trust-weighted materialisation plans."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from crdtd.errors import ConfigError, TensorMismatchError
+from crdtd.model import Contribution, ModelMerge
+from crdtd.trust.evidence import WEIGHT_UNIT
+from crdtd.trust.gating import NamespacePolicy, Revocations
+from crdtd.trust.outliers import (
+    ModelContribution,
+    OutlierParams,
+    model_outliers,
+    outlier_observations,
+)
+from crdtd.trust.scores import compute_scores
+from crdtd.trust.weighting import WeightedInput, plan_materialisation, robust_params
+from tests.trust_generators import Fed
+
+RNG = np.random.default_rng(3)
+BASE = {"b": RNG.normal(size=(8,)), "w": RNG.normal(size=(8, 8))}
+DELTA = {k: RNG.normal(0, 0.1, v.shape) for k, v in BASE.items()}
+
+
+def _cid(i: int) -> bytes:
+    return hashlib.sha256(b"c%d" % i).digest()
+
+
+def _author(i: int) -> bytes:
+    return hashlib.sha256(b"a%d" % i).digest()
+
+
+def _honest(i: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + i)
+    return {k: BASE[k] + DELTA[k] + rng.normal(0, 0.03, v.shape) for k, v in BASE.items()}
+
+
+def _contribs(tensors: list[dict[str, np.ndarray]]) -> list[ModelContribution]:
+    return [ModelContribution(_cid(i), _author(i), t) for i, t in enumerate(tensors)]
+
+
+def _flags(tensors: list[dict[str, np.ndarray]]) -> dict[int, tuple[str, ...]]:
+    stats = {s.content_id: s for s in model_outliers(_contribs(tensors), BASE)}
+    return {i: stats[_cid(i)].flags for i in range(len(tensors))}
+
+
+def test_honest_updates_raise_no_flags():
+    flags = _flags([_honest(i) for i in range(8)])
+    assert all(f == () for f in flags.values())
+
+
+def test_a_sign_flipped_update_is_flagged_by_cosine():
+    ts = [_honest(i) for i in range(7)]
+    ts.append({k: BASE[k] - 3 * (ts[0][k] - BASE[k]) for k in BASE})
+    flags = _flags(ts)
+    assert "cosine" in flags[7]
+    assert all(flags[i] == () for i in range(7))
+
+
+def test_large_norm_noise_is_flagged_by_norm_ratio():
+    ts = [_honest(i) for i in range(7)]
+    ts.append(
+        {k: BASE[k] + np.random.default_rng(9).normal(0, 1.0, v.shape) for k, v in BASE.items()}
+    )
+    assert "norm_high" in _flags(ts)[7]
+
+
+def test_colluders_sending_one_crafted_alie_update_are_flagged_together():
+    honest = [_honest(i) for i in range(8)]
+    ups = {k: np.stack([h[k] - BASE[k] for h in honest]) for k in BASE}
+    alie = {k: BASE[k] + ups[k].mean(0) - 0.25 * ups[k].std(0) for k in BASE}
+    flags = _flags([*honest, alie, alie])
+    assert "collusion" in flags[8] and "collusion" in flags[9]
+    assert all(flags[i] == () for i in range(8))
+
+
+def test_detection_is_independent_of_input_order():
+    ts = [_honest(i) for i in range(6)] + [{k: -v for k, v in _honest(6).items()}]
+    contribs = _contribs(ts)
+    shuffled = list(contribs)
+    random.Random(5).shuffle(shuffled)
+    assert model_outliers(contribs, BASE) == model_outliers(shuffled, BASE)
+
+
+def test_nothing_is_flagged_until_enough_contributions_are_visible():
+    ts = [_honest(0), {k: -v for k, v in _honest(1).items()}]
+    assert all(not s.outlier for s in model_outliers(_contribs(ts), BASE))
+    params = OutlierParams.for_federation(10)
+    assert params.min_contributions == 8
+    few = [_honest(i) for i in range(5)] + [{k: BASE[k] - 3 * DELTA[k] for k in BASE}]
+    assert all(not s.outlier for s in model_outliers(_contribs(few), BASE, params))
+
+
+def test_observations_name_the_namespace_and_statistics():
+    ts = [_honest(i) for i in range(5)] + [{k: BASE[k] - 3 * DELTA[k] for k in BASE}]
+    obs = outlier_observations(model_outliers(_contribs(ts), BASE), "model/mlp")
+    assert len(obs) == 1
+    assert obs[0].subject == _author(5) and obs[0].weight == -WEIGHT_UNIT
+    assert obs[0].dimension == "model" and "model/mlp" in obs[0].reason
+    assert "cosine=" in obs[0].reason
+
+
+def test_mismatched_tensors_are_named():
+    ts = [_honest(i) for i in range(3)]
+    ts[2] = {"b": ts[2]["b"], "w": ts[2]["w"][:4]}
+    with pytest.raises(TensorMismatchError, match="'w'"):
+        model_outliers(_contribs(ts), BASE)
+
+
+def test_bad_outlier_thresholds_are_refused():
+    with pytest.raises(ConfigError, match="min_cosine"):
+        OutlierParams(min_cosine=2.0)
+
+
+# -- weighting ----------------------------------------------------------------------------------
+
+
+def test_plan_splits_an_authors_weight_over_its_copies_and_follows_trust():
+    fed = Fed(4)
+    evidence = [fed.ev(0, 3, "gossip", -400), fed.ev(1, 3, "gossip", -400)]
+    evidence += [fed.ev(2, 3, "gossip", -400)]
+    scores = compute_scores(evidence, fed.members)
+    inputs = [
+        WeightedInput(_cid(0), fed.kid(0)),
+        WeightedInput(_cid(1), fed.kid(1)),
+        WeightedInput(_cid(2), fed.kid(1)),
+        WeightedInput(_cid(3), fed.kid(3)),
+    ]
+    plan = plan_materialisation(inputs, scores, Revocations(), NamespacePolicy(threshold=0))
+    assert sum(plan.weights) == 1
+    w = dict(zip(plan.content_ids, plan.weights))
+    assert w[_cid(1)] == w[_cid(2)] == w[_cid(0)] / 2
+    t3 = Fraction(scores.trust[fed.kid(3)], scores.trust[fed.kid(0)])
+    assert w[_cid(3)] == w[_cid(0)] * t3 < w[_cid(0)]
+    assert plan.strategy == "fedavg" and "num_examples" in plan.model_params[0]
+
+
+def test_plan_leaves_gated_authors_out_and_reports_them():
+    fed = Fed(5)
+    scores = compute_scores([fed.equivocation(0, 4)], fed.members)
+    inputs = [WeightedInput(_cid(i), fed.kid(i)) for i in range(5)]
+    plan = plan_materialisation(inputs, scores, Revocations(), NamespacePolicy(strategy="median"))
+    assert fed.kid(4) not in plan.authors
+    assert [x.author for x in plan.excluded] == [fed.kid(4)]
+    assert plan.model_params == ({},) * 4
+
+
+def test_krum_family_gets_an_f_the_rule_supports():
+    assert robust_params("krum", 9, {}) == ("krum", {"f": 2}, "krum with f=2 for 9 inputs")
+    assert robust_params("bulyan", 9, {})[1] == {"f": 1}
+    assert robust_params("bulyan", 2, {})[0] == "median"
+    assert robust_params("multi_krum", 9, {"f": 1})[1] == {"f": 1}
+
+
+def test_trust_weighted_plan_materialises_through_model_merge_identically_in_any_order():
+    fed = Fed(4)
+    scores = compute_scores([fed.ev(0, 2, "gossip", -300)], fed.members)
+    tensors = {_cid(i): {"w": torch.tensor([float(i), 1.0])} for i in range(4)}
+    inputs = [WeightedInput(_cid(i), fed.kid(i)) for i in range(4)]
+
+    def run(order: list[WeightedInput]) -> bytes:
+        plan = plan_materialisation(order, scores, Revocations(), NamespacePolicy())
+        contribs = [
+            Contribution(tensors[c], params=dict(mp))
+            for c, mp in zip(plan.content_ids, plan.model_params)
+        ]
+        out = ModelMerge(plan.schema()).merge(contribs).tensor["w"]
+        return out.numpy().tobytes()
+
+    assert run(inputs) == run(list(reversed(inputs)))
+    plan = plan_materialisation(inputs, scores, Revocations(), NamespacePolicy())
+    expected = sum(float(w) * i for w, i in zip(plan.weights, range(4)))
+    got = np.frombuffer(run(inputs), dtype=np.float32)[0]
+    assert got == pytest.approx(expected, rel=1e-5)
