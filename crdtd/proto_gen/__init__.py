@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (crdtd.sync.protogen); do not edit."""

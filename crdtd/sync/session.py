@@ -1,0 +1,264 @@
+"""One anti-entropy session with one peer, as plain logic over a PeerClient.
+
+`Connection` runs the handshake and keeps the session token (re-handshaking once when the
+peer forgot it). `AntiEntropySession.run` then:
+
+1. reconciles digests (crdtd.sync.digest): which ids each side lacks;
+2. pulls: fetches the missing headers, verifies them on arrival, applies what needs no
+   payload, fetches only the chunks not already stored, applies the rest (one durable
+   transaction per entry);
+3. pushes: offers our entries the peer lacks, and streams only the chunks it asks for.
+
+A transfer cut at any point leaves every completed chunk stored on the receiving side, so
+the next session asks only for what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from crdtd.errors import HandshakeError
+from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
+from crdtd.state.e4 import E4State
+from crdtd.sync.config import SyncConfig
+from crdtd.sync.digest import DigestExchange, MerkleDescent
+from crdtd.sync.handshake import (
+    NONCE_SIZE,
+    Identity,
+    PeerIdentity,
+    client_hello,
+    verify_server_hello,
+)
+from crdtd.sync.peer import records_for
+from crdtd.sync.receive import Incoming, Receiver, pieces_of, sort_for_apply
+from crdtd.sync.transport import PeerClient, TransferStats
+
+IDS_PER_FETCH = 4096
+
+
+class Connection:
+    """An authenticated channel to one peer: handshake once, reuse the session token."""
+
+    def __init__(
+        self,
+        client: PeerClient,
+        identity: Identity,
+        state: E4State,
+        config: SyncConfig | None = None,
+        known_peers: Callable[[], Sequence[tuple[str, bytes]]] = tuple,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.state = state
+        self.config = config or SyncConfig()
+        self.known_peers = known_peers
+        self.clock = clock
+        self.peer: PeerIdentity | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        return self.client.address
+
+    async def ensure(self, expected_key_id: bytes | None = None) -> PeerIdentity:
+        """Handshake unless a live session exists; returns the verified peer."""
+        async with self._lock:  # a probe and a session may ask at once: one handshake
+            if self.peer is not None and self.clock() < self._expires:
+                return self.peer
+            return await self._handshake(expected_key_id)
+
+    async def _handshake(self, expected_key_id: bytes | None) -> PeerIdentity:
+        self.client.set_session(None)
+        hello = client_hello(
+            self.identity,
+            secrets.token_bytes(NONCE_SIZE),
+            list(self.known_peers()),
+            self.config.max_peers_exchanged,
+        )
+        reply = await self.client.handshake(hello)
+        peer, proof = verify_server_hello(
+            self.identity, hello, reply, self.state, self.address, expected_key_id
+        )
+        session = await self.client.prove(proof)
+        if not session.session:
+            raise HandshakeError(f"peer {self.address}: Prove returned no session token")
+        ttl = min(session.ttl_ms / 1000 or self.config.session_ttl, self.config.session_ttl)
+        self.client.set_session(bytes(session.session))
+        self.peer = peer
+        self._expires = self.clock() + 0.9 * ttl
+        return peer
+
+    def reset(self) -> None:
+        """Forget the session (the next call handshakes again)."""
+        self.peer = None
+        self.client.set_session(None)
+
+
+@dataclass
+class SessionResult:
+    """What one session did.
+
+    `rejected`: entries the peer sent that failed the arrival checks (wrong id, bad signature,
+    manifest not matching its digest): provable misbehaviour, nothing of them applied.
+    `refused`: verified entries the state refused (e.g. revoked author, broken chain).
+    `deferred`: entries whose author we cannot check yet; asked for again later.
+    `incomplete`: entries still missing chunks (the transfer resumes next session).
+    """
+
+    peer: PeerIdentity
+    in_sync: bool
+    digest_rounds: int = 0
+    digest_bytes: int = 0
+    pulled: list[bytes] = field(default_factory=list)
+    held: list[bytes] = field(default_factory=list)
+    pushed: list[bytes] = field(default_factory=list)
+    rejected: list[tuple[bytes, str]] = field(default_factory=list)
+    refused: list[tuple[bytes, str]] = field(default_factory=list)
+    deferred: list[bytes] = field(default_factory=list)
+    incomplete: list[bytes] = field(default_factory=list)
+    chunks_fetched: int = 0
+    chunks_pushed: int = 0
+    stats: TransferStats = field(default_factory=TransferStats)
+    seconds: float = 0.0
+
+    @property
+    def changed_here(self) -> bool:
+        """True when this session added entries to our state."""
+        return bool(self.pulled)
+
+
+class AntiEntropySession:
+    """Push-pull anti-entropy between our state and one connected peer."""
+
+    def __init__(
+        self,
+        state: E4State,
+        config: SyncConfig | None = None,
+        exchange: DigestExchange | None = None,
+    ) -> None:
+        self.state = state
+        self.config = config or SyncConfig()
+        self.exchange = exchange or MerkleDescent(self.config)
+        self.receiver = Receiver(state, self.config)
+
+    async def run(self, conn: Connection, pull: bool = True, push: bool = True) -> SessionResult:
+        """Reconcile, pull what we lack, push what the peer lacks."""
+        try:
+            return await self._run(conn, pull, push)
+        except HandshakeError:
+            if conn.peer is None:
+                raise
+            conn.reset()  # the peer restarted or expired our token: one fresh handshake
+            return await self._run(conn, pull, push)
+
+    async def _run(self, conn: Connection, pull: bool, push: bool) -> SessionResult:
+        started = time.perf_counter()
+        before = conn.client.stats.snapshot()
+        peer = await conn.ensure()
+        mark = conn.client.stats.bytes_total
+        diff = await self.exchange.reconcile(self.state.store, conn.client.digest)
+        result = SessionResult(
+            peer, diff.in_sync, diff.rounds, conn.client.stats.bytes_total - mark
+        )
+        if pull and diff.missing_here:
+            await self._pull(conn, diff.missing_here[: self.config.max_entries_per_session], result)
+        if push and diff.missing_there:
+            await self._push(conn, diff.missing_there, result)
+        after = conn.client.stats
+        result.stats = TransferStats(
+            after.calls - before.calls,
+            after.bytes_sent - before.bytes_sent,
+            after.bytes_received - before.bytes_received,
+        )
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # -- pull --------------------------------------------------------------------------------
+
+    async def _pull(self, conn: Connection, ids: Sequence[bytes], result: SessionResult) -> None:
+        client = conn.client
+        peer = conn.peer.short if conn.peer else conn.address
+        records: list[pb.EntryRecord] = []
+        for start in range(0, len(ids), IDS_PER_FETCH):
+            asked = ids[start : start + IDS_PER_FETCH]
+            async for batch in client.fetch_entries(pb.FetchEntriesRequest(ids=asked)):
+                records.extend(batch.records)
+        checked = self.receiver.check(records, ids, peer)
+        result.rejected.extend(checked.rejected)
+        result.deferred.extend(checked.deferred)
+        first = await self.receiver.apply(checked.verified)
+        result.pulled.extend(first.applied)
+        result.held.extend(first.held)
+        result.refused.extend(first.refused)
+        waiting = first.incomplete
+        if not waiting:
+            return
+        missing = self.receiver.missing_chunks(waiting)
+        if missing:
+            expected = dict(missing)
+            pieces = client.fetch_chunks(pb.FetchChunksRequest(digests=[d for d, _ in missing]))
+            stored = await self.receiver.store_chunks(pieces, expected, peer)
+            result.chunks_fetched += len(stored)
+        second = await self.receiver.apply(waiting)
+        result.pulled.extend(second.applied)
+        result.held.extend(second.held)
+        result.refused.extend(second.refused)
+        result.incomplete.extend(i.id for i in second.incomplete)
+
+    # -- push --------------------------------------------------------------------------------
+
+    async def _push(self, conn: Connection, ids: Sequence[bytes], result: SessionResult) -> None:
+        client = conn.client
+        items = sort_for_apply(await asyncio.to_thread(records_for, self.state, ids))
+        wanted: list[Incoming] = []
+        missing: list[bytes] = []
+        by_id = {i.id: i for i in items}
+        for batch in self._offer_batches(items):
+            reply = await client.offer(pb.OfferRequest(records=batch))
+            result.pushed.extend(bytes(i) for i in reply.applied)
+            wanted.extend(by_id[bytes(w)] for w in reply.wanted if bytes(w) in by_id)
+            missing.extend(bytes(d) for d in reply.missing_chunks)
+        if not wanted:
+            return
+        lacking = set(self.state.store.missing_chunks(missing))
+        sendable = [d for d in dict.fromkeys(missing) if d not in lacking]
+
+        async def messages() -> AsyncIterator[pb.PushMessage]:
+            for item in wanted:
+                yield pb.PushMessage(record=_record(item))
+            async for piece in pieces_of(self.receiver, sendable, self.config.piece_size):
+                yield pb.PushMessage(piece=piece)
+
+        pushed = await client.push(messages())
+        result.chunks_pushed += len(sendable)
+        result.pushed.extend(bytes(i) for i in pushed.applied)
+        result.incomplete.extend(bytes(i) for i in pushed.incomplete)
+
+    def _offer_batches(self, items: Sequence[Incoming]) -> list[list[pb.EntryRecord]]:
+        batches: list[list[pb.EntryRecord]] = []
+        current: list[pb.EntryRecord] = []
+        size = 0
+        for item in items:
+            rec = _record(item)
+            n = rec.ByteSize()
+            if current and size + n > self.config.batch_bytes:
+                batches.append(current)
+                current, size = [], 0
+            current.append(rec)
+            size += n
+        if current:
+            batches.append(current)
+        return batches
+
+
+def _record(item: Incoming) -> pb.EntryRecord:
+    return pb.EntryRecord(
+        entry=item.entry.to_bytes(),
+        manifest=item.manifest.to_bytes() if item.manifest is not None else b"",
+    )
