@@ -5,10 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint fmt pytest test-slow test-all proto bench clean
+.PHONY: help venv demo demo-lib test lint fmt pytest test-slow test-all proto bench clean
 
 help:
-	@echo "make demo   - set up .venv and run the demo"
+	@echo "make demo   - set up .venv, start a three-site federation, train, push, merge"
+	@echo "make demo-lib - the library examples: a tabular merge and its laws"
 	@echo "make test   - set up .venv with dev extras, lint, then run the test suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy crdtd/"
 	@echo "make fmt    - ruff format + ruff check --fix"
@@ -26,6 +27,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m crdtd.node.demo
+
+demo-lib: $(STAMP)
 	$(PY) -m crdtd.demo
 
 lint: $(STAMP)

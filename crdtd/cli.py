@@ -18,6 +18,11 @@ from crdtd.errors import CrdtdError
 COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("crdtd.crypto.cli", "pq", ("federation", "keygen", "tls")),
     ("crdtd.store.cli", "all", ("fsck",)),
+    (
+        "crdtd.node.cli",
+        "model",
+        ("start", "config", "push", "ls", "status", "materialise", "erase", "trust", "watch"),
+    ),
 )
 
 

@@ -1,0 +1,397 @@
+"""CLI verbs for running and using a node: `start`, `push`, `ls`, `status`, `materialise`,
+`erase`, `trust`, `watch` and `config check`.
+
+Client verbs reach a node with `--node ADDR` (default `$CRDTD_NODE`, else 127.0.0.1:7401) and
+a bearer token (`--token-file`, or `$CRDTD_TOKEN`), or take address and credentials from a
+node's config with `--config FILE.toml`. `--json` prints one JSON document. Transfers show a
+progress bar when stderr is a terminal. Wired into `crdtd` by `crdtd.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from crdtd.errors import ConfigError
+
+
+def _print(args: argparse.Namespace, human: str, data: Any) -> None:
+    print(json.dumps(data, sort_keys=True) if args.json else human)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.json and sys.stderr.isatty()
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from crdtd.client import Client
+    from crdtd.crypto.x509 import TlsMaterial
+    from crdtd.node.config import read_token
+
+    if args.config:
+        return Client.from_config(args.config, timeout=args.timeout)
+    token = os.environ.get("CRDTD_TOKEN") or None
+    if args.token_file:
+        token = read_token(Path(args.token_file))
+    tls = None
+    if args.cert or args.tls_key or args.ca:
+        if not (args.cert and args.tls_key and args.ca):
+            raise ConfigError("mutual TLS needs --cert, --tls-key and --ca together")
+        tls = TlsMaterial.load(args.cert, args.tls_key, args.ca)
+    return Client(args.node, token=token, tls=tls, timeout=args.timeout)
+
+
+def _kv(items: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _meta_value(text: str) -> Any:
+    """`--meta` values: integers and true/false are typed, everything else is text."""
+    if text.lstrip("-").isdigit() and len(text.lstrip("-")) < 19:
+        return int(text)
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ConfigError(f"{what} {text!r}: expected 64 hex digits")
+    return value
+
+
+# -- verbs ------------------------------------------------------------------------------------
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from crdtd.node.daemon import run
+
+    return run(args.config_file, log_format=args.log_format, log_level=args.log_level)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from crdtd.node.config import load_daemon_config
+
+    try:
+        cfg = load_daemon_config(args.file)
+    except ConfigError as exc:
+        print(f"crdtd config check: {exc}", file=sys.stderr)
+        return 2
+    data = {
+        "config": str(cfg.path),
+        "node": cfg.node.name,
+        "federation": cfg.node.federation.id,
+        "client": cfg.client_address,
+        "peer": cfg.node.advertise,
+        "metrics": cfg.metrics_address,
+        "auth": cfg.auth_mode,
+        "client_tls": cfg.client_tls,
+        "max_payload": cfg.max_payload,
+        "namespaces": {
+            name: {
+                "strategy": ns.strategy,
+                "params": dict(ns.params),
+                "payload_kind": ns.payload_kind,
+                "trust_threshold": ns.trust_threshold,
+            }
+            for name, ns in sorted(cfg.namespaces.items())
+        },
+    }
+    spaces = ", ".join(f"{n} ({d['strategy']})" for n, d in data["namespaces"].items())  # type: ignore[attr-defined]
+    _print(
+        args,
+        f"{cfg.path}: ok\n  node {cfg.node.name} in {cfg.node.federation.id}\n"
+        f"  client {cfg.client_address} ({cfg.auth_mode}{', tls' if cfg.client_tls else ''}), "
+        f"peer {cfg.node.advertise}, metrics {cfg.metrics_address or 'off'}\n"
+        f"  namespaces: {spaces or 'any (none declared)'}",
+        data,
+    )
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from crdtd.crypto.keys import NodeKey
+
+    meta = {k: _meta_value(v) for k, v in _kv(args.meta, "--meta").items()}
+    key = NodeKey.load(args.member_key) if args.member_key else None
+    with _client(args) as c:
+        r = c.push(
+            args.namespace,
+            args.path,
+            metadata=meta,
+            base_id=_hex(args.base, "--base") if args.base else None,
+            payload_kind=args.kind,
+            key=key,
+            progress=_progress(args),
+        )
+    _print(
+        args,
+        f"{r.entry_id.hex()}  {args.namespace}  seq {r.seq}"
+        + ("  (already present)" if r.already_present else ""),
+        {
+            "entry_id": r.entry_id.hex(),
+            "payload_digest": r.payload_digest.hex(),
+            "already_present": r.already_present,
+            "author": r.author.hex(),
+            "seq": r.seq,
+        },
+    )
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        entries = c.list(
+            args.namespace or "",
+            include_removed=args.all,
+            author=_hex(args.author, "--author") if args.author else b"",
+        )
+    if args.json:
+        _print(args, "", [e.to_json() for e in entries])
+        return 0
+    for e in entries:
+        who = e.author_name or e.author.hex()[:16]
+        what = f"{e.namespace}  {e.payload_size} B" if e.kind == "contribution" else e.kind
+        meta = " ".join(f"{k}={v}" for k, v in sorted(e.metadata.items()))
+        flag = "  [erased]" if e.removed else ""
+        print(f"{e.id.hex()[:16]}  {who:<16} seq {e.seq:<4} {what}  {meta}{flag}".rstrip())
+    if not entries:
+        print("(no entries)", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        s = c.status()
+    if args.json:
+        _print(args, "", s.to_json())
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(s.entry_counts.items()))
+    print(f"node {s.node_name} ({s.node_id.hex()[:16]}) in {s.federation_id}, crdtd {s.version}")
+    print(f"  state root  {s.state_root.hex()}")
+    print(f"  entries     {counts}")
+    print(
+        f"  client {s.client_address}  peer {s.peer_address}  metrics {s.metrics_address or 'off'}"
+    )
+    for p in s.peers:
+        ago = "never" if p.seconds_since_sync < 0 else f"{p.seconds_since_sync:.1f}s ago"
+        state = ("alive" if p.alive else "down") + (", in sync" if p.in_sync else "")
+        print(f"  peer {p.name or p.key_id.hex()[:16]:<16} {p.address:<22} {state}; synced {ago}")
+    return 0
+
+
+def _cmd_materialise(args: argparse.Namespace) -> int:
+    params = _kv(args.param, "--param")
+    with _client(args) as c:
+        m = c.materialise(
+            args.namespace,
+            out=None if args.on_node else args.out,
+            remote_path=args.out if args.on_node else "",
+            strategy=args.strategy,
+            params=params,
+            dtype=args.dtype,
+            progress=_progress(args),
+        )
+    where = m.out_path or m.local_path
+    lines = [
+        f"{m.output_sha256}  {where}",
+        f"  strategy {m.strategy} {m.params_json}, {len(m.inputs)} inputs, "
+        f"input set {m.input_set_digest[:16]}, {m.size} B in {m.seconds:.2f}s",
+    ]
+    lines += [f"  excluded {a.hex()[:16]}: {why}" for a, why in m.excluded]
+    _print(args, "\n".join(lines), m.to_json())
+    return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from crdtd.crypto.keys import NodeKey
+
+    if not args.ids and not args.author:
+        raise ConfigError("erase needs entry ids or --author KEYID")
+    ids = [_hex(i, "entry id") for i in args.ids]
+    author = _hex(args.author, "--author") if args.author else None
+    key = NodeKey.load(args.member_key) if args.member_key else None
+    signed = None
+    if args.admin_dir:
+        from crdtd.crypto.federation import Federation
+        from crdtd.state.entry import make_removal
+
+        federation = Federation.load(args.admin_dir)
+        signed = federation.sign_admin_entry(
+            lambda admin, seq, prev: make_removal(
+                admin,
+                seq,
+                prev,
+                ids,
+                target_author=author,
+                reason=args.reason,
+                policy=federation.policy,
+            )
+        )
+    with _client(args) as c:
+        removal, erased = c.erase(ids, author=author, reason=args.reason, key=key, removal=signed)
+    _print(
+        args,
+        f"removal {removal.hex()}: {erased} entries erased here; peers erase them as it spreads",
+        {"removal_id": removal.hex(), "erased": erased},
+    )
+    return 0
+
+
+def _cmd_trust(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.trust()
+    rows = [
+        {
+            "key_id": s.key_id.hex(),
+            "name": s.name,
+            "trust": s.trust,
+            "dimensions": dict(sorted(s.dimensions.items())),
+            "gated": s.gated,
+            "revoked": s.revoked,
+            "faults": list(s.faults),
+        }
+        for s in t.scores
+    ]
+    if args.json:
+        _print(args, "", {"threshold": t.threshold, "digest": t.digest, "scores": rows})
+        return 0
+    dims = ("integrity", "causality", "consistency", "gossip", "model")
+    print(f"threshold {t.threshold:.3f}, trust digest {t.digest[:16]}")
+    print(f"  {'member':<18} {'trust':>6}  " + " ".join(f"{d[:5]:>5}" for d in dims))
+    for r in rows:
+        name = r["name"] or r["key_id"][:16]
+        cells = " ".join(f"{r['dimensions'].get(d, 0):5.2f}" for d in dims)
+        flag = "  REVOKED" if r["revoked"] else ("  gated" if r["gated"] else "")
+        print(f"  {name:<18} {r['trust']:6.3f}  {cells}{flag}")
+        for f in r["faults"]:
+            print(f"      {f}")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        for ev in c.watch(args.namespace or ""):
+            data = {
+                "kind": ev.kind,
+                "entry_id": ev.entry_id.hex(),
+                "namespace": ev.namespace,
+                "author": ev.author.hex(),
+                "entry_kind": ev.entry_kind,
+                "detail": ev.detail,
+            }
+            human = f"{ev.kind:<16} {ev.entry_kind:<12} {ev.entry_id.hex()[:16]} {ev.namespace} {ev.detail}"
+            _print(args, human.rstrip(), data)
+            sys.stdout.flush()
+    return 0
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reaching the node")
+    g.add_argument(
+        "--node",
+        default=None,
+        metavar="ADDR",
+        help="host:port of the node's client API (default $CRDTD_NODE or 127.0.0.1:7401)",
+    )
+    g.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.toml",
+        help="take the address and credentials from this node config",
+    )
+    g.add_argument("--token-file", default=None, help="bearer token file (default $CRDTD_TOKEN)")
+    g.add_argument("--cert", default=None, help="client TLS certificate (mutual TLS)")
+    g.add_argument("--tls-key", default=None, help="client TLS key (mutual TLS)")
+    g.add_argument("--ca", default=None, help="federation CA certificate (mutual TLS)")
+    g.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the node verbs to the `crdtd` parser."""
+    p = subparsers.add_parser("start", help="run a node in the foreground until SIGTERM")
+    p.add_argument("--config", dest="config_file", required=True, metavar="FILE.toml")
+    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    p.set_defaults(func=_cmd_start)
+
+    p = subparsers.add_parser("config", help="check a node config file")
+    sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = sub.add_parser("check", help="load FILE exactly as `crdtd start` would")
+    c.add_argument("file", metavar="FILE.toml")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_config_check)
+
+    p = subparsers.add_parser("push", help="push a contribution (file) into a namespace")
+    p.add_argument("namespace")
+    p.add_argument("path")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--base", default="", metavar="ENTRY_ID", help="the contribution this tunes")
+    p.add_argument("--kind", default="", help="payload kind (default: the namespace's)")
+    p.add_argument("--key", dest="member_key", default=None, help="sign with this member key")
+    _client_options(p)
+    p.set_defaults(func=_cmd_push)
+
+    p = subparsers.add_parser("ls", help="list entries (a namespace's contributions, or all)")
+    p.add_argument("namespace", nargs="?")
+    p.add_argument("--all", action="store_true", help="include erased entries")
+    p.add_argument("--author", default="", metavar="KEYID")
+    _client_options(p)
+    p.set_defaults(func=_cmd_ls)
+
+    p = subparsers.add_parser("status", help="a node's state root, entry counts and peers")
+    _client_options(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = subparsers.add_parser("materialise", help="merge a namespace into one safetensors file")
+    p.add_argument("namespace")
+    p.add_argument("--out", required=True, metavar="PATH")
+    p.add_argument("--on-node", action="store_true", help="write PATH on the node's disk")
+    p.add_argument("--strategy", default="")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dtype", default="")
+    _client_options(p)
+    p.set_defaults(func=_cmd_materialise)
+
+    p = subparsers.add_parser("erase", help="erase entries everywhere (right to be forgotten)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--author", default="", metavar="KEYID", help="every entry of this author")
+    p.add_argument("--reason", default="")
+    p.add_argument(
+        "--admin-dir",
+        default=None,
+        metavar="FED_DIR",
+        help="sign as the federation admin (continues the admin chain kept in FED_DIR)",
+    )
+    p.add_argument(
+        "--key", dest="member_key", default=None, help="sign with this member key instead"
+    )
+    _client_options(p)
+    p.set_defaults(func=_cmd_erase)
+
+    p = subparsers.add_parser("trust", help="trust scores of every member")
+    _client_options(p)
+    p.set_defaults(func=_cmd_trust)
+
+    p = subparsers.add_parser("watch", help="print a node's events as they happen")
+    p.add_argument("namespace", nargs="?")
+    _client_options(p)
+    p.set_defaults(func=_cmd_watch)
