@@ -1,0 +1,95 @@
+"""Read and write CSV, JSON Lines and Parquet tables, chosen by file suffix."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crdtd.errors import InputReadError, OutputWriteError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def require_polars(error: type[Exception], action: str) -> Any:
+    """The polars module, or `error` saying which extra to install (it is optional)."""
+    try:
+        import polars
+    except ImportError:
+        raise error(f"{action} needs polars: pip install 'crdtd[data]'") from None
+    return polars
+
+
+def table_format(path: Path) -> str | None:
+    """Format name for a path's suffix ('csv', 'jsonl', 'parquet'), or None if unknown."""
+    return FORMATS.get(path.suffix.lower())
+
+
+def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Read a table file into a polars DataFrame; InputReadError names the file and the cause."""
+    p = Path(path)
+    pl = require_polars(InputReadError, f"reading {str(p)!r}")
+    fmt = table_format(p)
+    if fmt is None:
+        raise InputReadError(
+            f"cannot read {str(p)!r}: unknown table format {p.suffix!r} "
+            f"(expected one of {', '.join(sorted(FORMATS))})"
+        )
+    if not p.is_file():
+        raise InputReadError(f"cannot read {str(p)!r}: no such file")
+    try:
+        if fmt == "csv":
+            df = pl.read_csv(p, infer_schema_length=None)
+            # An empty CSV column says nothing about its type: read it as all-null, not text.
+            empty = [
+                c
+                for c, s in df.schema.items()
+                if s == pl.String and df[c].null_count() == df.height
+            ]
+            return df.with_columns(pl.col(c).cast(pl.Null) for c in empty) if empty else df
+        if fmt == "jsonl":
+            return pl.read_ndjson(p, infer_schema_length=None)
+        return pl.read_parquet(p)
+    except Exception as e:  # polars raises many types (ComputeError, OSError, ...)
+        raise InputReadError(f"cannot read {str(p)!r} as {fmt}: {e}") from None
+
+
+def write_table(df: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a table by suffix, atomically (temp file, then rename); return the path."""
+    p = Path(path)
+    fmt = table_format(p)
+    if fmt is None:
+        raise OutputWriteError(
+            f"cannot write {str(p)!r}: unknown table format {p.suffix!r} "
+            f"(expected one of {', '.join(sorted(FORMATS))})"
+        )
+    if not p.parent.is_dir():
+        raise OutputWriteError(
+            f"cannot write {str(p)!r}: directory {str(p.parent)!r} does not exist"
+        )
+    tmp = ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+        if fmt == "csv":
+            df.write_csv(tmp)
+        elif fmt == "jsonl":
+            df.write_ndjson(tmp)
+        else:
+            df.write_parquet(tmp)
+        os.replace(tmp, p)
+    except Exception as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise OutputWriteError(f"cannot write {str(p)!r} as {fmt}: {e}") from None
+    return p

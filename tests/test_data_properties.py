@@ -1,0 +1,238 @@
+"""Laws of the tabular merge, for every input type, and the fast path against the row path.
+
+One Hypothesis strategy builds random tables (conflicting values, nulls, missing columns,
+duplicate keys); adapters turn them into each input type. Results are compared as rows.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from crdtd.data import merge
+from crdtd.data.io import read_table
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Typed columns: each holds one type, so every input type can carry it.
+COLUMN_VALUES: dict[str, list[Any]] = {
+    "n": [-3, 0, 5, 2**40],
+    "x": [-1.5, 0.0, -0.0, 2.25, 1e9],
+    "s": ["a", "b", "Z", "é", "ab"],
+    "flag": [True, False],
+    "ts": [0, 1, 2],
+    "deleted": [True, False],
+}
+COLUMN_TYPES = {
+    "n": pl.Int64,
+    "x": pl.Float64,
+    "s": pl.String,
+    "flag": pl.Boolean,
+    "ts": pl.Int64,
+    "deleted": pl.Boolean,
+}
+KEY_TYPES = {"site": pl.String, "id": pl.Int64}
+
+
+@st.composite
+def tables(draw: st.DrawFn, *, need: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A table as rows: a random subset of columns, nulls, and keys drawn from a small range."""
+    cols = [c for c in COLUMN_VALUES if c in need or draw(st.booleans())]
+    n = draw(st.integers(min_value=1, max_value=6))
+    rows = []
+    for _ in range(n):
+        row: dict[str, Any] = {
+            "site": draw(st.sampled_from(["north", "south"])),
+            "id": draw(st.integers(min_value=0, max_value=3)),
+        }
+        for c in cols:
+            row[c] = draw(st.one_of(st.none(), st.sampled_from(COLUMN_VALUES[c])))
+        rows.append(row)
+    return rows
+
+
+# Values of mixed types in one column: only lists of dicts can hold these.
+wild_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-2, max_value=2),
+    st.sampled_from([0.5, -0.0, 2.0, float("nan")]),
+    st.sampled_from(["", "a", "é"]),
+    st.sampled_from([b"", b"a"]),
+    st.tuples(st.integers(0, 1)),
+)
+
+
+@st.composite
+def wild_tables(draw: st.DrawFn) -> list[dict[str, Any]]:
+    rows = []
+    for _ in range(draw(st.integers(min_value=0, max_value=6))):
+        row: dict[str, Any] = {"id": draw(st.integers(min_value=0, max_value=3))}
+        for c in ("p", "q"):
+            if draw(st.booleans()):
+                row[c] = draw(wild_values)
+        rows.append(row)
+    return rows
+
+
+def to_polars(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    present = {c for r in rows for c in r}
+    schema = {c: t for c, t in {**KEY_TYPES, **COLUMN_TYPES}.items() if c in present}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def to_input(rows: list[dict[str, Any]], kind: str, folder: Path, name: str) -> Any:
+    if kind == "records":
+        return rows
+    df = to_polars(rows)
+    if kind == "polars":
+        return df
+    if kind == "pandas":
+        return df.to_pandas()
+    if kind == "arrow":
+        return df.to_arrow()
+    path = folder / f"{name}.{kind}"
+    {"csv": df.write_csv, "jsonl": df.write_ndjson, "parquet": df.write_parquet}[kind](path)
+    return path
+
+
+def as_rows(result: Any) -> list[dict[str, Any]]:
+    """Any merge result as a list of dicts, with pandas' NaN/NA read as None."""
+    if isinstance(result, list):
+        return result
+    if isinstance(result, pl.DataFrame):
+        return result.to_dicts()
+    if isinstance(result, pa.Table):
+        return result.to_pylist()
+    if isinstance(result, pd.DataFrame):
+        rows = result.astype(object).to_dict("records")
+        return [
+            {
+                k: None if v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
+    if isinstance(result, Path):
+        return read_table(result).to_dicts()
+    raise TypeError(type(result))
+
+
+def columns_of(result: Any) -> list[str]:
+    rows = as_rows(result)
+    return list(rows[0]) if rows else []
+
+
+KINDS = ["records", "polars", "pandas", "arrow", "csv", "jsonl", "parquet"]
+MODES = [
+    {"key": ["site", "id"]},
+    {"key": "id"},
+    {"key": ["site", "id"], "timestamp": "ts"},
+    {"key": "id", "timestamp": "ts", "tombstone": "deleted"},
+    {"key": ["site", "id"], "tombstone": "deleted"},
+]
+
+
+def _merge_files(kind: str, folder: Path, name: str, *inputs: Any, **kw: Any) -> Any:
+    """Merge; for file inputs write the result as a file of the same format to chain merges."""
+    if kind in ("csv", "jsonl", "parquet"):
+        return merge(*inputs, out=folder / f"{name}.{kind}", **kw)
+    return merge(*inputs, **kw)
+
+
+def _check_laws(kind: str, mode: dict[str, Any], data: st.DataObject) -> None:
+    need = tuple(c for c in ("ts",) if c == mode.get("timestamp"))
+    a, b, c = (data.draw(tables(need=need)) for _ in range(3))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ta, tb, tc = (to_input(t, kind, folder, n) for t, n in ((a, "a"), (b, "b"), (c, "c")))
+
+        def m(name: str, *inputs: Any) -> Any:
+            return _merge_files(kind, folder, name, *inputs, **mode)
+
+        assert as_rows(m("ab", ta, tb)) == as_rows(m("ba", tb, ta))
+        left = m("left", m("ab2", ta, tb), tc)
+        right = m("right", ta, m("bc", tb, tc))
+        assert as_rows(left) == as_rows(right)
+        assert as_rows(m("aa", ta, ta)) == as_rows(m("a1", ta))
+        assert as_rows(m("abc", ta, tb, tc)) == as_rows(left)
+
+
+MODE_IDS = {"ids": lambda m: "-".join(f"{k}={v}" for k, v in m.items())}
+
+
+@pytest.mark.parametrize("kind", ["records", "polars", "pandas", "arrow"])
+@pytest.mark.parametrize("mode", MODES, **MODE_IDS)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_merge_is_commutative_associative_and_idempotent(
+    kind: str, mode: dict[str, Any], data: st.DataObject
+) -> None:
+    _check_laws(kind, mode, data)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("mode", [MODES[0], MODES[3]], **MODE_IDS)
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_merging_files_is_commutative_associative_and_idempotent(
+    kind: str, mode: dict[str, Any], data: st.DataObject
+) -> None:
+    _check_laws(kind, mode, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", MODES, **MODE_IDS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_merge_laws_hold_on_many_more_tables(
+    kind: str, mode: dict[str, Any], data: st.DataObject
+) -> None:
+    _check_laws(kind, mode, data)
+
+
+@SETTINGS
+@given(a=wild_tables(), b=wild_tables(), c=wild_tables())
+def test_lists_of_dicts_with_mixed_value_types_obey_the_laws(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], c: list[dict[str, Any]]
+) -> None:
+    ab = merge(a, b, key="id")
+    assert ab == merge(b, a, key="id")
+    assert merge(ab, c, key="id") == merge(a, merge(b, c, key="id"), key="id")
+    assert merge(a, a, key="id") == merge(a, key="id")
+
+
+@pytest.mark.parametrize("mode", MODES, **MODE_IDS)
+@SETTINGS
+@given(data=st.data())
+def test_vectorised_path_gives_the_row_by_row_result(
+    mode: dict[str, Any], data: st.DataObject
+) -> None:
+    need = tuple(c for c in ("ts",) if c == mode.get("timestamp"))
+    inputs = [to_polars(data.draw(tables(need=need))) for _ in range(data.draw(st.integers(1, 4)))]
+    fast = merge(*inputs, fast_threshold=0, **mode)
+    slow = merge(*inputs, fast_threshold=10**9, **mode)
+    assert_frame_equal(fast, slow)
+
+
+@pytest.mark.parametrize("kind", ["polars", "pandas", "arrow"])
+@SETTINGS
+@given(a=tables(), b=tables())
+def test_frames_give_the_rows_a_list_of_dicts_gives(
+    kind: str, a: list[dict[str, Any]], b: list[dict[str, Any]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = [to_input(t, kind, Path(tmp), n) for t, n in ((a, "a"), (b, "b"))]
+    expected = merge(a, b, key=["site", "id"])
+    assert as_rows(merge(*frames, key=["site", "id"])) == expected
