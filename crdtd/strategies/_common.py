@@ -1,0 +1,43 @@
+"""Small shared helpers for strategy functions: per-model vectors and weighted sums."""
+
+from __future__ import annotations
+
+import torch
+
+from crdtd.errors import StrategyParamError
+from crdtd.strategies.base import TensorMerge
+
+
+def per_model(tm: TensorMerge, key: str, default: float) -> torch.Tensor:
+    """Per-model parameter `key` as a float64 vector of length k.
+
+    Falls back to the global value (or `default`) when the caller supplied no per-model rows.
+    """
+    if len(tm.model_params) == tm.k:
+        return torch.tensor(
+            [float(mp.get(key, tm.params.get(key, default))) for mp in tm.model_params],
+            dtype=torch.float64,
+        )
+    return torch.full((tm.k,), float(tm.params.get(key, default)), dtype=torch.float64)
+
+
+def weighted_sum(weights: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i · stack[i] in float32 (`weights` is a length-k vector)."""
+    return torch.tensordot(weights.to(torch.float32).to(stack.device), stack, dims=1)
+
+
+def nonzero_total(weights: torch.Tensor, strategy: str) -> float:
+    """Σ w_i, raising when it is zero (a normalised weighted mean is then undefined)."""
+    total = float(weights.sum())
+    if abs(total) < 1e-12:
+        raise StrategyParamError(
+            f"strategy {strategy!r}: parameter 'weight' sums to zero; cannot normalise"
+        )
+    return total
+
+
+def require_base(tm: TensorMerge, strategy: str) -> torch.Tensor:
+    """The base tensor, or a `StrategyParamError` naming the strategy and tensor."""
+    if tm.base is None:
+        raise StrategyParamError(f"strategy {strategy!r} needs a base model (tensor {tm.name!r})")
+    return tm.base

@@ -1,0 +1,212 @@
+"""The strategy contract: one pure function per merge method, over one tensor name at a time.
+
+A strategy never does I/O and never touches global RNG state. It receives a `TensorMerge`
+(the stacked contributions sorted by content id, the optional base, validated parameters and
+a generator seeded from the content) and returns one float32 tensor of the input shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import torch
+
+from crdtd.errors import StrategyParamError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: name, type, default and allowed range.
+
+    `per_model=True` marks parameters given per contribution (mergekit's `weight`,
+    `density`); the others are global (`lambda`, `t`, `normalize`, ...).
+    """
+
+    name: str
+    kind: type  # float, int, bool or str
+    default: Any
+    doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    per_model: bool = False
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Return `value` converted to this parameter's type, or raise naming the key."""
+        try:
+            if self.kind is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low in ("1", "true", "yes", "on"):
+                        return True
+                    if low in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError(value)
+                if isinstance(value, bool | int):
+                    return bool(value)
+                raise ValueError(value)
+            if self.kind is float:
+                if isinstance(value, bool):
+                    raise ValueError(value)
+                out: Any = float(value)
+                if not math.isfinite(out):
+                    raise ValueError(value)
+            elif self.kind is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError(value)
+                out = int(value)
+            else:
+                out = str(value)
+        except (TypeError, ValueError):
+            raise StrategyParamError(
+                f"{where}: parameter {self.name!r} must be {self.kind.__name__}, got {value!r}"
+            ) from None
+        if self.minimum is not None and out < self.minimum:
+            raise StrategyParamError(
+                f"{where}: parameter {self.name!r}={out} is below {self.minimum}"
+            )
+        if self.maximum is not None and out > self.maximum:
+            raise StrategyParamError(
+                f"{where}: parameter {self.name!r}={out} is above {self.maximum}"
+            )
+        if self.choices is not None and out not in self.choices:
+            raise StrategyParamError(
+                f"{where}: parameter {self.name!r}={out!r} is not one of {list(self.choices)}"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class TensorMerge:
+    """Everything a strategy may look at for one tensor name.
+
+    `inputs` is `[k, *shape]` float32 with rows sorted by contribution content id; `base` is
+    `[*shape]` float32 or None. `model_params[i]` and `extras[i]` belong to row i: extras hold
+    auxiliary tensors supplied for this tensor name (e.g. `fisher`, `gram`).
+    """
+
+    name: str
+    inputs: torch.Tensor
+    base: torch.Tensor | None
+    params: Mapping[str, Any]
+    model_params: tuple[Mapping[str, Any], ...]
+    generator: torch.Generator
+    extras: tuple[Mapping[str, torch.Tensor], ...] = ()
+
+    @property
+    def k(self) -> int:
+        """Number of contributions."""
+        return int(self.inputs.shape[0])
+
+    def model_param(self, key: str) -> torch.Tensor:
+        """Per-model parameter `key` as a float64 vector of length k."""
+        return torch.tensor([float(mp[key]) for mp in self.model_params], dtype=torch.float64)
+
+    def extra(self, i: int, key: str) -> torch.Tensor | None:
+        """Auxiliary tensor `key` of contribution i, or None when not supplied."""
+        if i >= len(self.extras):
+            return None
+        return self.extras[i].get(key)
+
+    def task_vectors(self) -> torch.Tensor:
+        """Inputs minus the base (`[k, *shape]`); the inputs themselves when no base."""
+        if self.base is None:
+            return self.inputs
+        return self.inputs - self.base.unsqueeze(0)
+
+
+StrategyFn = Callable[[TensorMerge], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered merge method with its declared parameters and documentation."""
+
+    name: str
+    fn: StrategyFn
+    params: tuple[Param, ...] = ()
+    family: str = "standard"
+    paper: str = ""
+    formula: str = ""
+    needs_base: bool = False
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    stochastic: bool = False
+    needs_extras: tuple[str, ...] = ()
+    summary: str = field(default="")
+
+    def global_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not p.per_model)
+
+    def per_model_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.per_model)
+
+    def validate(
+        self, params: Mapping[str, Any], model_params: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+        """Fill defaults and type-check; raise `StrategyParamError` naming the bad key.
+
+        A per-model parameter given globally becomes every model's default (mergekit's
+        behaviour); unknown keys are rejected.
+        """
+        by_name = {p.name: p for p in self.params}
+        for key in sorted(params):
+            if key not in by_name:
+                known = ", ".join(sorted(by_name)) or "none"
+                raise StrategyParamError(
+                    f"strategy {self.name!r}: unknown parameter {key!r} (known: {known})"
+                )
+        out: dict[str, Any] = {}
+        for p in self.global_params():
+            out[p.name] = p.coerce(params.get(p.name, p.default), f"strategy {self.name!r}")
+        per: list[dict[str, Any]] = []
+        for i, mp in enumerate(model_params):
+            row: dict[str, Any] = {}
+            for key in sorted(mp):
+                if key not in by_name or not by_name[key].per_model:
+                    raise StrategyParamError(
+                        f"strategy {self.name!r}, model {i}: unknown per-model parameter {key!r}"
+                    )
+            for p in self.per_model_params():
+                value = mp.get(p.name, params.get(p.name, p.default))
+                row[p.name] = p.coerce(value, f"strategy {self.name!r}, model {i}")
+            per.append(row)
+        return out, tuple(per)
+
+
+def canonical_params(params: Mapping[str, Any], model_params: Sequence[Mapping[str, Any]]) -> bytes:
+    """Deterministic bytes for a parameter set (sorted keys; floats by their exact repr)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, float):
+            return ["f", v.hex()]
+        if isinstance(v, Mapping):
+            return [[str(k), norm(v[k])] for k in sorted(v)]
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        return v
+
+    return msgpack.packb([norm(dict(params)), [norm(dict(m)) for m in model_params]])
+
+
+def seed_for(input_digest: bytes, tensor_name: str, params_bytes: bytes) -> int:
+    """Seed = first 8 bytes of sha256(input-set digest ‖ tensor name ‖ params), as int63."""
+    h = hashlib.sha256()
+    h.update(input_digest)
+    h.update(b"\x00")
+    h.update(tensor_name.encode())
+    h.update(b"\x00")
+    h.update(params_bytes)
+    return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def generator_for(input_digest: bytes, tensor_name: str, params_bytes: bytes) -> torch.Generator:
+    """A CPU `torch.Generator` seeded from content, never from global state."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed_for(input_digest, tensor_name, params_bytes))
+    return g

@@ -1,0 +1,80 @@
+"""Name → strategy registry; `crdtd merge --list` prints from here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crdtd.errors import UnknownStrategyError
+from crdtd.strategies.base import Param, Strategy, StrategyFn
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register(
+    name: str,
+    *,
+    params: tuple[Param, ...] = (),
+    family: str = "standard",
+    paper: str = "",
+    formula: str = "",
+    needs_base: bool = False,
+    min_inputs: int = 1,
+    max_inputs: int | None = None,
+    stochastic: bool = False,
+    needs_extras: tuple[str, ...] = (),
+) -> Callable[[StrategyFn], StrategyFn]:
+    """Decorator: register `fn` under `name` with its declared parameters."""
+
+    def deco(fn: StrategyFn) -> StrategyFn:
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} registered twice")
+        doc = (fn.__doc__ or "").strip()
+        _REGISTRY[name] = Strategy(
+            name=name,
+            fn=fn,
+            params=params,
+            family=family,
+            paper=paper,
+            formula=formula,
+            needs_base=needs_base,
+            min_inputs=min_inputs,
+            max_inputs=max_inputs,
+            stochastic=stochastic,
+            needs_extras=needs_extras,
+            summary=doc.splitlines()[0] if doc else "",
+        )
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Strategy:
+    """The strategy registered as `name`, or `UnknownStrategyError` listing close names."""
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownStrategyError(
+            f"unknown strategy {name!r}{hint} (`crdtd merge --list` shows all)"
+        ) from None
+
+
+def names() -> list[str]:
+    """All registered strategy names, sorted."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def all_strategies() -> list[Strategy]:
+    """All registered strategies, sorted by name."""
+    _load_all()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def _load_all() -> None:
+    """Import every strategy module so their `@register` lines run."""
+    import crdtd.strategies  # noqa: F401  (the package imports each family module)
