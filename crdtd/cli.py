@@ -18,6 +18,7 @@ from crdtd.errors import CrdtdError
 COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("crdtd.crypto.cli", "pq", ("federation", "keygen", "tls")),
     ("crdtd.store.cli", "all", ("fsck",)),
+    ("crdtd.model.cli", "model", ("merge",)),
     (
         "crdtd.node.cli",
         "model",

@@ -1,0 +1,260 @@
+"""Streaming model merge vs the naive load-everything path, measured in the same run.
+
+Builds a base and three fine-tuned checkpoints of `--gb` GB each (bf16, Llama-like shapes,
+sharded safetensors with an index, written with the `safetensors` library), then for each
+strategy runs, each in its own subprocess so peak RSS is its own:
+
+  * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes inputs, streams tensors);
+  * naive: load every state dict fully (`safetensors.torch.load_file`), merge each tensor with
+    the same strategy function, save with `save_file` in shards.
+
+Prints wall time, input GB/s and peak RSS per path, then `speedup_vs_naive` (naive wall /
+streaming wall, the smaller over strategies; target >= 1.0), `ties_vs_linear` (streaming wall
+of ties over linear; target <= 2.5) and last `rss_vs_naive` (streaming peak RSS / naive, the
+larger over strategies; target <= 0.25).
+
+    python benchmarks/bench_model_merge.py --gb 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VOCAB = 32000
+
+
+def layout(gb: float) -> tuple[int, int, int, int]:
+    """(hidden, intermediate, kv_dim, layers) of a Llama-like model of about `gb` GB in bf16."""
+    hidden = 2048 if gb >= 0.5 else (1024 if gb >= 0.12 else 256)
+    inter = hidden * 11 // 4
+    kv = hidden // 8 if hidden >= 1024 else hidden
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter + 2 * hidden
+    embed = 2 * VOCAB * hidden + hidden
+    layers = max(1, round((gb * 1e9 / 2 - embed) / per_layer))
+    return hidden, inter, kv, layers
+
+
+def shapes(gb: float) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and shapes in Hugging Face Llama naming."""
+    hidden, inter, kv, layers = layout(gb)
+    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, hidden))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "self_attn.q_proj.weight", (hidden, hidden)),
+            (p + "self_attn.k_proj.weight", (kv, hidden)),
+            (p + "self_attn.v_proj.weight", (kv, hidden)),
+            (p + "self_attn.o_proj.weight", (hidden, hidden)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+            (p + "mlp.gate_proj.weight", (inter, hidden)),
+            (p + "mlp.up_proj.weight", (inter, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, inter)),
+        ]
+    out += [("model.norm.weight", (hidden,)), ("lm_head.weight", (VOCAB, hidden))]
+    return out
+
+
+def build(root: Path, gb: float) -> list[Path]:
+    """Write base + 3 fine-tunes (2 shards each, with an index); returns [base, m0, m1, m2]."""
+    import torch
+    from safetensors.torch import save_file
+
+    spec = shapes(gb)
+    total = sum(2 * _numel(s) for _, s in spec)
+    half = total // 2
+    dirs = [root / n for n in ("base", "m0", "m1", "m2")]
+    for d in dirs:
+        d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(1234)
+    shard: list[dict[str, torch.Tensor]] = [{} for _ in dirs]
+    weight_map: list[dict[str, str]] = [{} for _ in dirs]
+    written, part = 0, 1
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+
+    def flush() -> None:
+        for j, d in enumerate(dirs):
+            save_file(shard[j], str(d / names[part - 1]), metadata={"format": "pt"})
+            shard[j] = {}
+
+    for name, shape in spec:
+        base = torch.randn(shape, generator=g) * 0.02
+        for j in range(len(dirs)):
+            t = base if j == 0 else base + torch.randn(shape, generator=g) * 0.002
+            shard[j][name] = t.to(torch.bfloat16)
+            weight_map[j][name] = names[part - 1]
+        del base, t
+        written += 2 * _numel(shape)
+        if part == 1 and written >= half:
+            flush()
+            part = 2
+    flush()
+    for j, d in enumerate(dirs):
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map[j]}
+        (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return dirs
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
+def _strategy_params(strategy: str) -> dict[str, object]:
+    return {"density": 0.5} if strategy == "ties" else {}
+
+
+def run_streaming(dirs: list[Path], out: Path, strategy: str) -> None:
+    from crdtd.model import ModelMerge, ModelMergeSchema
+
+    schema = ModelMergeSchema.single(strategy, _strategy_params(strategy))
+    ModelMerge(schema).merge_to_dir([str(d) for d in dirs[1:]], out, str(dirs[0]))
+
+
+def run_naive(dirs: list[Path], out: Path, strategy: str) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from crdtd.strategies import registry
+    from crdtd.strategies.base import TensorMerge
+
+    def load(d: Path) -> dict[str, torch.Tensor]:
+        sd: dict[str, torch.Tensor] = {}
+        for f in sorted(d.glob("*.safetensors")):
+            sd.update(load_file(str(f)))
+        return sd
+
+    base, *models = (load(d) for d in dirs)
+    strat = registry.get(strategy)
+    params, model_params = strat.validate(_strategy_params(strategy), [{}] * len(models))
+    merged: dict[str, torch.Tensor] = {}
+    for name in base:
+        tm = TensorMerge(
+            name,
+            torch.stack([m[name].float() for m in models]),
+            base[name].float(),
+            params,
+            model_params,
+            torch.Generator().manual_seed(0),
+        )
+        merged[name] = strat.fn(tm).to(torch.bfloat16)
+    out.mkdir(parents=True)
+    names = list(merged)
+    half = len(names) // 2
+    for i, part in enumerate((names[:half], names[half:]), start=1):
+        save_file({n: merged[n] for n in part}, str(out / f"model-{i:05d}-of-00002.safetensors"))
+
+
+def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
+    """Run one path and print its wall time and peak RSS as JSON."""
+    t0 = time.perf_counter()
+    (run_streaming if path == "streaming" else run_naive)(dirs, out, strategy)
+    wall = time.perf_counter() - t0
+    print(json.dumps({"wall": wall, "rss": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes.
+
+    VmHWM starts afresh at exec; `ru_maxrss` would carry over the parent's peak from before
+    the fork, so it is only the fallback where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(path: str, dirs: list[Path], scratch: Path, strategy: str) -> dict[str, float]:
+    out = scratch / f"out-{path}-{strategy}"
+    cmd = [sys.executable, __file__, "--worker", path, "--strategy", strategy, "--out", str(out)]
+    cmd += ["--dirs", *map(str, dirs)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # run from a checkout, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        sys.exit(f"{path} {strategy} failed:\n{res.stderr}")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gb", type=float, default=0.25, help="size of each checkpoint in GB")
+    ap.add_argument(
+        "--strategies", default="linear,ties", help="comma-separated; ratios need linear,ties"
+    )
+    ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
+    ap.add_argument("--worker", choices=("streaming", "naive"), help=argparse.SUPPRESS)
+    ap.add_argument("--strategy", default="linear", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--dirs", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.build:
+        build(Path(args.build), args.gb)
+        return
+    if args.worker:
+        worker(args.worker, [Path(d) for d in args.dirs], Path(args.out), args.strategy)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="crdtd-bench-", dir=args.tmp))
+    try:
+        free = shutil.disk_usage(scratch).free
+        if free < 7 * args.gb * 1e9:
+            sys.exit(f"need about {7 * args.gb:.1f} GB free in {scratch}, have {free / 1e9:.1f}")
+        hidden, inter, kv, layers = layout(args.gb)
+        t0 = time.perf_counter()
+        # build in a child so this process stays small (its children fork from it)
+        cmd = [sys.executable, __file__, "--build", str(scratch), "--gb", str(args.gb)]
+        subprocess.run(cmd, check=True)
+        dirs = [scratch / n for n in ("base", "m0", "m1", "m2")]
+        in_bytes = sum(f.stat().st_size for d in dirs for f in d.glob("*.safetensors"))
+        print(
+            f"checkpoints: base + 3, {in_bytes / 4 / 1e9:.2f} GB each (bf16, hidden {hidden}, "
+            f"intermediate {inter}, kv {kv}, {layers} layers, vocab {VOCAB}); "
+            f"built in {time.perf_counter() - t0:.1f} s"
+        )
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for strategy in args.strategies.split(","):
+            results[strategy] = {}
+            for path in ("naive", "streaming"):
+                r = measure(path, dirs, scratch, strategy)
+                results[strategy][path] = r
+                print(
+                    f"{strategy:7s} {path:9s} wall {r['wall']:7.2f} s  "
+                    f"input {in_bytes / r['wall'] / 1e9:5.2f} GB/s  peak RSS {r['rss'] / 1e9:6.2f} GB"
+                )
+        for strategy, r in results.items():
+            print(
+                f"{strategy}: speedup {r['naive']['wall'] / r['streaming']['wall']:.2f}, "
+                f"rss ratio {r['streaming']['rss'] / r['naive']['rss']:.2f}"
+            )
+        speedup = min(r["naive"]["wall"] / r["streaming"]["wall"] for r in results.values())
+        rss = max(r["streaming"]["rss"] / r["naive"]["rss"] for r in results.values())
+        print(f"speedup_vs_naive: {speedup:.2f}")
+        if "ties" in results and "linear" in results:
+            ties = results["ties"]["streaming"]["wall"] / results["linear"]["streaming"]["wall"]
+            print(f"ties_vs_linear: {ties:.2f}")
+        print(f"rss_vs_naive: {rss:.2f}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

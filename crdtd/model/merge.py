@@ -1,0 +1,737 @@
+"""`ModelMerge`: a pure function from a *set* of checkpoints to one merged checkpoint.
+
+Pipeline: open every input (headers only) → check names, shapes and dtypes, resolve the
+schema and validate every strategy's params (all before any tensor is merged) → hash the
+inputs into content ids, drop duplicates, sort by id → for each tensor name in natural
+order: load the k inputs into one reused float32 stack, call the strategy with a generator
+seeded from (input-set digest, tensor name, params), cast, hand to a sink (a dict, or the
+streaming shard writer). Peak memory is about (k + 2) tensors plus the strategy's scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from tqdm import tqdm
+
+from crdtd.errors import MergeError, StrategyError, StrategyParamError, TensorMismatchError
+from crdtd.model.identity import input_set_digest
+from crdtd.model.io import (
+    MAX_HASH_THREADS,
+    CheckpointLike,
+    TensorInfo,
+    TensorSource,
+    content_ids,
+    open_checkpoint,
+    parse_dtype,
+    st_dtype,
+)
+from crdtd.model.schema import (
+    ModelMergeSchema,
+    count_layers,
+    layer_position,
+    resolve_params,
+)
+from crdtd.model.writer import (
+    DEFAULT_SHARD_SIZE,
+    ShardedWriter,
+    check_output_dir,
+    natural_key,
+    side_files_of,
+)
+from crdtd.strategies import registry
+from crdtd.strategies.base import Strategy, TensorMerge, canonical_params, generator_for
+
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One input: its weights, its per-model params (`weight`, `density`, ...) and extras.
+
+    `extras` maps a key a strategy declares in `needs_extras` (e.g. `fisher`, `gram`) to a
+    checkpoint holding that auxiliary tensor under the same tensor names.
+    """
+
+    weights: CheckpointLike
+    params: Mapping[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, CheckpointLike] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass
+class _Input:
+    source: TensorSource
+    params: dict[str, Any]
+    extras: dict[str, TensorSource]
+    label: str
+    content_id: bytes = b""
+    extra_ids: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """How one output tensor is made: a strategy call with validated params, or a copy."""
+
+    info: TensorInfo
+    strategy: Strategy | None
+    params: Mapping[str, Any]
+    model_params: tuple[Mapping[str, Any], ...]
+    params_bytes: bytes
+
+
+@dataclass
+class MergePlan:
+    """Everything decided before the first tensor is merged."""
+
+    inputs: list[_Input]
+    base: TensorSource | None
+    jobs: list[TensorJob]
+    digest: bytes
+    base_id: bytes | None
+    metadata: dict[str, str]
+    side_files: dict[str, Path]
+    device: torch.device
+    _opened: list[TensorSource] = field(default_factory=list)
+
+    @property
+    def content_ids(self) -> tuple[str, ...]:
+        return tuple(i.content_id.hex() for i in self.inputs)
+
+    def close(self) -> None:
+        for s in self._opened:
+            s.close()
+
+
+@dataclass
+class MergeResult:
+    """An in-memory merge: `.tensor[name]` holds each merged tensor."""
+
+    tensor: dict[str, torch.Tensor]
+    input_set_digest: str
+    content_ids: tuple[str, ...]
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """A merge written to disk: where, which files, and the identity of the input set."""
+
+    out_dir: Path
+    files: tuple[str, ...]
+    total_size: int
+    tensors: int
+    input_set_digest: str
+    content_ids: tuple[str, ...]
+
+
+class _Sink(Protocol):
+    def put(self, name: str, tensor: torch.Tensor) -> None: ...
+
+    def put_part(self, name: str, part: torch.Tensor) -> None: ...
+
+
+class _DictSink:
+    def __init__(self, jobs: Sequence[TensorJob]) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.dtypes = {j.info.name: j.info.torch_dtype for j in jobs}
+        self.shapes = {j.info.name: torch.Size(j.info.shape) for j in jobs}
+        self._parts: dict[str, list[torch.Tensor]] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        self.tensors[name] = tensor.to("cpu", self.dtypes[name], copy=True)
+
+    def put_part(self, name: str, part: torch.Tensor) -> None:
+        self._parts.setdefault(name, []).append(part.to("cpu", self.dtypes[name], copy=True))
+        if sum(p.numel() for p in self._parts[name]) == self.shapes[name].numel():
+            self.tensors[name] = torch.cat(self._parts.pop(name)).reshape(self.shapes[name])
+
+
+def _schema_of(schema: ModelMergeSchema | str | Mapping[str, Any] | None) -> ModelMergeSchema:
+    if schema is None:
+        return ModelMergeSchema()
+    if isinstance(schema, ModelMergeSchema):
+        return schema
+    if isinstance(schema, str):
+        return ModelMergeSchema.single(schema)
+    return ModelMergeSchema(schema)
+
+
+def _device_of(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError("device 'cuda' requested but torch sees no GPU")
+    return dev
+
+
+class ModelMerge:
+    """Merge checkpoints with a `ModelMergeSchema`; the result depends only on the input set.
+
+    `ModelMerge(ModelMergeSchema({"default": "ties"})).merge([a, b], base=base).tensor[name]`
+    works on dicts of tensors; `merge_to_dir` streams safetensors checkpoints to a directory.
+    """
+
+    def __init__(
+        self,
+        schema: ModelMergeSchema | str | Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        self.schema = _schema_of(schema)
+        self.device = device
+        self.dtype = dtype
+
+    def plan(
+        self,
+        inputs: Sequence[CheckpointLike | Contribution],
+        base: CheckpointLike | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+    ) -> MergePlan:
+        """Open, check and hash the inputs; fail here, before any tensor is merged."""
+        return build_plan(
+            self.schema, inputs, base, dtype=dtype or self.dtype, device=_device_of(self.device)
+        )
+
+    def merge(
+        self,
+        inputs: Sequence[CheckpointLike | Contribution],
+        base: CheckpointLike | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+    ) -> MergeResult:
+        """Merge into memory; returns `MergeResult` with `.tensor[name]`."""
+        plan = self.plan(inputs, base, dtype=dtype)
+        try:
+            sink = _DictSink(plan.jobs)
+            execute(plan, sink)
+            return MergeResult(sink.tensors, plan.digest.hex(), plan.content_ids, plan.metadata)
+        finally:
+            plan.close()
+
+    def merge_to_dir(
+        self,
+        inputs: Sequence[CheckpointLike | Contribution],
+        out_dir: str | os.PathLike[str],
+        base: CheckpointLike | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        progress: bool = False,
+        fsync: bool = False,
+    ) -> MergeReport:
+        """Stream the merge into sharded safetensors (+ index, config, tokenizer) in `out_dir`."""
+        out = Path(out_dir)
+        check_output_dir(out)
+        plan = self.plan(inputs, base, dtype=dtype)
+        try:
+            return write_plan(plan, out, shard_size=shard_size, progress=progress, fsync=fsync)
+        finally:
+            plan.close()
+
+
+def merge_to_dir(
+    inputs: Sequence[CheckpointLike | Contribution],
+    out_dir: str | os.PathLike[str],
+    *,
+    schema: ModelMergeSchema | str | Mapping[str, Any] | None = None,
+    base: CheckpointLike | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = False,
+) -> MergeReport:
+    """Functional form of `ModelMerge(schema).merge_to_dir(...)`."""
+    return ModelMerge(schema, device=device).merge_to_dir(
+        inputs, out_dir, base, dtype=dtype, shard_size=shard_size, progress=progress
+    )
+
+
+def write_plan(
+    plan: MergePlan,
+    out: Path,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = False,
+    fsync: bool = False,
+    stem: str = "model",
+) -> MergeReport:
+    """Execute `plan` into a deterministic sharded checkpoint in `out`."""
+    infos = [job.info for job in plan.jobs]
+    with ShardedWriter(
+        out, infos, plan.metadata, shard_size=shard_size, stem=stem, fsync=fsync
+    ) as writer:
+        by_name = {job.info.name: job for job in plan.jobs}
+        ordered = [by_name[i.name] for i in writer.order]
+        execute(plan, writer, ordered, progress=progress)
+        written = writer.commit(plan.side_files)
+    return MergeReport(
+        out,
+        written.files,
+        written.total_size,
+        len(plan.jobs),
+        plan.digest.hex(),
+        plan.content_ids,
+    )
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def _label(spec: CheckpointLike, default: str) -> str:
+    """A human label for error messages: the path, or `default` for in-memory inputs."""
+    if isinstance(spec, TensorSource):
+        return spec.label
+    if isinstance(spec, Mapping):
+        return default
+    return str(os.fspath(spec))
+
+
+def _as_contribution(item: CheckpointLike | Contribution) -> Contribution:
+    return item if isinstance(item, Contribution) else Contribution(item)
+
+
+def _open_inputs(items: Sequence[CheckpointLike | Contribution]) -> tuple[list[_Input], list]:
+    opened: list[TensorSource] = []
+    out: list[_Input] = []
+    for n, item in enumerate(items):
+        c = _as_contribution(item)
+        label = c.label or _label(c.weights, f"input {n}")
+        src = open_checkpoint(c.weights, label)
+        opened.append(src)
+        extras = {}
+        for key in sorted(c.extras):
+            ex = open_checkpoint(c.extras[key], f"{label} extra {key!r}")
+            opened.append(ex)
+            extras[str(key)] = ex
+        out.append(_Input(src, dict(c.params), extras, label))
+    return out, opened
+
+
+def _check_tensors(
+    inputs: Sequence[_Input], base: TensorSource | None, dtype: torch.dtype | None
+) -> list[TensorInfo]:
+    """Same names and shapes everywhere, no dtype clash; returns the output tensor infos."""
+    ref = inputs[0].source
+    ref_names = set(ref.infos)
+    for inp in inputs[1:]:
+        names = set(inp.source.infos)
+        for name in sorted(ref_names - names, key=natural_key)[:1]:
+            raise TensorMismatchError(
+                f"tensor {name!r} is in {ref.label} but missing from {inp.source.label}"
+            )
+        for name in sorted(names - ref_names, key=natural_key)[:1]:
+            raise TensorMismatchError(
+                f"tensor {name!r} is in {inp.source.label} but missing from {ref.label}"
+            )
+    if base is not None:
+        for name in sorted(ref_names - set(base.infos), key=natural_key)[:1]:
+            raise TensorMismatchError(f"tensor {name!r} is missing from the base {base.label}")
+    sources = [i.source for i in inputs] + ([base] if base is not None else [])
+    out: list[TensorInfo] = []
+    for name in sorted(ref_names, key=natural_key):
+        first = ref.infos[name]
+        for src in sources[1:]:
+            info = src.infos[name]
+            if info.shape != first.shape:
+                raise TensorMismatchError(
+                    f"tensor {name!r}: shape {list(first.shape)} in {ref.label} but "
+                    f"{list(info.shape)} in {src.label}"
+                )
+            if info.dtype != first.dtype and not (info.is_float and first.is_float and dtype):
+                hint = (
+                    "; choose an output dtype (--dtype)" if info.is_float and first.is_float else ""
+                )
+                raise TensorMismatchError(
+                    f"tensor {name!r}: dtype {first.dtype} in {ref.label} but {info.dtype} in "
+                    f"{src.label}{hint}"
+                )
+        out_dtype = st_dtype(dtype) if (first.is_float and dtype is not None) else first.dtype
+        out.append(TensorInfo(name, out_dtype, first.shape))
+    return out
+
+
+def _dedupe(inputs: list[_Input]) -> list[_Input]:
+    """One input per content id, sorted by id; equal content with unequal params is an error."""
+    by_id: dict[bytes, _Input] = {}
+    for inp in inputs:
+        seen = by_id.get(inp.content_id)
+        if seen is None:
+            by_id[inp.content_id] = inp
+            continue
+        if _plain(seen.params) != _plain(inp.params) or seen.extra_ids != inp.extra_ids:
+            raise StrategyParamError(
+                f"{seen.label} and {inp.label} have the same content "
+                f"({inp.content_id.hex()[:16]}) but different parameters or extras"
+            )
+    return [by_id[cid] for cid in sorted(by_id)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _jobs(
+    schema: ModelMergeSchema,
+    infos: Sequence[TensorInfo],
+    inputs: Sequence[_Input],
+    has_base: bool,
+    final: bool,
+) -> list[TensorJob]:
+    """Resolve rule, strategy and validated params for every tensor (raises on bad params)."""
+    layers = count_layers(i.name for i in infos)
+    jobs: list[TensorJob] = []
+    checked: set[str] = set()
+    per_model_keys = {
+        p.name for name in schema.strategies() for p in registry.get(name).per_model_params()
+    }
+    for info in infos:
+        if not info.is_float:
+            jobs.append(TensorJob(info, None, {}, (), b""))
+            continue
+        rule = schema.rule_for(info.name)
+        strategy = registry.get(rule.strategy)
+        if strategy.name not in checked:
+            _check_strategy_inputs(strategy, inputs, has_base, info.name, final)
+            checked.add(strategy.name)
+        pos = layer_position(info.name, layers)
+        where = f"tensor {info.name!r}, strategy {strategy.name!r}"
+        params = resolve_params(rule.params, info.name, pos, where)
+        own = {p.name for p in strategy.per_model_params()}
+        per = [
+            {
+                key: value
+                for key, value in resolve_params(
+                    i.params, info.name, pos, f"{where}, {i.label}"
+                ).items()
+                if key in own or key not in per_model_keys  # another rule's per-model param
+            }
+            for i in inputs
+        ]
+        try:
+            gp, mp = strategy.validate(params, per)
+        except StrategyParamError as err:
+            raise StrategyParamError(f"tensor {info.name!r}: {err}") from None
+        jobs.append(TensorJob(info, strategy, gp, mp, canonical_params(gp, mp)))
+    return jobs
+
+
+def _check_strategy_inputs(
+    strategy: Strategy, inputs: Sequence[_Input], has_base: bool, name: str, final: bool
+) -> None:
+    """Base, input count and extras a strategy needs; the max count only after dedupe."""
+    k = len(inputs)
+    if strategy.needs_base and not has_base:
+        raise StrategyParamError(
+            f"strategy {strategy.name!r} (tensor {name!r}) needs a base model (--base)"
+        )
+    if k < strategy.min_inputs:
+        raise StrategyParamError(
+            f"strategy {strategy.name!r} (tensor {name!r}) needs at least "
+            f"{strategy.min_inputs} distinct inputs, got {k}"
+        )
+    if final and strategy.max_inputs is not None and k > strategy.max_inputs:
+        raise StrategyParamError(
+            f"strategy {strategy.name!r} (tensor {name!r}) takes at most "
+            f"{strategy.max_inputs} distinct inputs, got {k}"
+        )
+    for key in strategy.needs_extras:
+        for inp in inputs:
+            if key not in inp.extras:
+                raise StrategyParamError(
+                    f"strategy {strategy.name!r} needs extra {key!r} for every input; "
+                    f"{inp.label} has none"
+                )
+
+
+def _dry_run(plan: MergePlan, limit: int = 64, most: int = 1 << 20) -> None:
+    """Merge, and discard, the smallest real tensor of each distinct (strategy, params).
+
+    Surfaces what only the strategy can judge (weights summing to zero, a parameter that
+    needs more inputs, a missing extra) before the first tensor is written. Only
+    `StrategyError`s count here; anything else is left for the real run to report.
+    """
+    smallest: dict[tuple[str, bytes], TensorJob] = {}
+    for job in plan.jobs:
+        if job.strategy is None or job.info.numel > most:
+            continue
+        key = (job.strategy.name, job.params_bytes)
+        seen = smallest.get(key)
+        if seen is None or job.info.numel < seen.info.numel:
+            smallest[key] = job
+    if not smallest:
+        return
+    jobs = [smallest[key] for key in sorted(smallest)[:limit]]
+    buf = _Buffers(plan, jobs, None)
+    for job in jobs:
+        try:
+            _merge_block(plan, job, buf, None)
+        except StrategyError as err:
+            raise type(err)(f"tensor {job.info.name!r}: {err}") from None
+        except Exception:  # only typed parameter errors are reported early
+            continue
+
+
+def build_plan(
+    schema: ModelMergeSchema,
+    items: Sequence[CheckpointLike | Contribution],
+    base_spec: CheckpointLike | None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> MergePlan:
+    """Open, validate, hash and dedupe; the returned plan merges without further checks."""
+    if not items:
+        raise MergeError("no inputs to merge")
+    out_dtype = parse_dtype(dtype) if dtype is not None else None
+    inputs, opened = _open_inputs(items)
+    try:
+        base = None if base_spec is None else open_checkpoint(base_spec, _label(base_spec, "base"))
+        if base is not None:
+            opened.append(base)
+        infos = _check_tensors(inputs, base, out_dtype)
+        _jobs(schema, infos, inputs, base is not None, False)  # params checked before hashing
+        hashed = [i.source for i in inputs] + [
+            inp.extras[k] for inp in inputs for k in sorted(inp.extras)
+        ]
+        if base is not None:
+            hashed.append(base)
+        ids = _content_ids(hashed)
+        pos = 0
+        for inp in inputs:
+            inp.content_id = ids[pos]
+            pos += 1
+        for inp in inputs:
+            for key in sorted(inp.extras):
+                inp.extra_ids[key] = ids[pos]
+                pos += 1
+        base_id = ids[pos] if base is not None else None
+        unique = _dedupe(inputs)
+        jobs = _jobs(schema, infos, unique, base is not None, True)
+        digest = input_set_digest(i.content_id for i in unique)
+        root = base.root if base is not None else unique[0].source.root
+        plan = MergePlan(
+            unique,
+            base,
+            jobs,
+            digest,
+            base_id,
+            _metadata(schema, unique, digest, base_id, out_dtype),
+            side_files_of(root),
+            device or torch.device("cpu"),
+            opened,
+        )
+        _dry_run(plan)
+        return plan
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+
+
+def _content_ids(sources: Sequence[TensorSource]) -> list[bytes]:
+    """Content ids, hashing in parallel; a source may carry its own `precomputed_id`."""
+    known = [getattr(s, "precomputed_id", None) for s in sources]
+    todo = [s for s, k in zip(sources, known) if k is None]
+    workers = max(1, min(os.cpu_count() or 1, MAX_HASH_THREADS))
+    with ThreadPoolExecutor(workers, thread_name_prefix="crdtd-hash") as pool:
+        fresh = iter(content_ids(todo, pool))
+    return [k if k is not None else next(fresh) for k in known]
+
+
+def _metadata(
+    schema: ModelMergeSchema,
+    inputs: Sequence[_Input],
+    digest: bytes,
+    base_id: bytes | None,
+    dtype: torch.dtype | None,
+) -> dict[str, str]:
+    """Output metadata: a function of the input set and config only (no paths, no clock)."""
+    config = {
+        "schema": schema.to_config(),
+        "model_params": [_plain(i.params) for i in inputs],
+        "dtype": None if dtype is None else st_dtype(dtype),
+    }
+    return {
+        "format": "pt",
+        "crdtd.format": FORMAT_VERSION,
+        "crdtd.input_set_digest": digest.hex(),
+        "crdtd.inputs": json.dumps([i.content_id.hex() for i in inputs]),
+        "crdtd.base": "" if base_id is None else base_id.hex(),
+        "crdtd.strategy": json.dumps(config, sort_keys=True, separators=(",", ":")),
+    }
+
+
+# -- execution --------------------------------------------------------------------------------
+
+
+CHUNK_ELEMENTS = 1 << 22  # per-input elements in one row block of an elementwise merge
+LOAD_SLICE = 1 << 23  # elements copied from a mapped file between page releases
+
+
+def row_block(job: TensorJob, chunk: int | None) -> int | None:
+    """Rows per block when `job` may be merged in row blocks, else None.
+
+    Only strategies that declare `elementwise` (output entry j depends on entry j of the
+    inputs, base and extras alone) and draw no random numbers are split; for them a block
+    gives the same bytes as the whole tensor, with (k + 2) blocks of memory instead of
+    (k + 2) tensors.
+    """
+    s = job.strategy
+    shape = job.info.shape
+    if chunk is None or s is None or s.stochastic or not getattr(s, "elementwise", False):
+        return None
+    if not shape or shape[0] == 0 or job.info.numel <= chunk:
+        return None
+    row = job.info.numel // shape[0]
+    return max(1, chunk // max(1, row))
+
+
+def _block_numel(job: TensorJob, chunk: int | None) -> int:
+    rows = row_block(job, chunk)
+    if rows is None:
+        return job.info.numel
+    return rows * (job.info.numel // job.info.shape[0])
+
+
+class _Buffers:
+    """Reused float32 buffers for the input stack and the base (no per-tensor allocation)."""
+
+    def __init__(self, plan: MergePlan, jobs: Iterable[TensorJob], chunk: int | None) -> None:
+        biggest = max((_block_numel(j, chunk) for j in jobs if j.strategy is not None), default=0)
+        k = len(plan.inputs)
+        dev = plan.device
+        self.stack = torch.empty(k * biggest, dtype=torch.float32, device=dev)
+        size = biggest if plan.base is not None else 0
+        self.base = torch.empty(size, dtype=torch.float32, device=dev)
+
+
+def _load_into(dst: torch.Tensor, src: torch.Tensor, source: TensorSource, name: str) -> None:
+    """dst ← float32(src) in row slices, dropping the source's pages after each slice, so
+    at most one slice of a mapped file is resident at a time."""
+    if dst.dim() == 0 or dst.numel() <= LOAD_SLICE:
+        dst.copy_(src)
+    else:
+        rows = max(1, LOAD_SLICE // max(1, dst[0].numel()))
+        for r0 in range(0, dst.shape[0], rows):
+            dst[r0 : r0 + rows].copy_(src[r0 : r0 + rows])
+            source.release(name)
+    source.release(name)
+
+
+def _merge_block(
+    plan: MergePlan, job: TensorJob, buf: _Buffers, rows: slice | None
+) -> torch.Tensor:
+    """Merge tensor `job` (or only `rows` of it) and return the float32 result on the CPU."""
+    name = job.info.name
+    strategy = job.strategy
+    assert strategy is not None
+
+    def part(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t[rows]
+
+    full = job.info.shape
+    shape = full if rows is None else (len(range(*rows.indices(full[0]))), *full[1:])
+    k, n = len(plan.inputs), math.prod(shape)
+    stack = buf.stack[: k * n].view(k, *shape)
+    for i, inp in enumerate(plan.inputs):
+        _load_into(stack[i], part(inp.source.view(name)), inp.source, name)
+    base_t = None
+    if plan.base is not None:
+        base_t = buf.base[:n].view(shape)
+        _load_into(base_t, part(plan.base.view(name)), plan.base, name)
+    extras: tuple[dict[str, torch.Tensor], ...] = ()
+    if any(inp.extras for inp in plan.inputs):
+        extras = tuple(
+            {
+                key: part(src.view(name)).to(plan.device, torch.float32)
+                for key, src in sorted(inp.extras.items())
+                if name in src.infos
+            }
+            for inp in plan.inputs
+        )
+    tm = TensorMerge(
+        name,
+        stack,
+        base_t,
+        job.params,
+        job.model_params,
+        generator_for(plan.digest, name, job.params_bytes),
+        extras,
+    )
+    out = strategy.fn(tm)
+    for inp in plan.inputs:
+        for src in inp.extras.values():
+            if name in src.infos:
+                src.release(name)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MergeError(
+            f"strategy {strategy.name!r} returned {got} for tensor {name!r}, expected {list(shape)}"
+        )
+    return out.to("cpu")  # the sink casts to the output dtype
+
+
+def _extras_fit(plan: MergePlan, job: TensorJob) -> bool:
+    """Whether every extra tensor for `job` has the tensor's own shape (so rows line up)."""
+    name = job.info.name
+    return all(
+        src.infos[name].shape == job.info.shape
+        for inp in plan.inputs
+        for src in inp.extras.values()
+        if name in src.infos
+    )
+
+
+def execute(
+    plan: MergePlan,
+    sink: _Sink,
+    jobs: Sequence[TensorJob] | None = None,
+    *,
+    progress: bool = False,
+    chunk: int | Literal["auto"] | None = "auto",
+) -> None:
+    """Merge every tensor of `plan`, in `jobs` order, into `sink`.
+
+    With `chunk` (`"auto"`: `CHUNK_ELEMENTS`), elementwise strategies run over row blocks of
+    about `chunk` elements per input and the sink receives each block through `put_part`.
+    """
+    if chunk == "auto":
+        chunk = CHUNK_ELEMENTS
+    ordered = list(plan.jobs if jobs is None else jobs)
+    buf = _Buffers(plan, ordered, chunk)
+    total = sum(j.info.nbytes for j in ordered)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
+    ) as bar:
+        for job in ordered:
+            name = job.info.name
+            rows = row_block(job, chunk) if _extras_fit(plan, job) else None
+            if job.strategy is None:
+                src = plan.base if plan.base is not None else plan.inputs[0].source
+                sink.put(name, src.view(name))
+                src.release(name)
+            elif job.info.numel == 0:  # nothing to merge; strategies need not handle it
+                sink.put(name, torch.empty(job.info.shape, dtype=torch.float32))
+            elif rows is None:
+                sink.put(name, _merge_block(plan, job, buf, None))
+            else:
+                for r0 in range(0, job.info.shape[0], rows):
+                    block = slice(r0, min(job.info.shape[0], r0 + rows))
+                    sink.put_part(name, _merge_block(plan, job, buf, block))
+            bar.update(job.info.nbytes)

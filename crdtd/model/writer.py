@@ -1,0 +1,293 @@
+"""Deterministic sharded safetensors writer: same tensors and metadata → same bytes.
+
+The shard plan is fixed before the first tensor is merged (names, shapes and output dtypes
+are known up front), so each shard's header is written first and tensors are streamed into
+it one at a time. Tensor order is the natural order of names (`layers.2` before
+`layers.10`); header JSON has sorted keys and no whitespace. Files appear under their final
+names only when the whole checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from crdtd.errors import MergeError
+from crdtd.model.io import HF_SIDE_FILES, TensorInfo
+
+DEFAULT_SHARD_SIZE = 5 * 1000**3
+CAST_SLICE = 1 << 22  # elements cast to the output dtype per write
+INDEX_NAME = "model.safetensors.index.json"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `5GB`, `500MB`, `2GiB`, `1e6`-free integers; decimal units, binary with `i`."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.match(text)
+        if not m:
+            raise MergeError(f"shard size {text!r} is not a size like 5GB, 500MB or 1048576")
+        unit = (m.group(2) or "").lower().rstrip("b")
+        base = 1024 if unit.endswith("i") else 1000
+        power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit.rstrip("i")]
+        value = int(float(m.group(1)) * base**power)
+    if value <= 0:
+        raise MergeError(f"shard size must be positive, got {text!r}")
+    return value
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key that orders digit runs numerically (`layers.2` < `layers.10`); total order."""
+    parts = re.split(r"(\d+)", name)
+    key = tuple((1, int(p), "") if p.isdigit() else (0, 0, p) for p in parts)
+    return (*key, (2, 0, name))
+
+
+def plan_shards(tensors: Sequence[TensorInfo], shard_size: int) -> list[list[TensorInfo]]:
+    """Greedy split in natural name order: a new shard starts when the next tensor overflows."""
+    shards: list[list[TensorInfo]] = []
+    current: list[TensorInfo] = []
+    size = 0
+    for info in sorted(tensors, key=lambda i: natural_key(i.name)):
+        if current and size + info.nbytes > shard_size:
+            shards.append(current)
+            current, size = [], 0
+        current.append(info)
+        size += info.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(count: int, stem: str = "model") -> list[str]:
+    """Hugging Face file names: `model.safetensors`, or `model-00001-of-00003.safetensors`."""
+    if count == 1:
+        return [f"{stem}.safetensors"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def header_bytes(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors header (length prefix + JSON padded to 8 bytes) for tensors in order."""
+    doc: dict[str, object] = {}
+    if metadata:
+        doc["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
+    offset = 0
+    for info in infos:
+        doc[info.name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
+        offset += info.nbytes
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, without copying when it is contiguous."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().data
+
+
+@dataclass(frozen=True)
+class WrittenCheckpoint:
+    """What a writer produced: file names (relative to the directory) and total tensor bytes."""
+
+    directory: Path
+    files: tuple[str, ...]
+    total_size: int
+
+
+class ShardedWriter:
+    """Streams tensors, in plan order, into deterministic shards plus an index.
+
+    Use as a context manager: on error the partial files are removed and nothing under the
+    final names is touched; on success `commit()` renames everything into place.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        tensors: Sequence[TensorInfo],
+        metadata: Mapping[str, str],
+        *,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        stem: str = "model",
+        write_index: bool | None = None,
+        fsync: bool = False,
+    ) -> None:
+        self.out_dir = out_dir
+        self.metadata = dict(metadata)
+        self.fsync = fsync
+        self.shards = plan_shards(tensors, shard_size)
+        self.names = shard_names(len(self.shards), stem)
+        self.write_index = len(self.shards) > 1 if write_index is None else write_index
+        self.order = [info for shard in self.shards for info in shard]
+        self._file_of = {
+            info.name: fname for fname, shard in zip(self.names, self.shards) for info in shard
+        }
+        self._pos = 0
+        self._done = 0  # elements of the current tensor written so far
+        self._shard_end = [
+            sum(len(x) for x in self.shards[: i + 1]) for i in range(len(self.shards))
+        ]
+        self._shard = -1
+        self._fh: object | None = None
+        self._partials: list[Path] = []
+        self.total_size = sum(i.nbytes for i in self.order)
+
+    def __enter__(self) -> ShardedWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._open_next()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _partial(self, fname: str) -> Path:
+        return self.out_dir / f".{fname}.partial"
+
+    def _open_next(self) -> None:
+        self._close_current()
+        self._shard += 1
+        if self._shard >= len(self.shards):
+            return
+        path = self._partial(self.names[self._shard])
+        self._partials.append(path)
+        fh = open(path, "wb")  # noqa: SIM115  (closed in _close_current / abort)
+        fh.write(header_bytes(self.shards[self._shard], self.metadata))
+        self._fh = fh
+        if not self.shards[self._shard]:
+            self._open_next()
+
+    def _close_current(self) -> None:
+        fh = self._fh
+        self._fh = None
+        if fh is not None:
+            fh.flush()  # type: ignore[attr-defined]
+            if self.fsync:
+                os.fsync(fh.fileno())  # type: ignore[attr-defined]
+            fh.close()  # type: ignore[attr-defined]
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the whole tensor `name` (cast to the planned float dtype), in plan order."""
+        info = self._expect(name)
+        if tuple(tensor.shape) != info.shape:
+            raise MergeError(
+                f"tensor {name!r}: got shape {list(tensor.shape)}, planned {list(info.shape)}"
+            )
+        self.write_part(name, tensor)
+
+    put = write
+
+    def write_part(self, name: str, part: torch.Tensor) -> None:
+        """Append the next rows of tensor `name`; the tensor is done when all bytes are in."""
+        info = self._expect(name)
+        want = info.torch_dtype
+        if part.dtype != want and not (part.dtype.is_floating_point and want.is_floating_point):
+            raise MergeError(f"tensor {name!r}: got dtype {part.dtype}, planned {want}")
+        if self._done + part.numel() > info.numel:
+            raise MergeError(f"tensor {name!r}: more elements than its shape {list(info.shape)}")
+        fh = self._fh
+        assert fh is not None
+        flat = part.detach().reshape(-1)
+        if part.dtype == want:
+            fh.write(tensor_bytes(flat))  # type: ignore[attr-defined]
+        else:  # cast slice by slice: no second full-size copy of the tensor
+            for start in range(0, flat.numel(), CAST_SLICE):
+                fh.write(tensor_bytes(flat[start : start + CAST_SLICE].to("cpu", want)))  # type: ignore[attr-defined]
+        self._done += part.numel()
+        if self._done == info.numel:
+            self._done = 0
+            self._pos += 1
+            if self._pos == self._shard_end[self._shard]:
+                self._open_next()
+
+    put_part = write_part
+
+    def _expect(self, name: str) -> TensorInfo:
+        if self._pos >= len(self.order) or self.order[self._pos].name != name:
+            want = self.order[self._pos].name if self._pos < len(self.order) else "nothing"
+            raise MergeError(f"writer expected tensor {want!r} next, got {name!r}")
+        return self.order[self._pos]
+
+    def commit(self, side_files: Mapping[str, Path] | None = None) -> WrittenCheckpoint:
+        """Rename the shards (and index) into place; copy `side_files` (name → source path)."""
+        if self._pos != len(self.order) or self._done:
+            raise MergeError(f"writer closed after {self._pos} of {len(self.order)} tensors")
+        self._close_current()
+        files = list(self.names)
+        if self.write_index:
+            index = {
+                "metadata": {"total_size": self.total_size, **self.metadata},
+                "weight_map": {name: self._file_of[name] for name in sorted(self._file_of)},
+            }
+            path = self._partial(INDEX_NAME)
+            self._partials.append(path)
+            path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            files.append(INDEX_NAME)
+        for fname in sorted(side_files or {}):
+            path = self._partial(fname)
+            self._partials.append(path)
+            shutil.copyfile((side_files or {})[fname], path)
+            files.append(fname)
+        for fname in files:
+            os.replace(self._partial(fname), self.out_dir / fname)
+        self._partials = []
+        if self.fsync:
+            dfd = os.open(self.out_dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return WrittenCheckpoint(self.out_dir, tuple(sorted(files)), self.total_size)
+
+    def abort(self) -> None:
+        """Remove partial files; the output directory is left as it was."""
+        try:
+            self._close_current()
+        finally:
+            for p in self._partials:
+                p.unlink(missing_ok=True)
+            self._partials = []
+
+
+def side_files_of(root: Path | None) -> dict[str, Path]:
+    """`config.json` and tokenizer files present in a model directory (name → path)."""
+    if root is None:
+        return {}
+    return {n: root / n for n in HF_SIDE_FILES if (root / n).is_file()}
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse to write into a directory that already holds a checkpoint."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MergeError(f"output {out_dir} exists and is not a directory")
+    if out_dir.is_dir():
+        clash = sorted(
+            p.name
+            for p in out_dir.iterdir()
+            if p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json")
+        )
+        if clash:
+            raise MergeError(
+                f"output directory {out_dir} already holds a checkpoint ({clash[0]}); "
+                "choose an empty directory"
+            )
