@@ -8,8 +8,8 @@ contribution whose author they gate.
 
 The session here is a direct in-process exchange of entry ids and wire bytes (the same
 push-pull semantics as crdtd.sync, without its Merkle descent), because adversaries must be
-able to twist every reply and honest nodes must see the raw bytes they reject. Running on
-crdtd.sync's AntiEntropySession needs the hooks listed in docs/trust.md ("Integration").
+able to twist every reply and honest nodes must see the raw bytes they reject. `--grpc`
+runs a reduced attack set on real `crdtd start` daemons instead (simulations/byzantine_grpc.py).
 
 Adversaries (each plays one attack; the assignment cycles through `ATTACK_ORDER`):
 
@@ -31,13 +31,13 @@ the merged model is from the merge of honest contributions only.
 
     python simulations/byzantine.py --nodes 10 --byzantine 2
     python simulations/byzantine.py --nodes 10 --table
+    python simulations/byzantine.py --grpc --nodes 10 --byzantine 3
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import math
 import os
 import random
@@ -86,6 +86,7 @@ from crdtd.trust.gating import (
     NamespacePolicy,
     Revocations,
     assess,
+    auto_revocation,
     should_relay,
 )
 from crdtd.trust.outliers import (
@@ -326,7 +327,8 @@ class Node:
         self.index = index
         self.key = key
         self.attack = attack
-        self.state = E4State(NodeStore.open(path), sim.admin.public_keys)
+        rule = auto_revocation if sim.cfg.auto_revoke else None
+        self.state = E4State(NodeStore.open(path), sim.admin.public_keys, revocation_rule=rule)
         self.reported: set[str] = set()
         self.queue: list[Observation] = []
         self.used: dict[int, int] = {}
@@ -1020,6 +1022,40 @@ def summary_line(results: Sequence[SimResult]) -> str:
     return f"honest_converged: {str(converged).lower()}, honest_gated: {gated}, max_rounds_to_gate: {k}"
 
 
+def _main_grpc(a: argparse.Namespace, base: dict[str, Any], log: Any) -> int:
+    """--grpc: the same scenario on real daemons (simulations/byzantine_grpc.py)."""
+    try:
+        from simulations.byzantine_grpc import GRPC_ATTACKS, run_grpc
+    except ImportError:  # run as a script: simulations/ is sys.path[0]
+        from byzantine_grpc import GRPC_ATTACKS, run_grpc  # type: ignore[no-redef]
+
+    given = base["attacks"]
+    attacks = tuple(x for x in given if x in GRPC_ATTACKS)
+    if given != ATTACK_ORDER and attacks != given:
+        print(
+            f"--grpc plays {', '.join(GRPC_ATTACKS)}; not "
+            f"{', '.join(sorted(set(given) - set(GRPC_ATTACKS)))}",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = SimConfig(
+        byzantine=2 if a.byzantine is None else a.byzantine, **{**base, "attacks": attacks}
+    )
+    if a.per_attack or a.table:
+        print(
+            "--grpc runs one scenario (--byzantine F); no --table or --per-attack", file=sys.stderr
+        )
+        return 2
+    r = run_grpc(cfg, sys.modules[__name__], log)
+    print(format_result(r))
+    print(
+        f"honest trust identical: {_yes(r.trust_identical)}, materialised sha256 identical: "
+        f"{_yes(r.sha_identical)}, honest gated: {len(r.honest_gated)}"
+    )
+    print(summary_line([r]))
+    return 0 if r.converged and not r.honest_gated else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=10)
@@ -1035,21 +1071,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--attacks", default=",".join(ATTACK_ORDER), help="comma-separated cycle of attacks"
     )
     p.add_argument("--strategy", default="fedavg")
-    p.add_argument("--grpc", action="store_true", help="run on real loopback gRPC daemons")
+    p.add_argument(
+        "--grpc",
+        action="store_true",
+        help="run on real loopback gRPC daemons (equivocation, forged signatures, poisoning)",
+    )
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args(argv)
-    if a.grpc:
-        if importlib.util.find_spec("crdtd.sync") is None:
-            print(
-                "--grpc: not yet available: crdtd.sync (the gRPC node runner) is not in this tree yet",
-                file=sys.stderr,
-            )
-            return 2
-        print(
-            "--grpc: not yet available: the harness has not been wired to crdtd.sync's node runner",
-            file=sys.stderr,
-        )
-        return 2
     attacks = tuple(x.strip() for x in a.attacks.split(",") if x.strip())
     base = dict(
         nodes=a.nodes,
@@ -1060,6 +1088,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         strategy=a.strategy,
     )
     log = sys.stdout if a.verbose else None
+    if a.grpc:
+        return _main_grpc(a, base, log)
     if a.per_attack:
         f = 2 if a.byzantine is None else a.byzantine
         results = [

@@ -37,9 +37,9 @@ def test_the_harness_ends_with_the_convergence_line(capsys):
     assert re.fullmatch(r"honest_converged: true, honest_gated: 0, max_rounds_to_gate: \d+", last)
 
 
-def test_grpc_mode_says_plainly_when_it_is_not_available(capsys):
-    assert main(["--grpc", "--nodes", "4", "--byzantine", "1"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+def test_grpc_mode_says_plainly_which_attacks_it_cannot_play(capsys):
+    assert main(["--grpc", "--nodes", "4", "--byzantine", "1", "--attacks", "praise_ring"]) == 2
+    assert "--grpc plays" in capsys.readouterr().err
 
 
 @pytest.mark.slow

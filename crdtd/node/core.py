@@ -18,6 +18,7 @@ from typing import Any
 from crdtd.crypto.keys import NodeKey
 from crdtd.errors import (
     ConfigError,
+    EquivocationError,
     InputReadError,
     MalformedEntryError,
     NotFoundError,
@@ -29,11 +30,22 @@ from crdtd.errors import (
 from crdtd.node.config import DaemonConfig, NamespaceConfig
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.metrics import KINDS, NodeMetrics, StateSnapshot
+from crdtd.node.observe import (
+    EvidencePublisher,
+    equivocation_observation,
+    model_observations,
+)
 from crdtd.state.e4 import ApplyResult, ApplyStatus, E4State
-from crdtd.state.entry import Entry, Kind, make_contribution, make_removal
+from crdtd.state.entry import Entry, EquivocationProof, Kind, make_contribution, make_removal
 from crdtd.store import sqlite as db
 from crdtd.store.chunks import FileSource, Manifest
-from crdtd.trust.gating import Assessment, assess
+from crdtd.trust.gating import (
+    Assessment,
+    FederationPolicy,
+    assess,
+    auto_revocation,
+    should_relay,
+)
 
 STATUS_NAMES = {db.LIVE: "live", db.TOMBSTONED: "erased", db.QUARANTINED: "quarantined"}
 
@@ -99,6 +111,15 @@ class NodeCore:
         self.served_bytes: Callable[[], int] = lambda: 0
         self._chain = threading.Lock()
         self._trust = _TrustCache()
+        if config.trust.auto_revoke_equivocation and state.revocation_rule is None:
+            state.revocation_rule = auto_revocation
+        self._relay_policy = FederationPolicy(
+            default=config.trust.default,
+            namespaces={name: ns.policy for name, ns in config.namespaces.items()},
+        )
+        self.evidence = EvidencePublisher(self)
+        self._models_seen: dict[str, tuple[bytes, ...]] = {}
+        self._models_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -110,7 +131,10 @@ class NodeCore:
         """Open the store, load the key and make sure this node's membership entry is held."""
         node = config.node
         key = node.load_key()
-        state = E4State.open(node.data_dir, node.federation.admin, node.federation.policy)
+        rule = auto_revocation if config.trust.auto_revoke_equivocation else None
+        state = E4State.open(
+            node.data_dir, node.federation.admin, node.federation.policy, revocation_rule=rule
+        )
         try:
             membership = Entry.from_bytes(node.membership_bytes())
             if membership.kind is not Kind.MEMBERSHIP or membership.body.member != key.key_id:  # type: ignore[union-attr]
@@ -213,6 +237,7 @@ class NodeCore:
                 result = self.state.apply(entry, source)
         except ValidationError as exc:
             self.metrics.rejected(exc)
+            self._equivocation_seen(exc)
             raise
         self._applied(entry, result, "client")
         self.metrics.push_bytes.inc(size)
@@ -280,6 +305,7 @@ class NodeCore:
             result = self.state.apply(entry)
         except ValidationError as exc:
             self.metrics.rejected(exc)
+            self._equivocation_seen(exc)
             raise
         self._applied(entry, result, "client")
         return result
@@ -341,6 +367,7 @@ class NodeCore:
                 result = self.state.apply(entry)
         except ValidationError as exc:
             self.metrics.rejected(exc)
+            self._equivocation_seen(exc)
             raise
         erased = before - self._live(targets, author)
         self._applied(entry, result, "client")
@@ -378,6 +405,34 @@ class NodeCore:
                     status,
                 )
             )
+
+    def _equivocation_seen(self, exc: BaseException) -> None:
+        """An apply found an equivocation: publish the proof, so every replica quarantines
+        both headers (and, with auto_revoke_equivocation, revokes the author)."""
+        proof = getattr(exc, "proof", None)
+        if isinstance(exc, EquivocationError) and isinstance(proof, EquivocationProof):
+            self.evidence.publish([equivocation_observation(proof)])
+
+    def detect_models(self) -> list[Entry]:
+        """With `[trust] detect_model_outliers`, publish model-dimension evidence for the
+        outliers of each safetensors namespace whose visible set changed; returns it."""
+        if not self.config.trust.detect_model_outliers:
+            return []
+        with self._models_lock:
+            observations = model_observations(self, self._models_seen)
+        return self.evidence.publish(observations) if observations else []
+
+    def evidence_published(self, entry: Entry, result: ApplyResult) -> None:
+        """Hook for the evidence publisher: an evidence entry this node signed went in."""
+        self._applied(entry, result, "trust")
+
+    def relayable(self, entry: Entry) -> bool:
+        """`crdtd.trust.should_relay` under this node's assessment and namespace policies:
+        False for a contribution of a revoked author or one gated in its namespace."""
+        if entry.kind is not Kind.CONTRIBUTION:
+            return True
+        a = self.assessment()
+        return should_relay(entry, a.scores, a.revocations, self._relay_policy)
 
     def entry_applied_elsewhere(self, entry: Entry, status: str, source: str = "sync") -> None:
         """Hook for the sync layer: an entry it applied (metrics and Watch)."""
@@ -462,7 +517,7 @@ class NodeCore:
                 for kind in (Kind.EVIDENCE, Kind.REVOCATION)
                 for e, _ in self.state.store.iter_entries(kind, db.LIVE)
             ]
-            result = assess(entries, self.state.members(), self.config.trust)
+            result = assess(entries, self.state.members(include_revoked=True), self.config.trust)
             cache.root, cache.assessment = root, result
             return result
 

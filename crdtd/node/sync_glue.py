@@ -2,11 +2,15 @@
 
 The sync layer owns the Peer service, sessions, gossip and the peer table; this module
 wires them to the daemon's metrics (sessions, bytes, durations, rejections), Watch events
-(entries that arrived by sync, peers that came and went) and Status (the peer table).
+(entries that arrived by sync, peers that came and went) and Status (the peer table), and to
+trust: the node serves and offers only what `NodeCore.relayable` allows (no contributions of
+gated or revoked authors), and what a peer sent that shows misbehaviour becomes evidence
+entries signed by this node (`crdtd.node.observe`), spread at once by push-notify.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +23,7 @@ from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import Identity, PeerIdentity
 from crdtd.sync.membership import PeerState
 from crdtd.sync.node import SyncNode
+from crdtd.sync.receive import Misbehaviour
 from crdtd.sync.session import SessionResult
 from crdtd.sync.tls import security_for_node
 from crdtd.sync.transport import GrpcTransport
@@ -31,6 +36,9 @@ class _DaemonSyncNode(SyncNode):
 
     core: NodeCore
     metrics: NodeMetrics
+    _tasks: set[asyncio.Task[None]]
+    _detecting: bool = False
+    _detect_again: bool = False
 
     def peer_seen(self, peer: PeerIdentity) -> None:
         known = peer.advertise and self.table.get(peer.advertise) is not None
@@ -45,7 +53,60 @@ class _DaemonSyncNode(SyncNode):
         super().received(ids, peer)
         self._announce(ids, f"pushed by {peer.advertise or peer.key_id.hex()[:16]}")
 
+    def report(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
+        """on_misbehaviour: sign evidence off the event loop, then push-notify peers."""
+        event(
+            log,
+            "sync.misbehaviour",
+            level=30,
+            peer=peer.key_id,
+            kinds=",".join(sorted({m.kind for m in items})),
+        )
+        self._evidence(self.core.evidence.observe, peer.key_id, list(items))
+
+    def flush_evidence(self) -> None:
+        """Sign observations the budget held back, once a new epoch allows them."""
+        if self.core.evidence.queue:
+            self._evidence(self.core.evidence.flush)
+
+    def _evidence(self, fn: Any, *args: Any) -> None:
+        async def run() -> None:
+            published = await asyncio.to_thread(fn, *args)
+            if published:
+                self.gossip.notify_peers()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def want_models(self) -> None:
+        """Run the model-outlier detector soon (once at a time; again if asked meanwhile)."""
+        if not self.core.config.trust.detect_model_outliers:
+            return
+        if self._detecting:
+            self._detect_again = True
+            return
+        self._detecting = True
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._detect_again = False
+                    published = await asyncio.to_thread(self.core.detect_models)
+                    if published:
+                        self.gossip.notify_peers()
+                    if not self._detect_again:
+                        return
+            finally:
+                self._detecting = False
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _announce(self, ids: Sequence[bytes], detail: str) -> None:
+        if ids:
+            self.want_models()
         for eid in ids:
             try:
                 entry = self.state.store.get_entry(eid)
@@ -76,6 +137,8 @@ class _Observer:
             )
             for eid, why in result.rejected:
                 self.core.entry_rejected_elsewhere(_Rejected(why), eid)
+            if self.node is not None:
+                self.node.flush_evidence()
             if result.pulled and self.node is not None:
                 self.node._announce(result.pulled, f"pulled from {address}")
             if address in self._down:
@@ -114,8 +177,9 @@ class SyncHandle:
         self.node = node
 
     def nudge(self) -> None:
-        """Push-notify peers now (call on the event loop)."""
+        """Push-notify peers now, and look for model outliers (call on the event loop)."""
         self.node.gossip.notify_peers()
+        self.node.want_models()
 
     def peers(self) -> list[PeerView]:
         names = self.node.core.member_names()
@@ -161,8 +225,11 @@ async def start_sync(core: NodeCore, events: EventBus, metrics: NodeMetrics) -> 
         bootstrap=cfg.bootstrap,
         observer=observer,
         loopback_only=tls is None,
+        relay_filter=core.relayable,
     )
     node.core, node.metrics = core, metrics
+    node._tasks = set()
+    node.on_misbehaviour = node.report
     observer.node = node
     await node.start(f"{cfg.peer_host}:{cfg.peer_port}")
     handle = SyncHandle(node)

@@ -13,13 +13,17 @@ entries offered, not of their order (see docs/store.md, "Order independence"):
 - a revocation purges the revoked key's entries above its cutoff (the self-revocation's own seq,
   or 0 when the admin revokes) and refuses them afterwards;
 - a second header for the same author and seq raises EquivocationError carrying the proof; an
-  evidence entry carrying a verified proof quarantines both headers on every node.
+  evidence entry carrying a verified proof quarantines both headers on every node;
+- with a `revocation_rule` (the federation's `auto_revoke_equivocation`), an evidence entry whose
+  self-proving proof convicts an author revokes that author from the proof's first seq on,
+  exactly like an entry-borne revocation (docs/store.md, "Automatic revocation").
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +71,23 @@ class ApplyStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class AutoRevocation:
+    """A key an evidence entry's proof revokes: entries above `cutoff` are dropped and refused."""
+
+    key_id: bytes
+    cutoff: int
+    reason: str = ""
+
+
+RevocationRule = Callable[[Entry, Callable[[bytes], list[PublicKeys]]], AutoRevocation | None]
+"""Decides, from an evidence entry and a key lookup, whether it revokes a key automatically.
+
+Must be a pure function of its arguments (every replica must decide alike); raises
+NotMemberError when the proof's subject is not known yet, so the entry is retried later.
+`crdtd.trust.gating.auto_revocation` is the federation's rule."""
+
+
+@dataclass(frozen=True)
 class ApplyResult:
     """The outcome of one `apply`: the entry's status and any held entries it let in."""
 
@@ -85,12 +106,14 @@ class E4State:
         policy: SignaturePolicy | str = ED25519_ONLY,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
         max_held: int = DEFAULT_MAX_HELD,
+        revocation_rule: RevocationRule | None = None,
     ) -> None:
         self.store = store
         self.admin = admin
         self.policy = SignaturePolicy.coerce(policy)
         self.max_payload_size = max_payload_size
         self.max_held = max_held
+        self.revocation_rule = revocation_rule
         self._entered: list[bytes] = []
         _bind_federation(store, admin, self.policy)
 
@@ -101,6 +124,7 @@ class E4State:
         admin: PublicKeys | None = None,
         policy: SignaturePolicy | str | None = None,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+        revocation_rule: RevocationRule | None = None,
     ) -> E4State:
         """Open the state in `data_dir`; `admin`/`policy` default to what the store recorded."""
         store = NodeStore.open(data_dir)
@@ -110,7 +134,7 @@ class E4State:
             if admin is None:
                 raise ConfigError(f"{data_dir}: new store needs the federation admin public key")
             pol = policy or stored_policy or ED25519_ONLY
-            return cls(store, admin, pol, max_payload_size)
+            return cls(store, admin, pol, max_payload_size, revocation_rule=revocation_rule)
         except BaseException:
             store.close()
             raise
@@ -152,13 +176,17 @@ class E4State:
 
     # -- other views ------------------------------------------------------------------------
 
-    def members(self) -> dict[bytes, PublicKeys]:
-        """Current members (admitted, not revoked) and their public keys."""
+    def members(self, include_revoked: bool = False) -> dict[bytes, PublicKeys]:
+        """Current members (admitted, not revoked; every admitted one with `include_revoked`)
+        and their public keys. Trust scoring takes every admitted key, so that a proof
+        against a revoked key still counts (and names why it was revoked)."""
         with self.store.reading() as c:
             rows = c.execute(
                 "SELECT key_id, ed25519, ml_dsa_65 FROM members ORDER BY key_id, entry"
             ).fetchall()
-            revoked = {bytes(r[0]) for r in c.execute("SELECT revoked FROM revocations")}
+            revoked = set()
+            if not include_revoked:
+                revoked = {bytes(r[0]) for r in c.execute("SELECT revoked FROM revocations")}
         out: dict[bytes, PublicKeys] = {}
         for kid, ed, ml in rows:
             if bytes(kid) not in revoked:
@@ -247,6 +275,7 @@ class E4State:
         if c.execute("SELECT 1 FROM pending WHERE id = ?", (e.id,)).fetchone():
             return ApplyResult(e.id, ApplyStatus.DUPLICATE)
         proof = self._validate_header(e)
+        auto = self._auto_revocation(e)
         self._check_equivocation(e)
         hold = self._chain_waits(e)
         status = db.LIVE
@@ -270,7 +299,7 @@ class E4State:
             if e.kind is Kind.REMOVAL:
                 self._removal_rows(e)
             return ApplyResult(e.id, ApplyStatus.HELD)
-        self._commit(e, status, proof)
+        self._commit(e, status, proof, auto)
         done = ApplyStatus.TOMBSTONED if status == db.TOMBSTONED else ApplyStatus.APPLIED
         return ApplyResult(e.id, done)
 
@@ -343,6 +372,20 @@ class E4State:
         except SignatureError as exc:
             raise SignatureError(f"{where}: equivocation proof: {exc}") from None
         return proof
+
+    def _auto_revocation(self, e: Entry) -> AutoRevocation | None:
+        """What the revocation rule says about an evidence entry (None without a rule)."""
+        if self.revocation_rule is None or e.kind is not Kind.EVIDENCE or not e.body.proof:  # type: ignore[union-attr]
+            return None
+        auto = self.revocation_rule(e, self._keys_of)
+        if auto is None or auto.key_id == self.admin.key_id:
+            return None  # the admin key is never revoked, not even by proof
+        if auto.key_id == e.author and e.seq > auto.cutoff:
+            raise RevokedKeyError(
+                f"entry {e.id.hex()}: its proof revokes its own author {e.author.hex()} "
+                f"from seq {auto.cutoff + 1} on"
+            )
+        return auto
 
     def _check_equivocation(self, e: Entry) -> None:
         c = self.store.conn
@@ -428,10 +471,22 @@ class E4State:
 
     # -- committing -------------------------------------------------------------------------
 
-    def _commit(self, e: Entry, status: int, proof: EquivocationProof | None) -> None:
+    def _commit(
+        self,
+        e: Entry,
+        status: int,
+        proof: EquivocationProof | None,
+        auto: AutoRevocation | None = None,
+    ) -> None:
         c = self.store.conn
         self.store.insert_entry(e, status)
         self._entered.append(e.id)
+        if auto is not None:
+            c.execute(
+                "INSERT OR IGNORE INTO revocations (revoked, entry, cutoff) VALUES (?, ?, ?)",
+                (auto.key_id, e.id, max(0, auto.cutoff)),
+            )
+            self._purge(auto.key_id)
         body = e.body
         if e.kind is Kind.MEMBERSHIP:
             c.execute(

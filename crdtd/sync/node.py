@@ -3,6 +3,11 @@
 It owns the answering side (LocalPeer served through a Transport), the calling side
 (one Connection per peer address, AntiEntropySession), the PeerTable and the Gossiper.
 The daemon builds one of these; tests and simulations build many in one process.
+
+Two hooks connect it to trust: `relay_filter(entry)` False keeps an entry out of what this
+node serves and offers (the daemon passes `crdtd.trust.should_relay`), and
+`on_misbehaviour(peer, items)` hears of every record a peer sent that shows misbehaviour,
+in either direction of a session (the daemon turns them into evidence entries).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from crdtd.sync.gossip import Gossiper
 from crdtd.sync.handshake import Identity, PeerIdentity
 from crdtd.sync.membership import PeerTable
 from crdtd.sync.peer import LocalPeer
+from crdtd.sync.receive import Misbehaviour
 from crdtd.sync.session import AntiEntropySession, Connection, SessionResult
 from crdtd.sync.transport import Listener, Transport
 
@@ -53,8 +59,11 @@ class SyncNode:
         clock: Callable[[], float] = time.monotonic,
         observer: SyncObserver | None = None,
         loopback_only: bool = False,
+        relay_filter: Callable[[Entry], bool] | None = None,
+        on_misbehaviour: Callable[[PeerIdentity, Sequence[Misbehaviour]], None] | None = None,
     ) -> None:
         self.state = state
+        self.on_misbehaviour = on_misbehaviour
         self.identity = identity
         self.transport = transport
         self.config = config or SyncConfig()
@@ -80,8 +89,9 @@ class SyncNode:
             events=self,
             known_peers=self.table.exchange_list,
             clock=clock,
+            relay_filter=relay_filter,
         )
-        self.session = AntiEntropySession(state, self.config)
+        self.session = AntiEntropySession(state, self.config, relay_filter=relay_filter)
         self.gossip = Gossiper(
             self.table, self.sync_with, self.ping, self.notify, self.config, self.rng, clock
         )
@@ -156,6 +166,8 @@ class SyncNode:
             self.table.learn(result.peer, self.clock())
             if self.observer is not None:
                 self.observer.session_done(address, result, None)
+            if result.misbehaviour:
+                self.misbehaved(result.peer, result.misbehaviour)
         if result.pulled:
             self.gossip.notify_peers(exclude=[address])
         return result
@@ -240,3 +252,11 @@ class SyncNode:
     def received(self, ids: Sequence[bytes], peer: PeerIdentity) -> None:
         exclude = [peer.advertise] if peer.advertise else []
         self.gossip.notify_peers(exclude=exclude)
+
+    def misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
+        if self.on_misbehaviour is None:
+            return
+        try:
+            self.on_misbehaviour(peer, items)
+        except Exception:  # a failing observer must not break sync
+            log.exception("misbehaviour hook failed for peer %s", peer.short)

@@ -3,7 +3,13 @@
 Every method takes the protobuf request and a `Caller` (session token, TLS key id) and
 returns protobuf replies or raises typed crdtd errors; the gRPC servicer and the in-process
 transport are adapters around it. Events the gossip layer cares about (a peer completed a
-handshake, a peer notified us, entries arrived by push) go to a `PeerEvents` object.
+handshake, a peer notified us, entries arrived by push, a peer sent something that shows
+misbehaviour) go to a `PeerEvents` object.
+
+A `relay_filter` (the daemon passes `crdtd.trust.should_relay`) keeps entries out of what
+this node serves: FetchEntries answers a filtered id as `unknown`, exactly as if it were not
+held. The Merkle digest still covers every id held, so two honest nodes that differ only in
+contributions of a gated author keep different roots (docs/sync.md, "Relay filter").
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from typing import Protocol
 from crdtd.errors import NotFoundError, ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
-from crdtd.state.entry import Kind
+from crdtd.state.entry import Entry, Kind
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.digest import DigestExchange, MerkleDescent
 from crdtd.sync.handshake import HandshakeServer, Identity, PeerIdentity, Session
-from crdtd.sync.receive import Incoming, Receiver, pieces_of
+from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of
 from crdtd.sync.transport import Caller
 
 MAX_IDS_PER_FETCH = 100_000
@@ -40,6 +46,9 @@ class PeerEvents(Protocol):
     def received(self, ids: Sequence[bytes], peer: PeerIdentity) -> None:
         """Entries a peer pushed to us went into the state."""
 
+    def misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
+        """A peer offered or pushed records that show misbehaviour (see `Misbehaviour`)."""
+
 
 class NoEvents:
     """PeerEvents that ignores everything."""
@@ -51,6 +60,9 @@ class NoEvents:
         return False
 
     def received(self, ids: Sequence[bytes], peer: PeerIdentity) -> None:
+        return None
+
+    def misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
         return None
 
 
@@ -76,8 +88,10 @@ class LocalPeer:
         events: PeerEvents | None = None,
         known_peers: Callable[[], Sequence[tuple[str, bytes]]] = tuple,
         clock: Callable[[], float] = time.monotonic,
+        relay_filter: Callable[[Entry], bool] | None = None,
     ) -> None:
         self.state = state
+        self.relay_filter = relay_filter
         self.config = config or SyncConfig()
         self.exchange = exchange or MerkleDescent(self.config)
         self.events: PeerEvents = events or NoEvents()
@@ -129,6 +143,9 @@ class LocalPeer:
             except NotFoundError:
                 batch.unknown.append(entry_id)
                 continue
+            if self.relay_filter is not None and not self.relay_filter(entry):
+                batch.unknown.append(entry_id)
+                continue
             manifest = b""
             if entry.kind is Kind.CONTRIBUTION:
                 digest = entry.as_contribution().payload_digest
@@ -159,6 +176,7 @@ class LocalPeer:
         wanted = outcome.incomplete
         missing = self.receiver.missing_chunks(wanted)
         self._received(outcome.applied, session.peer)
+        self._misbehaved(session.peer, checked.misbehaviour + outcome.misbehaviour)
         unknown = [
             (i, f"entry {i.hex()}: author is not a member known here") for i in checked.deferred
         ]
@@ -190,6 +208,7 @@ class LocalPeer:
             raise ProtocolError(f"peer {peer}: push message carries nothing")
         checked = self.receiver.check(records, None, peer)
         if checked.rejected:
+            self._misbehaved(session.peer, checked.misbehaviour)
             raise ProtocolError(
                 f"peer {peer}: pushed {len(checked.rejected)} entries that do not verify; "
                 f"first: {checked.rejected[0][1]}"
@@ -211,6 +230,7 @@ class LocalPeer:
         await self.receiver.store_chunks(rest(), expected, peer)
         outcome = await self.receiver.apply(items)
         self._received(outcome.applied, session.peer)
+        self._misbehaved(session.peer, outcome.misbehaviour)
         return pb.PushResponse(
             applied=outcome.applied,
             rejected=[pb.Rejection(id=i, reason=r) for i, r in outcome.refused],
@@ -228,15 +248,24 @@ class LocalPeer:
             self.stats.entries_received += len(ids)
             self.events.received(ids, peer)
 
+    def _misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
+        if items:
+            self.events.misbehaved(peer, items)
 
-def records_for(state: E4State, ids: Sequence[bytes]) -> list[Incoming]:
-    """Our own stored entries (with manifests) to offer a peer; unknown ids are skipped."""
+
+def records_for(
+    state: E4State, ids: Sequence[bytes], relay_filter: Callable[[Entry], bool] | None = None
+) -> list[Incoming]:
+    """Our own stored entries (with manifests) to offer a peer; unknown ids, and those
+    `relay_filter` holds back, are skipped."""
     store = state.store
     out = []
     for entry_id in ids:
         try:
             entry = store.get_entry(entry_id)
         except NotFoundError:
+            continue
+        if relay_filter is not None and not relay_filter(entry):
             continue
         manifest = None
         if entry.kind is Kind.CONTRIBUTION:

@@ -7,6 +7,10 @@ by an admin-signed membership entry in the same transfer) and its manifest hashe
 payload digest. Chunks are verified by `put_chunk` as they land and stay on disk, so a cut
 transfer resumes with only the chunks still missing. Each entry is then applied on its own
 through `E4State.apply` (one durable transaction per entry).
+
+What shows misbehaviour (a record that does not decode, an id not asked for, a bad signature
+or manifest, an equivocation, a broken chain link) is also kept as a `Misbehaviour` with the
+bytes that show it, so the node can turn it into trust evidence (crdtd.node.observe).
 """
 
 from __future__ import annotations
@@ -17,19 +21,22 @@ from dataclasses import dataclass, field
 
 from crdtd.crypto.schemes import PublicKeys
 from crdtd.errors import (
+    ChainError,
     CrdtdError,
     DigestMismatchError,
+    EquivocationError,
     MalformedManifestError,
     MissingPayloadError,
     NotFoundError,
     NotMemberError,
+    PayloadError,
     ProtocolError,
     SignatureError,
     ValidationError,
 )
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import ApplyStatus, E4State
-from crdtd.state.entry import Entry, Kind
+from crdtd.state.entry import Entry, EquivocationProof, Kind
 from crdtd.store.chunks import CHUNK_SIZE, Manifest
 from crdtd.sync.config import SyncConfig
 
@@ -61,23 +68,66 @@ class Incoming:
         return [(c.digest, c.size) for c in self.manifest.chunks]
 
 
+MISBEHAVIOUR_KINDS = (
+    "malformed",
+    "unasked",
+    "bad_signature",
+    "bad_manifest",
+    "invalid",
+    "equivocation",
+    "chain",
+)
+"""What a `Misbehaviour` can be (see its docstring)."""
+
+
+@dataclass(frozen=True)
+class Misbehaviour:
+    """Something a peer sent that shows misbehaviour, with the bytes that show it.
+
+    `kind`: `malformed` (the record does not decode), `unasked` (an entry we did not ask
+    for: its id does not match the request), `bad_signature`, `bad_manifest` (the manifest
+    does not hash to the signed payload digest or contradicts the signed size), `invalid`
+    (another arrival check), `equivocation` (a second header for one author and seq;
+    `proof` holds both), `chain` (prev does not continue the author's chain). `wire` is the
+    entry's bytes as received, `manifest` the manifest bytes sent with it.
+    """
+
+    kind: str
+    entry_id: bytes
+    wire: bytes
+    detail: str
+    manifest: bytes = b""
+    proof: EquivocationProof | None = None
+
+
 @dataclass
 class Checked:
-    """Records sorted by the arrival checks."""
+    """Records sorted by the arrival checks (`misbehaviour` details the rejected ones)."""
 
     verified: list[Incoming] = field(default_factory=list)
     rejected: list[tuple[bytes, str]] = field(default_factory=list)
     deferred: list[bytes] = field(default_factory=list)
+    misbehaviour: list[Misbehaviour] = field(default_factory=list)
+
+    def reject(self, m: Misbehaviour, reason: str) -> None:
+        """Record a rejected record, with its reason and the bytes that show it."""
+        self.rejected.append((m.entry_id, reason))
+        self.misbehaviour.append(m)
 
 
 @dataclass
 class Outcome:
-    """What applying verified entries did: in the set, held, refused, or waiting for chunks."""
+    """What applying verified entries did: in the set, held, refused, or waiting for chunks.
+
+    `misbehaviour` lists refusals that prove something about the author: equivocations
+    (with the proof) and broken chain links.
+    """
 
     applied: list[bytes] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)
     refused: list[tuple[bytes, str]] = field(default_factory=list)
     incomplete: list[Incoming] = field(default_factory=list)
+    misbehaviour: list[Misbehaviour] = field(default_factory=list)
 
 
 class _ManifestSource:
@@ -145,27 +195,27 @@ class Receiver:
         and asked for again in a later session.
         """
         asked = set(expected) if expected is not None else None
-        decoded: list[tuple[Entry, bytes]] = []
+        decoded: list[tuple[Entry, bytes, bytes]] = []
         checked = Checked()
         for i, rec in enumerate(records):
+            wire, manifest = bytes(rec.entry), bytes(rec.manifest)
             try:
-                e = Entry.from_bytes(bytes(rec.entry))
+                e = Entry.from_bytes(wire)
             except ValidationError as exc:
-                checked.rejected.append((b"", f"peer {peer}: record {i}: {exc}"))
+                why = f"peer {peer}: record {i}: {exc}"
+                checked.reject(Misbehaviour("malformed", b"", wire, str(exc), manifest), why)
                 continue
             if asked is not None and e.id not in asked:
-                checked.rejected.append(
-                    (
-                        e.id,
-                        f"peer {peer}: sent entry {e.id.hex()} that was not asked for "
-                        "(id does not match the request)",
-                    )
+                why = (
+                    f"peer {peer}: sent entry {e.id.hex()} that was not asked for "
+                    "(id does not match the request)"
                 )
+                checked.reject(Misbehaviour("unasked", e.id, wire, why, manifest), why)
                 continue
-            decoded.append((e, bytes(rec.manifest)))
-        ring = self.keyring([e for e, _ in decoded])
+            decoded.append((e, wire, manifest))
+        ring = self.keyring([e for e, _, _ in decoded])
         seen: set[bytes] = set()
-        for e, raw_manifest in decoded:
+        for e, wire, raw_manifest in decoded:
             if e.id in seen:
                 continue
             seen.add(e.id)
@@ -174,7 +224,15 @@ class Receiver:
             except NotMemberError:
                 checked.deferred.append(e.id)
             except ValidationError as exc:
-                checked.rejected.append((e.id, f"peer {peer}: {exc}"))
+                kind = (
+                    "bad_signature"
+                    if isinstance(exc, SignatureError)
+                    else "bad_manifest"
+                    if isinstance(exc, PayloadError)
+                    else "invalid"
+                )
+                m = Misbehaviour(kind, e.id, wire, str(exc), raw_manifest)
+                checked.reject(m, f"peer {peer}: {exc}")
         return checked
 
     def _verify(
@@ -309,7 +367,7 @@ class Receiver:
         source = _ManifestSource(items)
         todo = sort_for_apply(items)
         outcome = Outcome()
-        errors: dict[bytes, str] = {}
+        errors: dict[bytes, ValidationError] = {}
         incomplete: dict[bytes, Incoming] = {}
         while todo:
             left: list[Incoming] = []
@@ -321,7 +379,7 @@ class Receiver:
                     errors.pop(item.id, None)
                     continue
                 except ValidationError as exc:
-                    errors[item.id] = str(exc)
+                    errors[item.id] = exc
                     left.append(item)
                     continue
                 incomplete.pop(item.id, None)
@@ -334,7 +392,18 @@ class Receiver:
             if len(left) == len(todo):
                 break
             todo = left
-        outcome.refused.extend((i, errors[i]) for i in sorted(errors))
+        outcome.refused.extend((i, str(errors[i])) for i in sorted(errors))
+        by_id = {item.id: item for item in items}
+        for i in sorted(errors):
+            err = errors[i]
+            wire = by_id[i].entry.to_bytes()
+            if isinstance(err, EquivocationError):
+                proof = err.proof if isinstance(err.proof, EquivocationProof) else None
+                outcome.misbehaviour.append(
+                    Misbehaviour("equivocation", i, wire, str(err), b"", proof)
+                )
+            elif isinstance(err, ChainError):
+                outcome.misbehaviour.append(Misbehaviour("chain", i, wire, str(err)))
         outcome.incomplete = [incomplete[i] for i in sorted(incomplete)]
         return outcome
 

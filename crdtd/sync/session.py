@@ -7,7 +7,8 @@ peer forgot it). `AntiEntropySession.run` then:
 2. pulls: fetches the missing headers, verifies them on arrival, applies what needs no
    payload, fetches only the chunks not already stored, applies the rest (one durable
    transaction per entry);
-3. pushes: offers our entries the peer lacks, and streams only the chunks it asks for.
+3. pushes: offers our entries the peer lacks, and streams only the chunks it asks for
+   (except those the relay filter holds back: contributions of authors we gate).
 
 A transfer cut at any point leaves every completed chunk stored on the receiving side, so
 the next session asks only for what is still missing.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from crdtd.errors import HandshakeError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
+from crdtd.state.entry import Entry
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.digest import DigestExchange, MerkleDescent
 from crdtd.sync.handshake import (
@@ -34,7 +36,7 @@ from crdtd.sync.handshake import (
     verify_server_hello,
 )
 from crdtd.sync.peer import records_for
-from crdtd.sync.receive import Incoming, Receiver, pieces_of, sort_for_apply
+from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of, sort_for_apply
 from crdtd.sync.transport import PeerClient, TransferStats
 
 IDS_PER_FETCH = 4096
@@ -109,6 +111,10 @@ class SessionResult:
     `refused`: verified entries the state refused (e.g. revoked author, broken chain).
     `deferred`: entries whose author we cannot check yet; asked for again later.
     `incomplete`: entries still missing chunks (the transfer resumes next session).
+    `misbehaviour`: the rejected records and the refusals that prove something (equivocation,
+    broken chain), with the bytes that show it (crdtd.node turns them into evidence).
+    `unserved`: ids the digest exchange said the peer holds that it did not send (it may
+    legitimately hold them back: a contribution of an author it gates is not relayed).
     """
 
     peer: PeerIdentity
@@ -122,6 +128,8 @@ class SessionResult:
     refused: list[tuple[bytes, str]] = field(default_factory=list)
     deferred: list[bytes] = field(default_factory=list)
     incomplete: list[bytes] = field(default_factory=list)
+    misbehaviour: list[Misbehaviour] = field(default_factory=list)
+    unserved: list[bytes] = field(default_factory=list)
     chunks_fetched: int = 0
     chunks_pushed: int = 0
     stats: TransferStats = field(default_factory=TransferStats)
@@ -134,18 +142,24 @@ class SessionResult:
 
 
 class AntiEntropySession:
-    """Push-pull anti-entropy between our state and one connected peer."""
+    """Push-pull anti-entropy between our state and one connected peer.
+
+    `relay_filter(entry)` False keeps an entry of ours out of what we offer (the daemon
+    passes `crdtd.trust.should_relay`: contributions of gated authors are not relayed).
+    """
 
     def __init__(
         self,
         state: E4State,
         config: SyncConfig | None = None,
         exchange: DigestExchange | None = None,
+        relay_filter: Callable[[Entry], bool] | None = None,
     ) -> None:
         self.state = state
         self.config = config or SyncConfig()
         self.exchange = exchange or MerkleDescent(self.config)
         self.receiver = Receiver(state, self.config)
+        self.relay_filter = relay_filter
 
     async def run(self, conn: Connection, pull: bool = True, push: bool = True) -> SessionResult:
         """Reconcile, pull what we lack, push what the peer lacks."""
@@ -192,10 +206,15 @@ class AntiEntropySession:
         checked = self.receiver.check(records, ids, peer)
         result.rejected.extend(checked.rejected)
         result.deferred.extend(checked.deferred)
+        result.misbehaviour.extend(checked.misbehaviour)
+        got = {i.id for i in checked.verified} | set(checked.deferred)
+        got |= {m.entry_id for m in checked.misbehaviour}
+        result.unserved.extend(i for i in ids if i not in got)
         first = await self.receiver.apply(checked.verified)
         result.pulled.extend(first.applied)
         result.held.extend(first.held)
         result.refused.extend(first.refused)
+        result.misbehaviour.extend(first.misbehaviour)
         waiting = first.incomplete
         if not waiting:
             return
@@ -209,13 +228,16 @@ class AntiEntropySession:
         result.pulled.extend(second.applied)
         result.held.extend(second.held)
         result.refused.extend(second.refused)
+        result.misbehaviour.extend(second.misbehaviour)
         result.incomplete.extend(i.id for i in second.incomplete)
 
     # -- push --------------------------------------------------------------------------------
 
     async def _push(self, conn: Connection, ids: Sequence[bytes], result: SessionResult) -> None:
         client = conn.client
-        items = sort_for_apply(await asyncio.to_thread(records_for, self.state, ids))
+        items = sort_for_apply(
+            await asyncio.to_thread(records_for, self.state, ids, self.relay_filter)
+        )
         wanted: list[Incoming] = []
         missing: list[bytes] = []
         by_id = {i.id: i for i in items}

@@ -9,14 +9,18 @@ revokes its author for good; the proof is in the evidence set, so every node agr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
+import msgpack
+
 from crdtd.crypto.schemes import PublicKeys
-from crdtd.errors import ConfigError
-from crdtd.state.entry import DIMENSIONS, Entry, Kind
+from crdtd.errors import ConfigError, EvidenceError, NotMemberError
+from crdtd.state.e4 import AutoRevocation
+from crdtd.state.entry import DIMENSIONS, Entry, EquivocationProof, Kind
+from crdtd.trust.evidence import Evidence, ProofKind, Verdict, check_proof
 from crdtd.trust.scores import SCALE, TrustParams, TrustScores, compute_scores, decode_evidence
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "Revocation",
     "Revocations",
     "assess",
+    "auto_revocation",
     "collect_revocations",
     "gate",
     "should_relay",
@@ -64,6 +69,7 @@ _TOP_KEYS = {
     "trim",
     "iterations",
     "reckless_limit",
+    "detect_model_outliers",
     "default",
     "namespace",
 }
@@ -110,7 +116,8 @@ class FederationPolicy:
     """Trust settings every node of a federation shares (from the `[trust]` config table).
 
     `namespaces` maps a namespace or a prefix ending in `/` to its policy; the longest match
-    wins, else `default`.
+    wins, else `default`. `detect_model_outliers` makes a daemon run the model-dimension
+    detector (crdtd.trust.outliers) on its safetensors namespaces and publish what it flags.
     """
 
     default: NamespacePolicy = field(default_factory=NamespacePolicy)
@@ -118,6 +125,7 @@ class FederationPolicy:
     auto_revoke_equivocation: bool = False
     admins: frozenset[bytes] = frozenset()
     params: TrustParams = field(default_factory=TrustParams)
+    detect_model_outliers: bool = False
 
     def for_namespace(self, namespace: str) -> NamespacePolicy:
         """The policy for `namespace`: exact match, else longest `prefix/` match, else default."""
@@ -139,6 +147,9 @@ class FederationPolicy:
         auto = raw.get("auto_revoke_equivocation", False)
         if not isinstance(auto, bool):
             raise ConfigError(f"{where}.auto_revoke_equivocation: expected true or false")
+        detect = raw.get("detect_model_outliers", False)
+        if not isinstance(detect, bool):
+            raise ConfigError(f"{where}.detect_model_outliers: expected true or false")
         admins: set[bytes] = set()
         for i, text in enumerate(raw.get("admins", [])):
             try:
@@ -170,7 +181,7 @@ class FederationPolicy:
             raise ConfigError(f"{where}.namespace: expected a table of namespace tables")
         for name in sorted(ns_raw):
             spaces[name] = _namespace_policy(ns_raw[name], f"{where}.namespace.{name!r}")
-        return cls(default, spaces, auto, frozenset(admins), params)
+        return cls(default, spaces, auto, frozenset(admins), params, detect)
 
 
 # -- revocations ------------------------------------------------------------------------------
@@ -264,6 +275,41 @@ def collect_revocations(
                     )
                 )
     return Revocations(tuple(sorted(set(items))))
+
+
+def auto_revocation(
+    entry: Entry, keys_of: Callable[[bytes], list[PublicKeys]]
+) -> AutoRevocation | None:
+    """The automatic revocation an evidence entry carries, for `E4State(revocation_rule=...)`.
+
+    A proven equivocation or chain fork (checked exactly as `compute_scores` checks it, so
+    the state and `assess` agree) revokes its author from the first seq the proof names:
+    the cutoff is that seq − 1, the author's entries up to it stay. Pure; raises
+    NotMemberError while the subject's key is unknown, so the entry is retried later.
+    """
+    try:
+        ev = Evidence.from_entry(entry)
+    except EvidenceError:
+        return None
+    if ev.proof_kind not in (ProofKind.EQUIVOCATION, ProofKind.CHAIN_FORK):
+        return None
+    keys = keys_of(ev.subject)
+    if not keys:
+        raise NotMemberError(
+            f"entry {entry.id.hex()}: proof subject {ev.subject.hex()} is not a member known here"
+        )
+    finding = check_proof(ev, {ev.subject: keys[0]})
+    if finding.verdict is not Verdict.PROVEN:
+        return None
+    if ev.proof_kind is ProofKind.EQUIVOCATION:
+        first = EquivocationProof.from_bytes(ev.proof_data).a.seq
+    else:
+        earlier = msgpack.unpackb(ev.proof_data, raw=False)[0]
+        first = Entry.from_bytes(earlier).seq
+    kind = ev.proof_kind.name.lower()
+    return AutoRevocation(
+        ev.subject, first - 1, f"automatic: causality: {kind} (evidence {entry.id.hex()[:16]})"
+    )
 
 
 # -- gating -----------------------------------------------------------------------------------
