@@ -27,8 +27,16 @@ from crdtd.data import merge
 VALUE_COLUMNS = ["active", "city", "count", "name", "score", "seen"]
 
 
-def build_tables(rows: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Two tables; keys [0, n) and [n/2, 3n/2); every shared key disagrees in every column."""
+LAYOUTS = ("ranges", "interleaved", "shuffled")
+
+
+def build_tables(rows: int, seed: int, layout: str = "ranges") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Two tables, half of each one's keys shared; every shared key disagrees in every column.
+
+    ranges: keys [0, n) and [n/2, 3n/2), each table sorted. interleaved: keys 2i and, for
+    table b, 2i (i even) or 2i + 1 (i odd), so shared and own keys alternate. shuffled: the
+    interleaved tables with their rows in random order.
+    """
     rng = np.random.default_rng(seed)
     half = rows // 2
 
@@ -57,6 +65,14 @@ def build_tables(rows: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     a = table(np.arange(0, rows, dtype=np.int64), 0)
     b = table(np.arange(half, half + rows, dtype=np.int64), 1)
+    if layout == "ranges":
+        return a, b
+    i = np.arange(rows, dtype=np.int64)
+    a = a.with_columns(pl.Series("id", 2 * i))
+    b = b.with_columns(pl.Series("id", np.where(i % 2 == 0, 2 * i, 2 * i + 1)))
+    if layout == "shuffled":
+        a = a.sample(fraction=1.0, shuffle=True, seed=seed)
+        b = b.sample(fraction=1.0, shuffle=True, seed=seed + 1)
     return a, b
 
 
@@ -112,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=100_000, help="rows per table (default 100000)")
     p.add_argument("--repeat", type=int, default=3, help="runs per contender and pass")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--layout", choices=LAYOUTS, default="ranges", help="how the two key sets meet")
     args = p.parse_args(argv)
 
-    a, b = build_tables(args.rows, args.seed)
+    a, b = build_tables(args.rows, args.seed, args.layout)
     pa_, pb_ = a.to_pandas(), b.to_pandas()
 
     runs = race(
@@ -137,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     input_rows = a.height + b.height
-    print(f"rows_per_table: {args.rows}")
+    print(f"rows_per_table: {args.rows}  (layout {args.layout})")
     print(f"merged_rows: {result.height}")
     print(f"pandas_s: {pandas_s:.3f}  (cpu {pandas_cpu:.3f})")
     print(f"crdtd_s: {crdtd_s:.3f}  (cpu {crdtd_cpu:.3f}; polars frames in and out)")

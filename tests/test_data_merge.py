@@ -258,3 +258,33 @@ def test_threaded_rounds_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> 
     for kw in ({}, {"timestamp": "ts"}):
         fast = merge(*frames, key="id", fast_threshold=0, **kw)
         assert_frame_equal(fast, merge(*frames, key="id", fast_threshold=10**9, **kw))
+
+
+@pytest.mark.parametrize("layout", ["ranges", "interleaved", "shuffled"])
+@pytest.mark.parametrize(
+    "kw", [{}, {"timestamp": "ts"}, {"tombstone": "gone"}], ids=["values", "ts", "tombstone"]
+)
+def test_merging_two_states_gives_the_row_by_row_result(layout: str, kw: dict[str, Any]) -> None:
+    n, rng = 12_000, random.Random(3)
+    ids_a = list(range(n))
+    ids_b = [i + n // 2 for i in range(n)] if layout == "ranges" else [2 * i for i in range(n)]
+
+    def state(ids: list[int]) -> pl.DataFrame:
+        df = pl.DataFrame(
+            {
+                "id": ids,
+                "v": [rng.choice([None, 1, 2, 3]) for _ in ids],
+                "s": [rng.choice([None, "a", "b"]) for _ in ids],
+                "ts": [rng.randrange(3) for _ in ids],
+                "gone": [rng.random() < 0.1 for _ in ids],
+                "empty": [None] * len(ids),
+            }
+        )
+        if layout == "shuffled":
+            return df.sample(fraction=1.0, shuffle=True, seed=rng.randrange(99))
+        return df
+
+    a, b = state(ids_a), state(ids_b).drop("gone" if kw.get("tombstone") else "v")
+    fast = merge(a, b, key="id", fast_threshold=0, **kw)
+    assert_frame_equal(fast, merge(a, b, key="id", fast_threshold=10**9, **kw))
+    assert fast["id"].to_list() == sorted(set(ids_a) | set(ids_b))

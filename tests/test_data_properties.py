@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+import crdtd.data.twoway as twoway
+import crdtd.data.vectorised as vectorised
 from crdtd.data import merge
 from crdtd.data.io import read_table
 
@@ -236,3 +238,34 @@ def test_frames_give_the_rows_a_list_of_dicts_gives(
         frames = [to_input(t, kind, Path(tmp), n) for t, n in ((a, "a"), (b, "b"))]
     expected = merge(a, b, key=["site", "id"])
     assert as_rows(merge(*frames, key=["site", "id"])) == expected
+
+
+@pytest.mark.parametrize("mode", MODES, **MODE_IDS)
+@pytest.mark.parametrize("slices", [False, True], ids=["gather", "slices"])
+@SETTINGS
+@given(data=st.data())
+def test_two_tables_with_unique_keys_merge_like_the_row_path(
+    mode: dict[str, Any], slices: bool, data: st.DataObject
+) -> None:
+    need = tuple(c for c in ("ts",) if c == mode.get("timestamp"))
+    states = []
+    for _ in range(2):  # merge results: unique keys, sorted; then maybe shuffled
+        state = merge(to_polars(data.draw(tables(need=need))), fast_threshold=10**9, **mode)
+        order = data.draw(st.permutations(range(state.height)))
+        states.append(state[list(order)] if data.draw(st.booleans()) else state)
+    taken: list[bool] = []
+
+    def spy(*args: Any) -> Any:
+        result = real(*args)
+        taken.append(result is not None)
+        return result
+
+    real = vectorised.merge_two
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vectorised, "merge_two", spy)
+        if slices:  # copy slices whatever the run lengths
+            mp.setattr(twoway, "_MIN_RUN", 1)
+            mp.setattr(twoway, "_MAX_SLICES", 10**6)
+        fast = merge(*states, fast_threshold=0, **mode)
+    assert taken == [True]
+    assert_frame_equal(fast, merge(*states, fast_threshold=10**9, **mode))

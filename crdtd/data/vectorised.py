@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from crdtd.data.columnar import (
+    fresh_name,
+    key_order,
+    larger_is_b,
+    same_as_next,
+    sorted_numeric_keys,
+)
 from crdtd.data.schema import UnifiedSchema
 from crdtd.data.spec import MergeSpec
+from crdtd.data.twoway import merge_two
 
 if TYPE_CHECKING:
     import polars as pl
@@ -30,62 +38,6 @@ _THREADED_MIN_ROWS = 100_000
 
 # Names of the timestamp flags next to the per-column decisions (NUL cannot clash with them).
 NEWER, OLDER = "\x00newer", "\x00older"
-
-
-def _fresh_name(base: str, taken: Sequence[str]) -> str:
-    """A column name starting like `base` that is not in `taken`."""
-    name = base
-    while name in taken:
-        name = "_" + name
-    return name
-
-
-def _sorted_numeric_keys(big: pl.DataFrame, keys: list[str]) -> np.ndarray | None:
-    """The single key column as numbers numpy can sort (temporal types by their physical
-    integer), or None when the key is composite, text or otherwise not plain numbers."""
-    if len(keys) != 1:
-        return None
-    s = big[keys[0]]
-    if not (s.dtype.is_numeric() or s.dtype.is_temporal()) or s.dtype.is_decimal():
-        return None
-    physical = s.to_physical()
-    return physical.to_numpy() if physical.dtype.is_numeric() else None
-
-
-def _key_order(
-    big: pl.DataFrame, keys: list[str], numeric: np.ndarray | None, presorted: bool
-) -> np.ndarray:
-    """Row indices of `big` in ascending key order."""
-    import polars as pl
-
-    if numeric is not None and presorted:  # timsort merges the already sorted runs in O(n)
-        order = np.argsort(numeric, kind="stable")
-        return order.astype(np.uint32) if len(order) < 2**32 else order
-    if len(keys) == 1:
-        return big[keys[0]].arg_sort().to_numpy()
-    return big.select(pl.arg_sort_by(keys)).to_series().to_numpy()
-
-
-def _same_as_next(
-    big: pl.DataFrame, keys: list[str], order: np.ndarray, numeric: np.ndarray | None
-) -> np.ndarray:
-    """For rows in key order, whether each row has the same key as the row after it."""
-    n = len(order)
-    if n < 2:
-        return np.zeros(0, dtype=bool)
-    if numeric is not None:
-        ordered = numeric[order]
-        return ordered[1:] == ordered[:-1]
-    same = np.ones(n - 1, dtype=bool)
-    for k in keys:
-        s = big[k].gather(order)
-        same &= (s.slice(1) == s.slice(0, n - 1)).fill_null(False).to_numpy()
-    return same
-
-
-def _larger_is_b(a: pl.Expr, b: pl.Expr) -> pl.Expr:
-    """True where `b` holds the larger value of the pair; null (missing) never wins."""
-    return (b > a).fill_null(a.is_null() & b.is_not_null())
 
 
 def _pair_decisions(
@@ -101,10 +53,10 @@ def _pair_decisions(
     for cols, wa, wb in pairs:
         first, second = pl.Series(wa), pl.Series(wb)
         for c in cols:
-            second_name[c] = _fresh_name(f"__crdtd_b__{c}", big.columns)
+            second_name[c] = fresh_name(f"__crdtd_b__{c}", big.columns)
             gathers += [pl.col(c).gather(first), pl.col(c).gather(second).alias(second_name[c])]
     both = big.select(gathers)
-    exprs = [_larger_is_b(pl.col(c), pl.col(b)).alias(c) for c, b in second_name.items()]
+    exprs = [larger_is_b(pl.col(c), pl.col(b)).alias(c) for c, b in second_name.items()]
     if ts is not None:
         t_a, t_b = pl.col(ts), pl.col(second_name[ts])
         newer = (t_b > t_a).fill_null(t_a.is_null() & t_b.is_not_null())
@@ -140,6 +92,14 @@ def _chosen_rows(
     return w
 
 
+def _aligned_column(df: pl.DataFrame, c: str, spec: MergeSpec, schema: UnifiedSchema) -> pl.Expr:
+    """Column `c` of `df`, typed nulls where `df` lacks it; a missing tombstone is False."""
+    import polars as pl
+
+    col = pl.col(c) if c in df.columns else pl.lit(None, dtype=schema.dtypes[c]).alias(c)
+    return col.fill_null(False) if c == spec.tombstone else col
+
+
 def merge_frames(
     frames: Sequence[pl.DataFrame], spec: MergeSpec, schema: UnifiedSchema
 ) -> pl.DataFrame:
@@ -148,28 +108,40 @@ def merge_frames(
 
     keys = list(spec.keys)
     columns = schema.columns
-    aligned = [
-        df.select(
-            pl.col(c) if c in df.columns else pl.lit(None, dtype=schema.dtypes[c]).alias(c)
-            for c in columns
-        )
-        for df in frames
-    ]
-    big = pl.concat(aligned, how="vertical", rechunk=True)
-    if spec.tombstone is not None:
-        big = big.with_columns(pl.col(spec.tombstone).fill_null(False))
-    if big.height == 0:
-        return big.select(columns).cast(pl.Schema(schema.dtypes))
+    aligned = [df.select(_aligned_column(df, c, spec, schema) for c in columns) for df in frames]
+    stamped = spec.timestamp is not None and schema.dtypes[spec.timestamp] != pl.Null
+    ts = spec.timestamp if stamped else None
+    out = None
+    if len(aligned) == 2 and aligned[0].height and aligned[1].height:
+        out = merge_two(aligned[0], aligned[1], keys, columns, ts)
+    if out is None:
+        out = _merge_runs(aligned, keys, columns, schema, ts)
+    if spec.drop_deleted and spec.tombstone is not None:
+        out = out.filter(~pl.col(spec.tombstone))
+    return out.select(columns).cast(pl.Schema(schema.dtypes))
 
-    numeric = _sorted_numeric_keys(big, keys)
+
+def _merge_runs(
+    aligned: list[pl.DataFrame],
+    keys: list[str],
+    columns: list[str],
+    schema: UnifiedSchema,
+    ts: str | None,
+) -> pl.DataFrame:
+    """Merge any number of frames laid out as `columns`, in rounds over sorted key runs."""
+    import polars as pl
+
+    big = pl.concat(aligned, how="vertical", rechunk=True)
+    if big.height == 0:
+        return big
+    numeric = sorted_numeric_keys(big, keys)
     presorted = numeric is not None and all(df[keys[0]].is_sorted() for df in aligned)
-    order = _key_order(big, keys, numeric, presorted)
-    same_next = _same_as_next(big, keys, order, numeric)
+    order = key_order(big, keys, numeric, presorted)
+    same_next = same_as_next(big, keys, order, numeric)
     run_ids: np.ndarray | None = None  # needed only when some key has more than two rows
     src = order  # for each current row, a source row holding its key
     values = [c for c in columns[len(keys) :] if schema.dtypes[c] != pl.Null]
     winners = dict.fromkeys(values, order)  # for each column, the source row of its value
-    ts = spec.timestamp if spec.timestamp in winners else None
     while same_next.any():
         keep, a, a_kept, longer = _positions(same_next)
         b = a + 1
@@ -206,7 +178,7 @@ def merge_frames(
             run_ids = np.cumsum(np.concatenate(([True], ~same_next)))
         run_ids = run_ids[keep]
         same_next = run_ids[1:] == run_ids[:-1]
-    out = big.select(
+    return big.select(
         [pl.col(k).gather(pl.Series(src)) for k in keys]
         + [
             pl.col(c).gather(pl.Series(winners[c]))
@@ -215,6 +187,3 @@ def merge_frames(
             for c in columns[len(keys) :]
         ]
     )
-    if spec.drop_deleted and spec.tombstone is not None:
-        out = out.filter(~pl.col(spec.tombstone))
-    return out.select(columns).cast(pl.Schema(schema.dtypes))
