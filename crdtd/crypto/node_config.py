@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,12 @@ def valid_node_name(name: str) -> str:
     return name
 
 
-def _where(path: Path, section: str, key: str) -> str:
+def key_location(path: Path, section: str, key: str) -> str:
     line = key_line(path, section, key)
     return f"{path}:{line}: [{section}] {key}" if line else f"{path}: [{section}] {key}"
 
 
-def _parse_env(raw: str, ftype: str) -> Any:
+def parse_env_value(raw: str, ftype: str) -> Any:
     if ftype == "int":
         return int(raw)
     if ftype == "bool":
@@ -109,7 +109,7 @@ def _parse_env(raw: str, ftype: str) -> Any:
     return raw
 
 
-def _coerce(value: Any, ftype: str, where: str, key: str, base: Path) -> Any:
+def coerce_value(value: Any, ftype: str, where: str, key: str, base: Path) -> Any:
     if ftype == "int":
         if type(value) is not int:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -137,6 +137,46 @@ def _coerce(value: Any, ftype: str, where: str, key: str, base: Path) -> Any:
         except ValueError:
             raise ConfigError(f"{where}: not hex") from None
     return value
+
+
+def parse_section(
+    path: Path,
+    section: str,
+    fields: Mapping[str, Field],
+    table: Any,
+    env: Mapping[str, str] | None,
+    *,
+    coerce: Callable[[Field, Any, str, str], Any],
+    from_env: Callable[[str, Field], Any],
+) -> dict[str, Any]:
+    """Validate one flat TOML table against `fields`: unknown keys rejected with file and line,
+    CRDTD_<SECTION>_<KEY> overrides applied, defaults filled, each value coerced."""
+    table = {} if table is None else table
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    for key in table:
+        if key not in fields:
+            raise ConfigError(
+                f"{key_location(path, section, key)}: unknown key; known: {', '.join(fields)}"
+            )
+    parsed: dict[str, Any] = {}
+    for key, spec in fields.items():
+        where = key_location(path, section, key)
+        env_name = f"CRDTD_{section.upper()}_{key.upper()}"
+        if env is not None and env_name in env:
+            where = f"environment {env_name}"
+            try:
+                value: Any = from_env(env[env_name], spec)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        elif key in table:
+            value = table[key]
+        elif spec.default is REQUIRED:
+            raise ConfigError(f"{path}: [{section}] {key} is required ({spec.doc})")
+        else:
+            value = spec.default
+        parsed[key] = coerce(spec, value, where, key)
+    return parsed
 
 
 def _check_hostport(text: str, where: str) -> str:
@@ -313,42 +353,25 @@ def load_node_config(
         elif section not in SCHEMA:
             raise ConfigError(f"{path}: unknown section [{section}]; known: {', '.join(SCHEMA)}")
     for section, fields in SCHEMA.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
-        for key in table:
-            if key not in fields:
-                raise ConfigError(
-                    f"{_where(path, section, key)}: unknown key; known: {', '.join(fields)}"
-                )
-        parsed: dict[str, Any] = {}
-        for key, spec in fields.items():
-            where = _where(path, section, key)
-            env_name = f"CRDTD_{section.upper()}_{key.upper()}"
-            if env is not None and env_name in env:
-                where = f"environment {env_name}"
-                try:
-                    value: Any = _parse_env(env[env_name], spec.type)
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-            elif key in table:
-                value = table[key]
-            elif spec.default is REQUIRED:
-                raise ConfigError(f"{path}: [{section}] {key} is required ({spec.doc})")
-            else:
-                value = spec.default
-            parsed[key] = _coerce(value, spec.type, where, key, base)
-        values[section] = parsed
+        values[section] = parse_section(
+            path,
+            section,
+            fields,
+            raw.get(section),
+            env,
+            coerce=lambda spec, value, where, key: coerce_value(value, spec.type, where, key, base),
+            from_env=lambda raw_value, spec: parse_env_value(raw_value, spec.type),
+        )
 
     node, peer = values["node"], values["peer"]
     valid_node_name(node["name"])
     advertise = peer["advertise"] or f"{peer['host']}:{peer['port']}"
-    _check_hostport(advertise, _where(path, "peer", "advertise"))
+    _check_hostport(advertise, key_location(path, "peer", "advertise"))
     for item in peer["bootstrap"]:
-        _check_hostport(item, _where(path, "peer", "bootstrap"))
+        _check_hostport(item, key_location(path, "peer", "bootstrap"))
     if peer["plaintext_loopback"] and not _is_loopback(peer["host"]):
         raise ConfigError(
-            f"{_where(path, 'peer', 'plaintext_loopback')}: plain text needs a loopback host"
+            f"{key_location(path, 'peer', 'plaintext_loopback')}: plain text needs a loopback host"
         )
     tls = values["tls"]
     return NodeConfig(

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from crdtd.crypto.node_config import (
-    REQUIRED,
     Field,
     NodeConfig,
-    _coerce,
-    _parse_env,
+    coerce_value,
+    key_location,
     load_node_config,
+    parse_env_value,
+    parse_section,
 )
-from crdtd.crypto.toml_io import key_line
 from crdtd.errors import ConfigError, CrdtdError, StrategyError
 from crdtd.trust.gating import FederationPolicy, NamespacePolicy
 from crdtd.trust.scores import SCALE
@@ -188,11 +188,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _where(path: Path, section: str, key: str) -> str:
-    line = key_line(path, section, key)
-    return f"{path}:{line}: [{section}] {key}" if line else f"{path}: [{section}] {key}"
-
-
 def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
     """Coerce one value of the daemon schema (the identity loader handles the common types)."""
     kind = spec.type
@@ -215,7 +210,7 @@ def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
         return dict(value)
     if kind == "int" and type(value) is int and value <= 0:
         raise ConfigError(f"{where}: must be positive, got {value}")
-    return _coerce(value, kind, where, key, base)
+    return coerce_value(value, kind, where, key, base)
 
 
 def _env_value(raw: str, spec: Field) -> Any:
@@ -223,39 +218,22 @@ def _env_value(raw: str, spec: Field) -> Any:
         return float(raw)
     if spec.type in ("size",) or spec.type.startswith("choice:"):
         return raw
-    return _parse_env(raw, spec.type)
+    return parse_env_value(raw, spec.type)
 
 
 def _flat_section(
     path: Path, raw: Any, section: str, env: Mapping[str, str] | None
 ) -> dict[str, Any]:
-    fields = DAEMON_SCHEMA[section]
-    table = {} if raw is None else raw
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{section}] must be a table")
-    for key in table:
-        if key not in fields:
-            raise ConfigError(
-                f"{_where(path, section, key)}: unknown key; known: {', '.join(fields)}"
-            )
-    out: dict[str, Any] = {}
-    for key, spec in fields.items():
-        where = _where(path, section, key)
-        env_name = f"CRDTD_{section.upper()}_{key.upper()}"
-        if env is not None and env_name in env:
-            where = f"environment {env_name}"
-            try:
-                value = _env_value(env[env_name], spec)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        elif key in table:
-            value = table[key]
-        elif spec.default is REQUIRED:
-            raise ConfigError(f"{path}: [{section}] {key} is required ({spec.doc})")
-        else:
-            value = spec.default
-        out[key] = _value(spec, value, where, key, path.parent.resolve())
-    return out
+    base = path.parent.resolve()
+    return parse_section(
+        path,
+        section,
+        DAEMON_SCHEMA[section],
+        raw,
+        env,
+        coerce=lambda spec, value, where, key: _value(spec, value, where, key, base),
+        from_env=_env_value,
+    )
 
 
 def check_strategy(strategy: str, params: Mapping[str, Any], where: str) -> None:
@@ -304,7 +282,7 @@ def _namespaces(
         for key in table:
             if key not in NAMESPACE_SCHEMA:
                 raise ConfigError(
-                    f"{_where(path, section, key)}: unknown key; "
+                    f"{key_location(path, section, key)}: unknown key; "
                     f"known: {', '.join(NAMESPACE_SCHEMA)}"
                 )
         v: dict[str, Any] = {}
@@ -312,11 +290,13 @@ def _namespaces(
             if key not in table:
                 v[key] = spec.default
                 continue
-            v[key] = _value(spec, table[key], _where(path, section, key), key, path.parent)
+            v[key] = _value(spec, table[key], key_location(path, section, key), key, path.parent)
         threshold = default.threshold
         if v["trust_threshold"] >= 0:
             if not 0.0 <= v["trust_threshold"] <= 1.0:
-                raise ConfigError(f"{_where(path, section, 'trust_threshold')}: must be in [0, 1]")
+                raise ConfigError(
+                    f"{key_location(path, section, 'trust_threshold')}: must be in [0, 1]"
+                )
             threshold = int(Fraction(str(v["trust_threshold"])) * SCALE)
         base = None
         if v["base"]:
@@ -325,10 +305,12 @@ def _namespaces(
             except ValueError:
                 base = b""
             if len(base) != 32:
-                raise ConfigError(f"{_where(path, section, 'base')}: expected a 64-hex entry id")
+                raise ConfigError(
+                    f"{key_location(path, section, 'base')}: expected a 64-hex entry id"
+                )
         strategy = v["strategy"] or default.strategy
         if check and v["payload_kind"] == "safetensors":
-            check_strategy(strategy, v["params"], _where(path, section, "strategy"))
+            check_strategy(strategy, v["params"], key_location(path, section, "strategy"))
         try:
             policy = NamespacePolicy(
                 threshold=threshold,
@@ -347,7 +329,7 @@ def _namespaces(
         except ConfigError as exc:
             raise ConfigError(f"{path}: [{section}]: {exc}") from None
         if check and v["dtype"]:
-            check_dtype(v["dtype"], _where(path, section, "dtype"))
+            check_dtype(v["dtype"], key_location(path, section, "dtype"))
         out[name] = NamespaceConfig(
             name=name,
             policy=policy,
@@ -391,12 +373,12 @@ def load_daemon_config(
     if not is_loopback(node.client_host):
         if auth["mode"] == "none":
             raise ConfigError(
-                f"{_where(path, 'auth', 'mode')}: 'none' needs a loopback [client] host, "
+                f"{key_location(path, 'auth', 'mode')}: 'none' needs a loopback [client] host, "
                 f"not {node.client_host!r}"
             )
         if not client_tls:
             raise ConfigError(
-                f"{_where(path, 'auth', 'tls')}: a bearer token over a non-loopback "
+                f"{key_location(path, 'auth', 'tls')}: a bearer token over a non-loopback "
                 f"[client] host ({node.client_host}) needs tls = true"
             )
     return DaemonConfig(
