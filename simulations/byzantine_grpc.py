@@ -91,7 +91,7 @@ class Site:
     def start(self) -> None:
         log = self.path.with_suffix(".log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crdtd.node", "start", "--config", str(self.path)],
+            [sys.executable, "-m", "crdtd.cli", "start", "--config", str(self.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),

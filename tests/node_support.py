@@ -2,7 +2,7 @@
 
 `federation(tmp_path, n)` creates a federation with n nodes (real keys, CA, certs, configs
 from `crdtd federation add-node`) and appends the daemon sections; `Daemon` runs one node as
-a subprocess of `python -m crdtd.node start` and talks to it with `crdtd.client.Client`.
+a subprocess of `python -m crdtd.cli start` and talks to it with `crdtd.client.Client`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,8 @@ FAST_GOSSIP = {
 
 
 def crdtd_command() -> list[str]:
-    """How to run the node verbs: the `crdtd` CLI once it lists them, else `crdtd.node`."""
-    from crdtd import cli
-
-    wired = any(m == "crdtd.node.cli" for m, _, _ in cli.COMMAND_MODULES)
-    return [sys.executable, "-m", "crdtd.cli" if wired else "crdtd.node"]
+    """How to run the node verbs: the `crdtd` CLI of this interpreter."""
+    return [sys.executable, "-m", "crdtd.cli"]
 
 
 def _gossip(text: str, values: dict[str, int]) -> str:

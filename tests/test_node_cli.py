@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crdtd.node.__main__ import main
+from crdtd.cli import main
 from tests.node_support import NAMESPACE, InProcessNode, checkpoint, federation
 
 

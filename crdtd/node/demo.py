@@ -159,7 +159,7 @@ def daemons(configs: list[Path], logs: Path) -> Iterator[list[subprocess.Popen[b
             log = (logs / f"{cfg.stem}.log").open("wb")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "crdtd.node", "start", "--config", str(cfg)],
+                    [sys.executable, "-m", "crdtd.cli", "start", "--config", str(cfg)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=dict(os.environ, PYTHONUNBUFFERED="1"),
