@@ -5,17 +5,19 @@ schema and validate every strategy's params (all before any tensor is merged) �
 inputs into content ids, drop duplicates, sort by id → for each tensor name in natural
 order: load the k inputs into one reused float32 stack, call the strategy with a generator
 seeded from (input-set digest, tensor name, params), cast, hand to a sink (a dict, or the
-streaming shard writer). Peak memory is about (k + 2) tensors plus the strategy's scratch.
+streaming shard writer). Peak memory is about (k + 2) tensors plus the strategy's scratch;
+for blockwise strategies (`Strategy.blockwise`) about (k + 2) flat blocks instead.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -48,7 +50,13 @@ from crdtd.model.writer import (
     side_files_of,
 )
 from crdtd.strategies import registry
-from crdtd.strategies.base import Strategy, TensorMerge, canonical_params, generator_for
+from crdtd.strategies.base import (
+    Strategy,
+    TensorBlocks,
+    TensorMerge,
+    canonical_params,
+    generator_for,
+)
 
 FORMAT_VERSION = "1"
 
@@ -580,33 +588,28 @@ def _metadata(
 # -- execution --------------------------------------------------------------------------------
 
 
-CHUNK_ELEMENTS = 1 << 22  # per-input elements in one row block of an elementwise merge
+CHUNK_ELEMENTS = 1 << 22  # per-input entries in one flat block (a multiple of BLOCK_ALIGN)
 LOAD_SLICE = 1 << 23  # elements copied from a mapped file between page releases
 
 
-def row_block(job: TensorJob, chunk: int | None) -> int | None:
-    """Rows per block when `job` may be merged in row blocks, else None.
+def block_bounds(job: TensorJob, chunk: int | None) -> tuple[tuple[int, int], ...] | None:
+    """Flat `[start, stop)` blocks of `chunk` entries when `job` may be merged blockwise.
 
-    Only strategies that declare `elementwise` (output entry j depends on entry j of the
-    inputs, base and extras alone) and draw no random numbers are split; for them a block
-    gives the same bytes as the whole tensor, with (k + 2) blocks of memory instead of
-    (k + 2) tensors.
+    Only strategies that declare it (`Strategy.blockwise`: elementwise, or two-phase with a
+    `prepare`) are split, and only tensors larger than one block; for them blocks give the
+    same bytes as the whole tensor, with (k + 2) blocks of memory instead of (k + 2) tensors.
     """
     s = job.strategy
-    shape = job.info.shape
-    if chunk is None or s is None or s.stochastic or not getattr(s, "elementwise", False):
+    n = job.info.numel
+    if chunk is None or s is None or not s.blockwise or n <= chunk:
         return None
-    if not shape or shape[0] == 0 or job.info.numel <= chunk:
-        return None
-    row = job.info.numel // shape[0]
-    return max(1, chunk // max(1, row))
+    step = max(1, chunk)
+    return tuple((a, min(n, a + step)) for a in range(0, n, step))
 
 
 def _block_numel(job: TensorJob, chunk: int | None) -> int:
-    rows = row_block(job, chunk)
-    if rows is None:
-        return job.info.numel
-    return rows * (job.info.numel // job.info.shape[0])
+    bounds = block_bounds(job, chunk)
+    return job.info.numel if bounds is None else bounds[0][1] - bounds[0][0]
 
 
 class _Buffers:
@@ -634,19 +637,14 @@ def _load_into(dst: torch.Tensor, src: torch.Tensor, source: TensorSource, name:
     source.release(name)
 
 
-def _merge_block(
-    plan: MergePlan, job: TensorJob, buf: _Buffers, rows: slice | None
-) -> torch.Tensor:
-    """Merge tensor `job` (or only `rows` of it) and return the float32 result on the CPU."""
+def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -> TensorMerge:
+    """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers."""
     name = job.info.name
-    strategy = job.strategy
-    assert strategy is not None
 
     def part(t: torch.Tensor) -> torch.Tensor:
-        return t if rows is None else t[rows]
+        return t if block is None else t.reshape(-1)[block]
 
-    full = job.info.shape
-    shape = full if rows is None else (len(range(*rows.indices(full[0]))), *full[1:])
+    shape = job.info.shape if block is None else (block.stop - block.start,)
     k, n = len(plan.inputs), math.prod(shape)
     stack = buf.stack[: k * n].view(k, *shape)
     for i, inp in enumerate(plan.inputs):
@@ -665,7 +663,7 @@ def _merge_block(
             }
             for inp in plan.inputs
         )
-    tm = TensorMerge(
+    return TensorMerge(
         name,
         stack,
         base_t,
@@ -673,8 +671,56 @@ def _merge_block(
         job.model_params,
         generator_for(plan.digest, name, job.params_bytes),
         extras,
+        0 if block is None else block.start,
     )
-    out = strategy.fn(tm)
+
+
+def _sample(
+    plan: MergePlan, job: TensorJob, stride: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flat inputs `[k, ⌈n/stride⌉]` and base at every `stride`-th entry, read from the maps."""
+    name = job.info.name
+
+    def pick(src: TensorSource) -> torch.Tensor:
+        out = src.view(name).reshape(-1)[::stride].to(plan.device, torch.float32)
+        src.release(name)
+        return out
+
+    x = torch.stack([pick(inp.source) for inp in plan.inputs])
+    return x, None if plan.base is None else pick(plan.base)
+
+
+def _blocks(
+    plan: MergePlan, job: TensorJob, buf: _Buffers, bounds: tuple[tuple[int, int], ...]
+) -> TensorBlocks:
+    """Tensor `job` as flat blocks loaded on demand, for a strategy's `prepare` pass."""
+    name = job.info.name
+    return TensorBlocks(
+        name,
+        job.info.numel,
+        len(plan.inputs),
+        job.params,
+        job.model_params,
+        generator_for(plan.digest, name, job.params_bytes),
+        bounds,
+        plan.base is not None,
+        plan.device,
+        lambda start, stop: _load(plan, job, buf, slice(start, stop)),
+        lambda stride: _sample(plan, job, stride),
+    )
+
+
+def _merge_block(
+    plan: MergePlan, job: TensorJob, buf: _Buffers, rows: slice | None, state: Any = None
+) -> torch.Tensor:
+    """Merge tensor `job` (or only the flat block `rows` of it, with the strategy's prepared
+    `state`) and return the float32 result on the CPU."""
+    name = job.info.name
+    strategy = job.strategy
+    assert strategy is not None
+    tm = _load(plan, job, buf, rows)
+    shape = tuple(tm.inputs.shape[1:])
+    out = strategy.fn(tm if state is None else replace(tm, state=state))
     for inp in plan.inputs:
         for src in inp.extras.values():
             if name in src.infos:
@@ -708,8 +754,9 @@ def execute(
 ) -> None:
     """Merge every tensor of `plan`, in `jobs` order, into `sink`.
 
-    With `chunk` (`"auto"`: `CHUNK_ELEMENTS`), elementwise strategies run over row blocks of
-    about `chunk` elements per input and the sink receives each block through `put_part`.
+    With `chunk` (`"auto"`: `CHUNK_ELEMENTS`), blockwise strategies run over flat blocks of
+    `chunk` entries per input (after their `prepare` pass over the same blocks, if any) and
+    the sink receives each block through `put_part`.
     """
     if chunk == "auto":
         chunk = CHUNK_ELEMENTS
@@ -721,17 +768,20 @@ def execute(
     ) as bar:
         for job in ordered:
             name = job.info.name
-            rows = row_block(job, chunk) if _extras_fit(plan, job) else None
+            bounds = block_bounds(job, chunk) if _extras_fit(plan, job) else None
             if job.strategy is None:
                 src = plan.base if plan.base is not None else plan.inputs[0].source
                 sink.put(name, src.view(name))
                 src.release(name)
             elif job.info.numel == 0:  # nothing to merge; strategies need not handle it
                 sink.put(name, torch.empty(job.info.shape, dtype=torch.float32))
-            elif rows is None:
+            elif bounds is None:
                 sink.put(name, _merge_block(plan, job, buf, None))
             else:
-                for r0 in range(0, job.info.shape[0], rows):
-                    block = slice(r0, min(job.info.shape[0], r0 + rows))
-                    sink.put_part(name, _merge_block(plan, job, buf, block))
+                step = _merge_block
+                if job.strategy.prepare is not None:
+                    state = job.strategy.prepare(_blocks(plan, job, buf, bounds))
+                    step = functools.partial(_merge_block, state=state)
+                for start, stop in bounds:
+                    sink.put_part(name, step(plan, job, buf, slice(start, stop)))
             bar.update(job.info.nbytes)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from crdtd.errors import StrategyParamError
-from crdtd.strategies.base import TensorMerge
+from crdtd.strategies.base import TensorBlocks, TensorMerge
 
 
-def per_model(tm: TensorMerge, key: str, default: float) -> torch.Tensor:
+def per_model(tm: TensorMerge | TensorBlocks, key: str, default: float) -> torch.Tensor:
     """Per-model parameter `key` as a float64 vector of length k.
 
     Falls back to the global value (or `default`) when the caller supplied no per-model rows.

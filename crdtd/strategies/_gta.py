@@ -1,8 +1,10 @@
 """Generalised task arithmetic engine shared by task_arithmetic and the TIES/DARE family.
 
 Per-model masks are decided once over whole task vectors (magnitude order statistics need the
-whole tensor); the combination then streams over cache-sized chunks of the flattened tensor,
-recomputing τ = θ_i − θ_base there, so no `[k, n]` temporary is ever materialised.
+whole tensor, streamed block by block from a `TensorBlocks`); the combination then streams
+over cache-sized chunks of the flattened tensor, recomputing τ = θ_i − θ_base there, so no
+`[k, n]` temporary is ever materialised. Chunks lie on one grid of the *whole* flattened
+tensor, so a block of it (`TensorMerge.offset`) is processed exactly as inside the whole.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import numpy as np
 import torch
 
 from crdtd.strategies._select import bracket, sample_stride
-from crdtd.strategies.base import TensorMerge
+from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge
 
-CHUNK = 1 << 18
+CHUNK = BLOCK_ALIGN
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,16 @@ class Keep:
     """What survives of one task vector, and how it is scaled.
 
     `mask` (bool, flat) keeps its True entries; `threshold` keeps entries with |τ| > threshold
-    plus the sorted flat positions in `extra` (entries tied at the threshold); neither keeps
-    all. `scale` is a scalar or a flat per-entry factor applied to the kept entries.
+    plus those with |τ| = threshold at flat positions ≥ `tie_from` (ties keep the later
+    positions); neither keeps all. `scale` is a scalar or a flat per-entry factor applied to the kept entries. A flat
+    `mask` or `scale` starts at flat position `origin` of the whole tensor (a block's start).
     """
 
     mask: torch.Tensor | None = None
     scale: torch.Tensor | float = 1.0
     threshold: float | None = None
-    extra: torch.Tensor | None = None
+    tie_from: int | None = None
+    origin: int = 0
 
 
 KEEP_ALL = Keep()
@@ -39,15 +43,30 @@ KEEP_ALL = Keep()
 Sparsifier = Callable[[TensorMerge, torch.Tensor, int], Keep]
 
 
-def chunks(n: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) bounds of the fixed-size chunks covering range(n)."""
-    for c0 in range(0, n, CHUNK):
-        yield c0, min(n, c0 + CHUNK)
+def chunks(n: int, offset: int = 0) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the pieces of the global `CHUNK` grid covering range(offset, offset+n)."""
+    c0, end = offset, offset + n
+    while c0 < end:
+        c1 = min(end, (c0 // CHUNK + 1) * CHUNK)
+        yield c0, c1
+        c0 = c1
 
 
-def task_vector_chunk(tm: TensorMerge, base: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-    """τ[:, c0:c1] = θ_i − θ_base over the flattened tensor, as a fresh `[k, c1−c0]` tensor."""
-    return tm.inputs.reshape(tm.k, -1)[:, c0:c1] - base.reshape(-1)[c0:c1]
+def task_vector_chunk(
+    tm: TensorMerge, base: torch.Tensor, c0: int, c1: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """τ[:, c0:c1] = θ_i − θ_base over the flattened tensor, as a `[k, c1−c0]` tensor: a fresh
+    one, or the leading columns of the reused scratch `out` (`[k, ≥ c1−c0]`)."""
+    x = tm.inputs.reshape(tm.k, -1)[:, c0:c1]
+    b = base.reshape(-1)[c0:c1]
+    if out is None:
+        return x - b
+    return torch.sub(x, b, out=out[:, : c1 - c0])
+
+
+def scratch_for(k: int, n: int, device: torch.device) -> torch.Tensor:
+    """A `[k, min(n, CHUNK)]` float32 scratch for `task_vector_chunk`, reused across chunks."""
+    return torch.empty(k, min(n, CHUNK), dtype=torch.float32, device=device)
 
 
 def decide_keeps(tm: TensorMerge, base: torch.Tensor, sparsify: Sparsifier | None) -> list[Keep]:
@@ -63,57 +82,148 @@ def decide_keeps(tm: TensorMerge, base: torch.Tensor, sparsify: Sparsifier | Non
     return keeps
 
 
-def top_magnitude_keeps(tm: TensorMerge, base: torch.Tensor, counts: list[int]) -> list[Keep]:
+def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
     """Keep(threshold) per model retaining its `counts[i]` largest |τ_i| (ties: later positions).
 
-    Exact order statistics in two streamed passes: a strided sample brackets each threshold,
-    one chunked pass counts the entries below the bracket and gathers those inside it, and
-    `kthvalue` on that small set gives the exact value. Ties at the threshold are resolved
-    from one more pass only when they occur.
+    Exact order statistics in one streamed pass over the blocks: a strided sample brackets
+    each threshold, the pass counts the entries below the bracket and gathers those inside
+    it, and `kthvalue` on that small set gives the exact value. Ties at the threshold are
+    counted per chunk in the gathered values and the one chunk holding the first kept tie is
+    read again for its position; a model whose bracket missed takes one more pass.
     """
-    n = base.numel()
-    flat_x = tm.inputs.reshape(tm.k, -1)
-    flat_b = base.reshape(-1)
-    keeps: list[Keep] = [KEEP_ALL] * tm.k
+    n = blocks.numel
+    keeps: list[Keep] = [KEEP_ALL] * blocks.k
     active = []
     for i, c in enumerate(counts):
         if c <= 0:
-            keeps[i] = Keep(torch.zeros(n, dtype=torch.bool, device=base.device))
+            keeps[i] = Keep(torch.zeros(n, dtype=torch.bool, device=blocks.device))
         elif c < n:
             active.append(i)
     if not active:
         return keeps
     stride = sample_stride(n)
-    sample = (flat_x[:, ::stride] - flat_b[::stride]).abs_()
+    sample_x, sample_b = blocks.sample(stride)
+    assert sample_b is not None
+    sample = (sample_x - sample_b).abs_()
     bounds = {i: bracket(sample[i], n - counts[i], n) for i in active}
     below = dict.fromkeys(active, 0)
-    values: dict[int, list[torch.Tensor]] = {i: [] for i in active}
-    places: dict[int, list[torch.Tensor]] = {i: [] for i in active}
-    scan = _scan_numpy if base.device.type == "cpu" else _scan_torch
-    for c0, c1 in chunks(n):
-        a = (flat_x[:, c0:c1] - flat_b[c0:c1]).abs_()
-        for i in active:
-            lo, hi = bounds[i]
-            count_below, idx = scan(a[i], lo, hi)
-            below[i] += count_below
-            values[i].append(a[i][idx])
-            places[i].append(idx + c0)
+    gathered = {i: _Gathered(_expected(sample[i], bounds[i], n), blocks.device) for i in active}
+    starts: list[int] = []
+    scan = _scan_numpy if blocks.device.type == "cpu" else _scan_torch
+    scratch = scratch_for(blocks.k, blocks.numel, blocks.device)
+    for block in blocks.blocks():
+        base = block.base
+        assert base is not None
+        off = block.offset
+        for c0, c1 in chunks(base.numel(), off):
+            starts.append(c0)
+            a = task_vector_chunk(block, base, c0 - off, c1 - off, scratch).abs_()
+            for i in active:
+                lo, hi = bounds[i]
+                count_below, idx = scan(a[i], lo, hi)
+                below[i] += count_below
+                gathered[i].append(a[i][idx])
+    values = {i: gathered.pop(i).parts() for i in active}
+    missed = [i for i in active if not below[i] < n - counts[i] <= below[i] + _total(values[i])]
+    if missed:  # the sample missed: use every entry of those models
+        full = _magnitudes(blocks, missed)
+        sizes = [b - a for a, b in zip(starts, [*starts[1:], n])]
+        for i in missed:
+            values[i] = list(full[i].split(sizes))
+            below[i] = 0
     for i in active:
         m = n - counts[i]
         cand = torch.cat(values[i])
-        where = torch.cat(places[i])
-        if not below[i] < m <= below[i] + cand.numel():  # the sample missed: use everything
-            cand = (flat_x[i] - flat_b).abs_()
-            where = torch.arange(n, device=cand.device)
-            below[i] = 0
         v = torch.kthvalue(cand, m - below[i]).values
         n_le = below[i] + int(torch.count_nonzero(cand <= v))
+        del cand
         tied_kept = counts[i] - (n - n_le)
-        extra = None
+        tie_from = None
         if tied_kept > 0 and float(v) != 0.0:  # tied zeros add nothing when kept
-            extra = where[cand == v][-tied_kept:].contiguous()  # positions ascend
-        keeps[i] = Keep(threshold=float(v), extra=extra)
+            tie_from = _tie_position(blocks, i, values[i], starts, float(v), tied_kept)
+        values[i] = []
+        keeps[i] = Keep(threshold=float(v), tie_from=tie_from)
     return keeps
+
+
+def _tie_position(
+    blocks: TensorBlocks,
+    i: int,
+    values: list[torch.Tensor],
+    starts: list[int],
+    v: float,
+    keep: int,
+) -> int:
+    """Flat position of the first of the last `keep` entries with |τ_i| = v.
+
+    `values[c]` holds, in order, the gathered candidates of the chunk starting at `starts[c]`;
+    only the chunk holding that entry is read again, to find its position.
+    """
+    here = [int(torch.count_nonzero(part == v)) for part in values]
+    need = sum(here) - keep + 1
+    c = 0
+    while need > here[c]:
+        need -= here[c]
+        c += 1
+    c0 = starts[c]
+    c1 = min(blocks.numel, (c0 // CHUNK + 1) * CHUNK)
+    start, stop = next(b for b in blocks.bounds if b[0] <= c0 < b[1])
+    block = blocks.load(start, stop)
+    assert block.base is not None
+    a = (block.inputs[i, c0 - start : c1 - start] - block.base[c0 - start : c1 - start]).abs_()
+    return c0 + int(torch.nonzero(a == v).flatten()[need - 1])
+
+
+class _Gathered:
+    """Candidate values gathered chunk by chunk into one growing buffer.
+
+    One large allocation instead of a small tensor per chunk: small long-lived tensors among
+    the chunk temporaries would fragment the heap and hold on to freed memory.
+    """
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        self.buf = torch.empty(max(1, capacity), dtype=torch.float32, device=device)
+        self.sizes: list[int] = []
+        self.fill = 0
+
+    def append(self, values: torch.Tensor) -> None:
+        end = self.fill + values.numel()
+        if end > self.buf.numel():
+            grown = torch.empty(
+                max(end, 2 * self.buf.numel()), dtype=self.buf.dtype, device=self.buf.device
+            )
+            grown[: self.fill] = self.buf[: self.fill]
+            self.buf = grown
+        self.buf[self.fill : end] = values
+        self.sizes.append(values.numel())
+        self.fill = end
+
+    def parts(self) -> list[torch.Tensor]:
+        """The values gathered from each chunk, in order (views of the buffer)."""
+        return list(self.buf[: self.fill].split(self.sizes))
+
+
+def _expected(sample: torch.Tensor, bounds: tuple[float | None, float | None], n: int) -> int:
+    """Roughly how many of n values fall inside `bounds`, from the sample (with margin)."""
+    lo, hi = bounds
+    inside = torch.ones_like(sample, dtype=torch.bool) if lo is None else sample >= lo
+    if hi is not None:
+        inside &= sample <= hi
+    return int(1.25 * int(torch.count_nonzero(inside)) * n / max(1, sample.numel())) + CHUNK
+
+
+def _total(parts: list[torch.Tensor]) -> int:
+    return sum(int(p.numel()) for p in parts)
+
+
+def _magnitudes(blocks: TensorBlocks, models: list[int]) -> dict[int, torch.Tensor]:
+    """|τ_i| over the whole flattened tensor for each model in `models` (one streamed pass)."""
+    parts: dict[int, list[torch.Tensor]] = {i: [] for i in models}
+    for block in blocks.blocks():
+        assert block.base is not None
+        for i in models:
+            parts[i].append((block.inputs[i] - block.base).abs_())
+    return {i: torch.cat(parts[i]) for i in models}
 
 
 def _scan_torch(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[int, torch.Tensor]:
@@ -135,44 +245,45 @@ def _scan_numpy(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[in
     return count_below, torch.from_numpy(np.flatnonzero(sel))
 
 
-def l1_rescaled(tm: TensorMerge, base: torch.Tensor, keeps: list[Keep]) -> list[Keep]:
+def l1_rescaled(blocks: TensorBlocks, keeps: list[Keep]) -> list[Keep]:
     """`keeps` with scalar scales restoring each task vector's L1 norm after pruning."""
-    n = base.numel()
-    before = torch.zeros(tm.k, dtype=torch.float64)
-    after = torch.zeros(tm.k, dtype=torch.float64)
-    for c0, c1 in chunks(n):
-        a = task_vector_chunk(tm, base, c0, c1).abs_()
-        before += a.sum(dim=1, dtype=torch.float64).cpu()
-        for i, keep in enumerate(keeps):
-            apply_keep(a[i], keep, c0, c1)
-        after += a.sum(dim=1, dtype=torch.float64).cpu()
+    before = torch.zeros(blocks.k, dtype=torch.float64)
+    after = torch.zeros(blocks.k, dtype=torch.float64)
+    scratch = scratch_for(blocks.k, blocks.numel, blocks.device)
+    for block in blocks.blocks():
+        base = block.base
+        assert base is not None
+        off = block.offset
+        for c0, c1 in chunks(base.numel(), off):
+            a = task_vector_chunk(block, base, c0 - off, c1 - off, scratch).abs_()
+            before += a.sum(dim=1, dtype=torch.float64).cpu()
+            for i, keep in enumerate(keeps):
+                apply_keep(a[i], keep, c0, c1)
+            after += a.sum(dim=1, dtype=torch.float64).cpu()
     out = []
     for i, keep in enumerate(keeps):
         l1_before, l1_after = float(before[i]), float(after[i])
         if keep is KEEP_ALL or l1_before < 1e-8 or l1_after < 1e-8:
             out.append(keep)
         else:
-            out.append(Keep(keep.mask, l1_before / l1_after, keep.threshold, keep.extra))
+            out.append(Keep(keep.mask, l1_before / l1_after, keep.threshold, keep.tie_from))
     return out
 
 
 def apply_keep(t: torch.Tensor, keep: Keep, c0: int, c1: int) -> None:
-    """Mask and scale one model's chunk `t` in place."""
-    if keep.threshold is not None:
-        tied = None
-        if keep.extra is not None:
-            edges = torch.tensor([c0, c1], device=keep.extra.device)
-            lo, hi = (int(x) for x in torch.searchsorted(keep.extra, edges))
-            if hi > lo:
-                tied = keep.extra[lo:hi] - c0
-                values = t[tied]
-        t.copy_(torch.nn.functional.hardshrink(t, keep.threshold))
-        if tied is not None:
-            t[tied] = values
+    """Mask and scale in place one model's chunk `t`, entries [c0, c1) of the whole tensor."""
+    if keep.threshold is not None:  # zero |τ| ≤ threshold; from `tie_from` on, only < threshold
+        cut = t.numel() if keep.tie_from is None else min(t.numel(), max(0, keep.tie_from - c0))
+        if cut > 0:
+            torch.hardshrink(t[:cut], keep.threshold, out=t[:cut])
+        if cut < t.numel():  # |τ| < v ⇔ |τ| ≤ the float32 just below v
+            below = float(np.nextafter(np.float32(keep.threshold), np.float32(0.0)))
+            torch.hardshrink(t[cut:], below, out=t[cut:])
+    r0, r1 = c0 - keep.origin, c1 - keep.origin
     if keep.mask is not None:
-        t.mul_(keep.mask[c0:c1])
+        t.mul_(keep.mask[r0:r1])
     if isinstance(keep.scale, torch.Tensor):
-        t.mul_(keep.scale[c0:c1])
+        t.mul_(keep.scale[r0:r1])
     elif keep.scale != 1.0:
         t.mul_(keep.scale)
 
@@ -222,17 +333,20 @@ def combine(
 ) -> torch.Tensor:
     """θ = θ_base + λ · mix(w_i · keep_i(τ_i)); mix is the disjoint mean or the plain sum.
 
-    Without consensus, `normalize` divides by Σ w_i (skipped when that is ~0).
+    Without consensus, `normalize` divides by Σ w_i (skipped when that is ~0). `tm` may be a
+    block: `keeps` index the whole tensor, the block starts at `tm.offset`.
     """
     n = base.numel()
+    off = tm.offset
     flat_base = base.reshape(-1)
     out = torch.empty_like(flat_base)
     w32 = weights.to(torch.float32).to(base.device)
     unit = bool((weights == 1.0).all())
     total = float(weights.sum())
     divide = normalize and not consensus and abs(total) >= 1e-8
-    for c0, c1 in chunks(n):
-        t = task_vector_chunk(tm, base, c0, c1)
+    scratch = scratch_for(tm.k, n, base.device)
+    for c0, c1 in chunks(n, off):
+        t = task_vector_chunk(tm, base, c0 - off, c1 - off, scratch)
         for i, keep in enumerate(keeps):
             if keep is not KEEP_ALL:
                 apply_keep(t[i], keep, c0, c1)
@@ -244,5 +358,5 @@ def combine(
             mixed = rowsum(t)
             if divide:
                 mixed /= total
-        torch.add(flat_base[c0:c1], mixed, alpha=lam, out=out[c0:c1])
+        torch.add(flat_base[c0 - off : c1 - off], mixed, alpha=lam, out=out[c0 - off : c1 - off])
     return out.reshape(base.shape)

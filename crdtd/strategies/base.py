@@ -3,14 +3,20 @@
 A strategy never does I/O and never touches global RNG state. It receives a `TensorMerge`
 (the stacked contributions sorted by content id, the optional base, validated parameters and
 a generator seeded from the content) and returns one float32 tensor of the input shape.
+
+Blockwise strategies may also be run over consecutive flat blocks of a tensor, so a merge
+needs memory for one block rather than one tensor: `elementwise` ones directly, two-phase
+ones after a `prepare` pass that streams over the blocks once (`TensorBlocks`) and returns
+the whole-tensor state (thresholds, generator positions) each block's call then reads from
+`TensorMerge.state`. Either way the bytes equal those of one whole-tensor call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -88,6 +94,10 @@ class TensorMerge:
     `inputs` is `[k, *shape]` float32 with rows sorted by contribution content id; `base` is
     `[*shape]` float32 or None. `model_params[i]` and `extras[i]` belong to row i: extras hold
     auxiliary tensors supplied for this tensor name (e.g. `fisher`, `gram`).
+
+    A block of a blockwise merge holds flat `[k, m]` inputs and `[m]` base starting at flat
+    position `offset` of the whole tensor, and, for two-phase strategies, the `state` their
+    `prepare` returned; a whole-tensor call has `offset` 0 and `state` None.
     """
 
     name: str
@@ -97,6 +107,8 @@ class TensorMerge:
     model_params: tuple[Mapping[str, Any], ...]
     generator: torch.Generator
     extras: tuple[Mapping[str, torch.Tensor], ...] = ()
+    offset: int = 0
+    state: Any = None
 
     @property
     def k(self) -> int:
@@ -122,6 +134,84 @@ class TensorMerge:
 
 StrategyFn = Callable[[TensorMerge], torch.Tensor]
 
+BLOCK_ALIGN = 1 << 18
+"""Block starts are multiples of this many entries, so per-chunk reductions a strategy runs
+on that grid (L1 norms, say) see the same chunks whole or in blocks."""
+
+
+@dataclass(frozen=True)
+class TensorBlocks:
+    """One tensor name as consecutive flat blocks, streamed by a strategy's `prepare`.
+
+    `bounds` are the blocks' `[start, stop)` in the flattened tensor, in order, each start a
+    multiple of `BLOCK_ALIGN` (except in tests that ask for tiny blocks). `load(start, stop)`
+    gives that block as a `TensorMerge` (valid only until the next load); `sample(stride)`
+    gives the flat inputs `[k, ⌈n/stride⌉]` and base at positions 0, stride, 2·stride, ...
+    without loading whole blocks.
+    """
+
+    name: str
+    numel: int
+    k: int
+    params: Mapping[str, Any]
+    model_params: tuple[Mapping[str, Any], ...]
+    generator: torch.Generator
+    bounds: tuple[tuple[int, int], ...]
+    has_base: bool
+    device: torch.device
+    load: Callable[[int, int], TensorMerge]
+    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]]
+
+    def blocks(self) -> Iterator[TensorMerge]:
+        """Each block in order (a block is invalid once the next one is drawn)."""
+        for start, stop in self.bounds:
+            yield self.load(start, stop)
+
+    @classmethod
+    def of(cls, tm: TensorMerge, block: int | None = None) -> TensorBlocks:
+        """`tm`, an in-memory whole tensor, as flat blocks of `block` entries (None: one)."""
+        n = tm.inputs[0].numel() if tm.k else 0
+        flat_x = tm.inputs.reshape(tm.k, -1)
+        flat_b = None if tm.base is None else tm.base.reshape(-1)
+        step = max(1, n if block is None else block)
+
+        def load(start: int, stop: int) -> TensorMerge:
+            extras = tuple(
+                {
+                    key: t.reshape(-1)[start:stop] if t.numel() == n else t
+                    for key, t in sorted(ex.items())
+                }
+                for ex in tm.extras
+            )
+            return replace(
+                tm,
+                inputs=flat_x[:, start:stop],
+                base=None if flat_b is None else flat_b[start:stop],
+                extras=extras,
+                offset=start,
+                state=None,
+            )
+
+        def sample(stride: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return flat_x[:, ::stride], None if flat_b is None else flat_b[::stride]
+
+        return cls(
+            tm.name,
+            n,
+            tm.k,
+            tm.params,
+            tm.model_params,
+            tm.generator,
+            tuple((s, min(n, s + step)) for s in range(0, n, step)),
+            tm.base is not None,
+            tm.inputs.device,
+            load,
+            sample,
+        )
+
+
+PrepareFn = Callable[[TensorBlocks], Any]
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -139,6 +229,17 @@ class Strategy:
     stochastic: bool = False
     needs_extras: tuple[str, ...] = ()
     summary: str = field(default="")
+    elementwise: bool = False
+    prepare: PrepareFn | None = None
+
+    @property
+    def blockwise(self) -> bool:
+        """Whether `fn` may run block by block (see `run_blocks`) with the same bytes.
+
+        True for two-phase strategies (`prepare` set) and for deterministic `elementwise`
+        ones, whose output entry j depends on entry j of the inputs, base and extras alone.
+        """
+        return self.prepare is not None or (self.elementwise and not self.stochastic)
 
     def global_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if not p.per_model)
@@ -177,6 +278,17 @@ class Strategy:
                 row[p.name] = p.coerce(value, f"strategy {self.name!r}, model {i}")
             per.append(row)
         return out, tuple(per)
+
+
+def run_blocks(strategy: Strategy, blocks: TensorBlocks) -> Iterator[torch.Tensor]:
+    """The blockwise merge: `prepare` once over all blocks, then `fn` on each block in order.
+
+    Yields each block's flat float32 result; concatenated they equal
+    `strategy.fn(whole tensor)` byte for byte.
+    """
+    state = strategy.prepare(blocks) if strategy.prepare is not None else None
+    for block in blocks.blocks():
+        yield strategy.fn(block if state is None else replace(block, state=state)).reshape(-1)
 
 
 def canonical_params(params: Mapping[str, Any], model_params: Sequence[Mapping[str, Any]]) -> bytes:

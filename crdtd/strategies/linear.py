@@ -1,4 +1,8 @@
-"""Weighted averaging and task arithmetic: the simplest members of the standard family."""
+"""Weighted averaging and task arithmetic: the simplest members of the standard family.
+
+All three are elementwise (entry j of the result reads entry j of the inputs and base only),
+so the engine may merge them block by block.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     paper="Wortsman et al., Model soups: averaging weights of multiple fine-tuned models "
     "improves accuracy without increasing inference time, ICML 2022",
     formula="θ = Σ_i w_i θ_i / Σ_i w_i  (no division when normalize=false)",
+    elementwise=True,
 )
 def linear(tm: TensorMerge) -> torch.Tensor:
     """Weighted mean θ = Σ w_i θ_i / Σ w_i (weight=1.0, normalize=true); the base is unused."""
@@ -39,6 +44,7 @@ def linear(tm: TensorMerge) -> torch.Tensor:
     paper="Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
     formula="θ = θ_base + λ Σ_i w_i (θ_i − θ_base)  (÷ Σ w_i when normalize=true)",
     needs_base=True,
+    elementwise=True,
 )
 def task_arithmetic(tm: TensorMerge) -> torch.Tensor:
     """θ = base + λ Σ w_i τ_i with τ_i = θ_i − base (weight=1.0, lambda=1.0, normalize=false)."""
@@ -61,6 +67,7 @@ def task_arithmetic(tm: TensorMerge) -> torch.Tensor:
     formula="θ = scale · θ_1  (exactly one input)",
     min_inputs=1,
     max_inputs=1,
+    elementwise=True,
 )
 def passthrough(tm: TensorMerge) -> torch.Tensor:
     """Copy the single input unchanged (scale=1.0); used for layer stacking rules."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from crdtd.errors import UnknownStrategyError
-from crdtd.strategies.base import Param, Strategy, StrategyFn
+from crdtd.strategies.base import Param, PrepareFn, Strategy, StrategyFn
 
 _REGISTRY: dict[str, Strategy] = {}
 
@@ -22,8 +22,13 @@ def register(
     max_inputs: int | None = None,
     stochastic: bool = False,
     needs_extras: tuple[str, ...] = (),
+    elementwise: bool = False,
+    prepare: PrepareFn | None = None,
 ) -> Callable[[StrategyFn], StrategyFn]:
-    """Decorator: register `fn` under `name` with its declared parameters."""
+    """Decorator: register `fn` under `name` with its declared parameters.
+
+    `elementwise` and `prepare` declare that `fn` may run block by block (`Strategy.blockwise`).
+    """
 
     def deco(fn: StrategyFn) -> StrategyFn:
         if name in _REGISTRY:
@@ -41,6 +46,8 @@ def register(
             max_inputs=max_inputs,
             stochastic=stochastic,
             needs_extras=needs_extras,
+            elementwise=elementwise,
+            prepare=prepare,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

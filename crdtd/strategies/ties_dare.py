@@ -5,11 +5,15 @@ popular merge tools: τ_i = θ_i − θ_base; τ̂_i = sparsify(τ_i); with cons
 sign is elected from Σ_i w_i τ̂_i and only agreeing entries are averaged (the disjoint
 mean); θ = θ_base + λ · mix. Magnitude selection uses order statistics (`_select`), never a
 full sort; random masks come only from the content-seeded `tm.generator`.
+
+`ties`, `dare_linear` and `dare_ties` are two-phase (`Strategy.prepare`): TIES's per-model
+thresholds, and the generator state at each block's first draw for DARE, are found in one
+streamed pass, after which each block is merged on its own with the same bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -28,7 +32,7 @@ from crdtd.strategies._gta import (
     top_magnitude_keeps,
 )
 from crdtd.strategies._select import band_mask, keep_count, top_mask
-from crdtd.strategies.base import Param, TensorMerge
+from crdtd.strategies.base import Param, TensorBlocks, TensorMerge
 from crdtd.strategies.registry import register
 
 WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
@@ -67,23 +71,78 @@ def _uniform(tm: TensorMerge, n: int, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=tm.generator, dtype=torch.float32).to(device)
 
 
+KeepRule = Callable[[TensorMerge, torch.Tensor], list[Keep]]
+RandomState = tuple[Mapping[int, torch.Tensor] | None, ...]
+_SKIP = 1 << 20
+
+
+def magnitude_state(blocks: TensorBlocks) -> list[Keep]:
+    """TIES trim, decided over the whole tensor: keep the top-`density` entries of each |τ_i|
+    (thresholds and tied positions); L1-rescaled when `rescale`. The `prepare` of `ties`."""
+    n = blocks.numel
+    density = per_model(blocks, "density", 1.0)
+    counts = [keep_count(float(density[i]), n) for i in range(blocks.k)]
+    keeps = top_magnitude_keeps(blocks, counts)
+    return l1_rescaled(blocks, keeps) if blocks.params.get("rescale", False) else keeps
+
+
 def magnitude_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
-    """TIES trim: keep the top-`density` entries of each |τ_i|; L1-rescaled when `rescale`."""
-    n = base.numel()
-    counts = [keep_count(_density(tm, i), n) for i in range(tm.k)]
-    keeps = top_magnitude_keeps(tm, base, counts)
-    return l1_rescaled(tm, base, keeps) if tm.params.get("rescale", False) else keeps
+    """TIES trim for `tm`: its prepared state when it is a block, else decided over `tm`."""
+    return list(tm.state) if tm.state is not None else magnitude_state(TensorBlocks.of(tm))
 
 
-def sparsify_random(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
-    """DARE: keep each entry with probability `density`; scale by 1/density when `rescale`."""
+def _random_keep(
+    tm: TensorMerge, i: int, n: int, device: torch.device, g: torch.Generator, origin: int = 0
+) -> Keep:
+    """DARE's keep for n entries of model i, its mask drawn from `g` (CPU) in entry order."""
     density = _density(tm, i)
     if density >= 1.0:
         return KEEP_ALL
     if density <= 0.0:
-        return Keep(torch.zeros_like(tv, dtype=torch.bool))
-    mask = _uniform(tm, tv.numel(), tv.device) < density
-    return Keep(mask, 1.0 / density if tm.params.get("rescale", True) else 1.0)
+        return Keep(torch.zeros(n, dtype=torch.bool, device=device), origin=origin)
+    mask = torch.rand(n, generator=g, dtype=torch.float32).to(device) < density
+    return Keep(mask, 1.0 / density if tm.params.get("rescale", True) else 1.0, origin=origin)
+
+
+def sparsify_random(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
+    """DARE: keep each entry with probability `density`; scale by 1/density when `rescale`."""
+    return _random_keep(tm, i, tv.numel(), tv.device, tm.generator)
+
+
+def random_state(blocks: TensorBlocks) -> RandomState:
+    """Per model, the generator state at the first draw of each block (by block start), or
+    None for a model that draws nothing; the whole-tensor draws are skipped in slices. The
+    `prepare` of `dare_linear` and `dare_ties`."""
+    g = blocks.generator
+    density = per_model(blocks, "density", 1.0)
+    scratch = torch.empty(min(_SKIP, blocks.numel), dtype=torch.float32)
+    out: list[Mapping[int, torch.Tensor] | None] = []
+    for i in range(blocks.k):
+        if not 0.0 < float(density[i]) < 1.0:
+            out.append(None)
+            continue
+        at: dict[int, torch.Tensor] = {}
+        for start, stop in blocks.bounds:
+            at[start] = g.get_state()
+            for s0 in range(start, stop, _SKIP):
+                piece = min(stop, s0 + _SKIP) - s0
+                torch.rand(piece, generator=g, dtype=torch.float32, out=scratch[:piece])
+        out.append(at)
+    return tuple(out)
+
+
+def random_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
+    """DARE masks for `tm`: drawn model by model, or, for a block, from its prepared state."""
+    if tm.state is None:
+        return decide_keeps(tm, base, sparsify_random)
+    keeps = []
+    for i, at in enumerate(tm.state):
+        g = tm.generator
+        if at is not None:
+            g = torch.Generator()
+            g.set_state(at[tm.offset])
+        keeps.append(_random_keep(tm, i, base.numel(), base.device, g, tm.offset))
+    return keeps
 
 
 def sparsify_outliers(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
@@ -133,25 +192,18 @@ def sparsify_della(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
     return Keep(mask, p_keep.reciprocal_() if tm.params.get("rescale", True) else 1.0)
 
 
-def _gta(
-    tm: TensorMerge,
-    strategy: str,
-    sparsify: Sparsifier | Callable[[TensorMerge, torch.Tensor], list[Keep]] | None,
-    consensus: bool,
-) -> torch.Tensor:
-    """Generalised task arithmetic: sparsify, weight, (elect sign), combine, scale, add base.
+def each(sparsify: Sparsifier) -> KeepRule:
+    """The keep rule running a per-model `sparsify` on each whole task vector in turn."""
+    return lambda tm, base: decide_keeps(tm, base, sparsify)
 
-    `sparsify` is a per-model `Sparsifier`, or `magnitude_keeps` (decides all models at once).
-    """
+
+def _gta(tm: TensorMerge, strategy: str, keeps: KeepRule, consensus: bool) -> torch.Tensor:
+    """Generalised task arithmetic: sparsify, weight, (elect sign), combine, scale, add base."""
     base = require_base(tm, strategy)
-    if sparsify is magnitude_keeps:
-        keeps = magnitude_keeps(tm, base)
-    else:
-        keeps = decide_keeps(tm, base, sparsify)  # type: ignore[arg-type]
     return combine(
         tm,
         base,
-        keeps,
+        keeps(tm, base),
         per_model(tm, "weight", 1.0),
         consensus=consensus,
         normalize=bool(tm.params.get("normalize", False)),
@@ -185,6 +237,7 @@ _SUM = "θ = θ_base + λ Σ_i w_i τ̂_i (÷ Σ_i w_i when normalize)"
     paper=_TIES_PAPER,
     formula="τ̂_i = top-density(|τ_i|) of τ_i = θ_i − θ_base; " + _DISJOINT,
     needs_base=True,
+    prepare=magnitude_state,
 )
 def ties(tm: TensorMerge) -> torch.Tensor:
     """TIES: trim to top-`density` magnitudes, elect sign, disjoint mean (normalize=true)."""
@@ -198,10 +251,11 @@ def ties(tm: TensorMerge) -> torch.Tensor:
     formula="τ̂_i = τ_i ⊙ Bernoulli(density) / density; " + _SUM,
     needs_base=True,
     stochastic=True,
+    prepare=random_state,
 )
 def dare_linear(tm: TensorMerge) -> torch.Tensor:
     """DARE: random drop with keep-probability `density`, rescale by 1/density, then sum."""
-    return _gta(tm, "dare_linear", sparsify_random, consensus=False)
+    return _gta(tm, "dare_linear", random_keeps, consensus=False)
 
 
 @register(
@@ -211,10 +265,11 @@ def dare_linear(tm: TensorMerge) -> torch.Tensor:
     formula="τ̂_i = τ_i ⊙ Bernoulli(density) / density; " + _DISJOINT,
     needs_base=True,
     stochastic=True,
+    prepare=random_state,
 )
 def dare_ties(tm: TensorMerge) -> torch.Tensor:
     """DARE drop-and-rescale followed by TIES sign election and disjoint combination."""
-    return _gta(tm, "dare_ties", sparsify_random, consensus=True)
+    return _gta(tm, "dare_ties", random_keeps, consensus=True)
 
 
 @register(
@@ -226,7 +281,7 @@ def dare_ties(tm: TensorMerge) -> torch.Tensor:
 )
 def breadcrumbs(tm: TensorMerge) -> torch.Tensor:
     """Model Breadcrumbs: drop the `gamma` largest and the small entries; keep `density`."""
-    return _gta(tm, "breadcrumbs", sparsify_outliers, consensus=False)
+    return _gta(tm, "breadcrumbs", each(sparsify_outliers), consensus=False)
 
 
 @register(
@@ -238,7 +293,7 @@ def breadcrumbs(tm: TensorMerge) -> torch.Tensor:
 )
 def breadcrumbs_ties(tm: TensorMerge) -> torch.Tensor:
     """Breadcrumbs sparsification followed by TIES sign election and disjoint combination."""
-    return _gta(tm, "breadcrumbs_ties", sparsify_outliers, consensus=True)
+    return _gta(tm, "breadcrumbs_ties", each(sparsify_outliers), consensus=True)
 
 
 @register(
@@ -252,7 +307,7 @@ def breadcrumbs_ties(tm: TensorMerge) -> torch.Tensor:
 )
 def della(tm: TensorMerge) -> torch.Tensor:
     """DELLA: magnitude-ranked stochastic drop (MAGPRUNE), sign election, disjoint mean."""
-    return _gta(tm, "della", sparsify_della, consensus=True)
+    return _gta(tm, "della", each(sparsify_della), consensus=True)
 
 
 @register(
@@ -266,7 +321,7 @@ def della(tm: TensorMerge) -> torch.Tensor:
 )
 def della_linear(tm: TensorMerge) -> torch.Tensor:
     """DELLA's MAGPRUNE drop followed by a plain weighted sum (no sign election)."""
-    return _gta(tm, "della_linear", sparsify_della, consensus=False)
+    return _gta(tm, "della_linear", each(sparsify_della), consensus=False)
 
 
 @register(
