@@ -15,18 +15,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from crdtd.errors import ConfigError, CrdtdError
-from crdtd.model.lora import is_adapter_dir, merge_adapters
-from crdtd.model.merge import Contribution, ModelMerge
-from crdtd.model.schema import ModelMergeSchema
-from crdtd.model.writer import DEFAULT_SHARD_SIZE, parse_size
-from crdtd.model.yaml_config import MergeConfig, load_config
-from crdtd.strategies import registry
+
+if TYPE_CHECKING:
+    from crdtd.model.yaml_config import MergeConfig
+
+# torch and the engine load only when a merge runs, so `crdtd --help` and the daemon's
+# client verbs start fast.
+DEFAULT_SHARD_SIZE_TEXT = "5GB"
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", help="output directory")
     p.add_argument("--config", "-c", help="mergekit-style YAML config")
     p.add_argument(
-        "--shard-size", default=str(DEFAULT_SHARD_SIZE), help="max shard size, e.g. 5GB, 500MB"
+        "--shard-size", default=DEFAULT_SHARD_SIZE_TEXT, help="max shard size, e.g. 5GB, 500MB"
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--dtype", help="output dtype: bfloat16, float16 or float32")
@@ -121,6 +121,10 @@ def parse_extras(items: Sequence[str], n_models: int) -> list[dict[str, str]]:
 
 
 def _config_from_args(args: argparse.Namespace) -> MergeConfig:
+    from crdtd.model.merge import Contribution
+    from crdtd.model.schema import ModelMergeSchema
+    from crdtd.model.yaml_config import MergeConfig, load_config
+
     if args.config:
         if args.strategy or args.param or args.models or args.base or args.extra:
             raise ConfigError(
@@ -149,6 +153,13 @@ def _config_from_args(args: argparse.Namespace) -> MergeConfig:
 
 def run_merge(args: argparse.Namespace) -> int:
     """Run `crdtd merge`; returns the exit status (errors raise `CrdtdError`)."""
+    import torch
+
+    from crdtd.model.lora import is_adapter_dir, merge_adapters
+    from crdtd.model.merge import ModelMerge
+    from crdtd.model.writer import parse_size
+    from crdtd.strategies import registry
+
     if args.list:
         for name in registry.names():
             print(name)
