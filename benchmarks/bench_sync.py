@@ -210,8 +210,12 @@ async def bench_transfer(gib: float, root: Path, plaintext: bool) -> None:
     store_b = NodeStore.open(cfg_b.data_dir)
     chunks = [store_b.read_chunk(c.digest) for c in m.chunks]
     store_b.close()
-    # the baseline runs before and after the gRPC transfer; their mean cancels slow drift
+    # the baseline runs before and after the gRPC transfer; their mean cancels slow drift.
+    # Each phase starts with the previous phase's written copy deleted, so all three write
+    # into page cache the previous one freed (on a VM, never-used pages cost ~2x to fill;
+    # before this, only the first baseline reused pages, those the payload file freed).
     before = await asyncio.to_thread(socket_baseline, chunks, root / "sock1", CONFIG.write_window)
+    shutil.rmtree(root / "sock1")
 
     env = {"CRDTD_PEER_PLAINTEXT_LOOPBACK": "true"} if plaintext else {}
     proc = start_runner(cfg_b.path, env)
@@ -238,6 +242,7 @@ async def bench_transfer(gib: float, root: Path, plaintext: bool) -> None:
         state_a.close()
     assert result.pulled == [e.id], result.rejected
     transfer = size / seconds / 1e6
+    shutil.rmtree(cfg_a.data_dir)
 
     after = await asyncio.to_thread(socket_baseline, chunks, root / "sock2", CONFIG.write_window)
     raw = size / ((before + after) / 2) / 1e6
