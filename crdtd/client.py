@@ -25,6 +25,7 @@ import grpc
 from crdtd.crypto.keys import NodeKey
 from crdtd.crypto.x509 import TlsMaterial
 from crdtd.errors import ConfigError
+from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb
 from crdtd.node.status_map import error_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
@@ -168,23 +169,6 @@ class NodeStatus:
         }
 
 
-def _meta_pb(value: Any) -> pb.MetaValue:
-    if isinstance(value, bool):
-        return pb.MetaValue(flag=value)
-    if isinstance(value, int):
-        return pb.MetaValue(integer=value)
-    if isinstance(value, bytes):
-        return pb.MetaValue(raw=value)
-    if isinstance(value, float):
-        return pb.MetaValue(text=repr(value))
-    return pb.MetaValue(text=str(value))
-
-
-def _meta_py(value: pb.MetaValue) -> Any:
-    which = value.WhichOneof("value")
-    return None if which is None else getattr(value, which)
-
-
 def _entry_info(s: pb.EntrySummary) -> EntryInfo:
     return EntryInfo(
         id=s.id,
@@ -196,7 +180,7 @@ def _entry_info(s: pb.EntrySummary) -> EntryInfo:
         payload_digest=s.payload_digest,
         payload_size=s.payload_size,
         payload_kind=s.payload_kind,
-        metadata={kv.key: _meta_py(kv.value) for kv in s.metadata},
+        metadata={kv.key: meta_from_pb(kv.value) for kv in s.metadata},
         removed=s.removed,
         base_id=s.base_id,
     )
@@ -320,7 +304,7 @@ class Client:
             payload_size=size,
             base_id=base_id or b"",
             metadata=[
-                pb.KeyValue(key=k, value=_meta_pb(v)) for k, v in sorted((metadata or {}).items())
+                pb.KeyValue(key=k, value=meta_to_pb(v)) for k, v in sorted((metadata or {}).items())
             ],
         )
         if key is not None:

@@ -40,6 +40,7 @@ from crdtd.node.materialise import (
     materialise,
     parse_param,
 )
+from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb
 from crdtd.node.status_map import message_for, status_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
@@ -53,24 +54,7 @@ log = get_logger("crdtd.node.client")
 T = TypeVar("T")
 
 
-# -- metadata values ------------------------------------------------------------------------
-
-
-def meta_to_pb(value: Any) -> pb.MetaValue:
-    """A contribution metadata value as a MetaValue message."""
-    if isinstance(value, bool):
-        return pb.MetaValue(flag=value)
-    if isinstance(value, int):
-        return pb.MetaValue(integer=value)
-    if isinstance(value, bytes):
-        return pb.MetaValue(raw=value)
-    return pb.MetaValue(text="" if value is None else str(value))
-
-
-def meta_from_pb(value: pb.MetaValue) -> Any:
-    """A MetaValue message as a Python value (str, int, bool or bytes)."""
-    which = value.WhichOneof("value")
-    return None if which is None else getattr(value, which)
+# -- messages ------------------------------------------------------------------------------
 
 
 def summary_of(view: EntryView) -> pb.EntrySummary:
