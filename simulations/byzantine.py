@@ -73,6 +73,7 @@ from crdtd.state.entry import (
 from crdtd.store import NodeStore
 from crdtd.store.chunks import Manifest, chunk_bytes, manifest_of
 from crdtd.store.sqlite import LIVE
+from crdtd.trust import evidence
 from crdtd.trust.evidence import (
     WEIGHT_UNIT,
     ProofKind,
@@ -306,14 +307,10 @@ class Caches:
 # -- nodes ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Observation:
-    subject: bytes
-    dimension: str
-    weight: int
-    reason: str
-    kind: ProofKind = ProofKind.NONE
-    data: bytes = b""
+@dataclass(frozen=True)
+class Observation(evidence.Observation):
+    """An observation with a tag so each fault is reported once per observer."""
+
     tag: str = ""
 
 

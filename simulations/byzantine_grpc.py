@@ -126,6 +126,21 @@ class Site:
             self.proc.wait()
 
 
+def _first_contribution(key: NodeKey, namespace: str, base: bytes, data: bytes) -> Entry:
+    """An adversary's first signed contribution (seq 1) of the safetensors bytes `data`."""
+    src = BytesSource(data)
+    return make_contribution(
+        key,
+        1,
+        None,
+        namespace,
+        src.manifest.digest,
+        src.manifest.size,
+        payload_kind="safetensors",
+        base_id=base,
+    )
+
+
 def _push_signed(site: Site, entry: Entry, data: bytes) -> None:
     """Push a contribution already signed elsewhere (an adversary picks its own seq)."""
     with site.client() as c:
@@ -269,17 +284,7 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
             if attack in ("sign_flip", "noise", "alie"):
                 tensors = world.poisoned(attack, a.index, honest_idx)
                 data = sim._to_safetensors(tensors)
-                src = BytesSource(data)
-                e = make_contribution(
-                    a.key,
-                    1,
-                    None,
-                    ns,
-                    src.manifest.digest,
-                    src.manifest.size,
-                    payload_kind="safetensors",
-                    base_id=base,
-                )
+                e = _first_contribution(a.key, ns, base, data)
                 _push_signed(target, e, data)
                 pushed[e.id] = tensors
             elif attack == "equivocation":
@@ -287,17 +292,7 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
                 for t, delta in ((target, 0.0), (other, 0.01)):
                     tensors = {k: v + delta for k, v in world.honest[a.index].items()}
                     data = sim._to_safetensors(tensors)
-                    src = BytesSource(data)
-                    e = make_contribution(
-                        a.key,
-                        1,
-                        None,
-                        ns,
-                        src.manifest.digest,
-                        src.manifest.size,
-                        payload_kind="safetensors",
-                        base_id=base,
-                    )
+                    e = _first_contribution(a.key, ns, base, data)
                     _push_signed(t, e, data)
                     pushed[e.id] = tensors
             elif attack == "forged_signature":

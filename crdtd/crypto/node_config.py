@@ -369,7 +369,7 @@ def load_node_config(
     _check_hostport(advertise, key_location(path, "peer", "advertise"))
     for item in peer["bootstrap"]:
         _check_hostport(item, key_location(path, "peer", "bootstrap"))
-    if peer["plaintext_loopback"] and not _is_loopback(peer["host"]):
+    if peer["plaintext_loopback"] and not is_loopback_host(peer["host"]):
         raise ConfigError(
             f"{key_location(path, 'peer', 'plaintext_loopback')}: plain text needs a loopback host"
         )
@@ -398,7 +398,8 @@ def load_node_config(
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback IP literals (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:

@@ -10,7 +10,6 @@ directory holding the file. `crdtd config check FILE` runs exactly this loader.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -24,6 +23,7 @@ from crdtd.crypto.node_config import (
     Field,
     NodeConfig,
     coerce_value,
+    is_loopback_host,
     key_location,
     load_node_config,
     parse_env_value,
@@ -176,16 +176,6 @@ class DaemonConfig:
         if not self.namespaces:
             return NamespaceConfig(name, self.trust.for_namespace(name))
         return self.namespaces.get(name)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback IP literals."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
@@ -370,7 +360,7 @@ def load_daemon_config(
     token_file = node.data_dir / TOKEN_FILE if not auth["token_file"] else base / auth["token_file"]
     output_dir = node.data_dir / OUTPUT_DIR if not mat["output_dir"] else base / mat["output_dir"]
     client_tls = auth["tls"] or auth["mode"] == "mtls"
-    if not is_loopback(node.client_host):
+    if not is_loopback_host(node.client_host):
         if auth["mode"] == "none":
             raise ConfigError(
                 f"{key_location(path, 'auth', 'mode')}: 'none' needs a loopback [client] host, "

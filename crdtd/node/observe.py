@@ -32,7 +32,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crdtd.crypto.schemes import PublicKeys
@@ -50,6 +49,7 @@ from crdtd.trust.evidence import (
     PROVEN_DIMENSION,
     WEIGHT_UNIT,
     Evidence,
+    Observation,
     ProofKind,
     Verdict,
     check_proof,
@@ -70,22 +70,6 @@ log = get_logger("crdtd.node.trust")
 
 MAX_WIRE_IN_PROOF = 128 * 1024
 """Bytes of a relayed record attached to a bad-signature observation (larger: no bytes)."""
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One accusation to sign: about whom, on which dimension, and what shows it."""
-
-    subject: bytes
-    dimension: str
-    weight: int
-    reason: str
-    kind: ProofKind = ProofKind.NONE
-    data: bytes = b""
-
-    @property
-    def self_proving(self) -> bool:
-        return self.kind in PROVEN_DIMENSION
 
 
 def _relayed(peer: bytes, m: Misbehaviour, dimension: str, what: str) -> Observation:
@@ -250,8 +234,7 @@ def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> li
         except (CrdtdError, ValueError, OSError) as exc:
             event(log, "trust.model_check_failed", level=30, namespace=name, error=str(exc))
             continue
-        for ob in outlier_observations(stats, name):
-            out.append(Observation(ob.subject, ob.dimension, ob.weight, ob.reason))
+        out.extend(outlier_observations(stats, name))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from crdtd import errors as e
+from crdtd.sync.status import code_in
 
 # Most specific first is not needed: the MRO walk finds the nearest mapped ancestor.
 STATUS: dict[type[BaseException], grpc.StatusCode] = {
@@ -49,11 +50,7 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code for an exception (INTERNAL for anything unmapped)."""
-    for cls in type(exc).__mro__:
-        code = STATUS.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    return code_in(STATUS, exc)
 
 
 def message_for(exc: BaseException) -> str:

@@ -11,11 +11,11 @@ every session is a probe.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from crdtd.crypto.node_config import is_loopback_host
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import PeerIdentity
 
@@ -53,12 +53,7 @@ def valid_address(address: str) -> bool:
 def is_loopback(address: str) -> bool:
     """True when the host part of host:port is a loopback address or `localhost`."""
     host = address.rpartition(":")[0].strip("[]") if ":" in address else address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 class PeerTable:

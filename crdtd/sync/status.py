@@ -8,6 +8,8 @@ The client API keeps its own table (crdtd.node.status_map): sync sits below the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 
 from crdtd import errors as e
@@ -43,13 +45,18 @@ _CLIENT: dict[grpc.StatusCode, type[e.PeerError]] = {
 _TLS_MARKERS = ("tls handshake", "ssl_error", "certificate_verify_failed", "ssl routines")
 
 
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code a servicer answers with for `exc` (INTERNAL when unmapped)."""
+def code_in(table: Mapping[type, grpc.StatusCode], exc: BaseException) -> grpc.StatusCode:
+    """The code of the nearest class of `exc` in `table` (INTERNAL when unmapped)."""
     for cls in type(exc).__mro__:
-        code = STATUS.get(cls)
+        code = table.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code a servicer answers with for `exc` (INTERNAL when unmapped)."""
+    return code_in(STATUS, exc)
 
 
 def peer_error(code: grpc.StatusCode, details: str, address: str) -> e.PeerError:

@@ -95,6 +95,23 @@ PROVEN_DIMENSION: dict[ProofKind, str] = {
 """The dimension a self-proving proof convicts its subject on (whatever the entry says)."""
 
 
+@dataclass(frozen=True)
+class Observation:
+    """One accusation (or praise) to sign as evidence: about whom, on which dimension, how
+    much, why, and the proof bytes when it is self-proving (see `evidence_entry`)."""
+
+    subject: bytes
+    dimension: str
+    weight: int
+    reason: str
+    kind: ProofKind = ProofKind.NONE
+    data: bytes = b""
+
+    @property
+    def self_proving(self) -> bool:
+        return self.kind in PROVEN_DIMENSION
+
+
 class Verdict(IntEnum):
     """What checking a proof established."""
 

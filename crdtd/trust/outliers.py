@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from crdtd.errors import ConfigError, TensorMismatchError
-from crdtd.trust.evidence import WEIGHT_UNIT
+from crdtd.trust.evidence import WEIGHT_UNIT, Observation
 
 __all__ = [
     "ContributionStats",
@@ -91,16 +91,6 @@ class ContributionStats:
     def outlier(self) -> bool:
         """True when any flag was raised."""
         return bool(self.flags)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """Evidence to sign: subject, dimension, weight and reason (see `evidence.evidence_entry`)."""
-
-    subject: bytes
-    dimension: str
-    weight: int
-    reason: str
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
