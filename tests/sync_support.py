@@ -36,6 +36,14 @@ FAST = SyncConfig(
 """Tunables for tests: quick rounds, generous timeouts (2 shared cores)."""
 
 
+def federation_of(*names: str) -> SyncFederation:
+    """A federation whose members are `names`, in that order."""
+    fed = SyncFederation()
+    for name in names:
+        fed.add(name)
+    return fed
+
+
 def make_node(
     tf: SyncFederation,
     name: str,

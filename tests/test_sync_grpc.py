@@ -26,6 +26,7 @@ from tests.sync_support import (
     FAST,
     SyncFederation,
     async_test,
+    federation_of,
     make_node,
     push_contribution,
     snapshot,
@@ -34,10 +35,7 @@ from tests.sync_support import (
 
 @pytest.fixture
 def tf() -> SyncFederation:
-    fed = SyncFederation()
-    for name in ("a", "b", "c"):
-        fed.add(name)
-    return fed
+    return federation_of("a", "b", "c")
 
 
 @async_test

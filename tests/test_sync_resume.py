@@ -11,17 +11,21 @@ import pytest
 from crdtd.errors import PeerError, PeerUnavailableError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.store.chunks import CHUNK_SIZE, chunk_bytes, manifest_of
-from tests.sync_support import SyncFederation, async_test, make_node, push_contribution, snapshot
+from tests.sync_support import (
+    SyncFederation,
+    async_test,
+    federation_of,
+    make_node,
+    push_contribution,
+    snapshot,
+)
 
 PIECES_PER_CHUNK = CHUNK_SIZE // (1024 * 1024)
 
 
 @pytest.fixture
 def tf() -> SyncFederation:
-    fed = SyncFederation()
-    fed.add("a")
-    fed.add("b")
-    return fed
+    return federation_of("a", "b")
 
 
 @async_test

@@ -8,15 +8,18 @@ import pytest
 
 from crdtd.errors import CrdtdError
 from crdtd.store.chunks import CHUNK_SIZE, chunk_bytes, manifest_of
-from tests.sync_support import SyncFederation, async_test, make_node, push_contribution
+from tests.sync_support import (
+    SyncFederation,
+    async_test,
+    federation_of,
+    make_node,
+    push_contribution,
+)
 
 
 @pytest.fixture
 def tf() -> SyncFederation:
-    fed = SyncFederation()
-    fed.add("a")
-    fed.add("b")
-    return fed
+    return federation_of("a", "b")
 
 
 @async_test
