@@ -5,7 +5,7 @@ import warnings
 
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as crdtd_dot_v1_dot_peer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
