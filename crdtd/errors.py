@@ -158,6 +158,10 @@ class UnauthorizedError(ValidationError):
     """The signer may not perform this action (e.g. erase another author's entry)."""
 
 
+class MalformedRequestError(ValidationError):
+    """A gRPC request body is not a valid protobuf message of its type (names the type)."""
+
+
 # -- storage ---------------------------------------------------------------------------------
 
 

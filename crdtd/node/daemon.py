@@ -34,6 +34,7 @@ from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.logs import event, get_logger, setup_logging
 from crdtd.node.metrics import NodeMetrics, serve_metrics
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc
+from crdtd.sync.guard import RequestGuard
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,6 +100,7 @@ class Daemon:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if cfg.auth_mode == "token":
             interceptors.append(TokenAuth(await asyncio.to_thread(ensure_token, cfg.token_file)))
+        interceptors.append(RequestGuard())  # after auth: strangers learn no message types
         options = [
             ("grpc.max_receive_message_length", cfg.max_message),
             ("grpc.max_send_message_length", cfg.max_message),

@@ -291,9 +291,10 @@ class GrpcTransport:
 
     async def serve(self, handler: PeerHandler, bind: str) -> _GrpcListener:
         """Start a grpc.aio server for `handler` on `bind` (port 0 picks a free port)."""
+        from crdtd.sync.guard import RequestGuard
         from crdtd.sync.service import PeerServicer
 
-        server = grpc.aio.server(options=self.config.grpc_options())
+        server = grpc.aio.server(interceptors=[RequestGuard()], options=self.config.grpc_options())
         pb_grpc.add_PeerServicer_to_server(PeerServicer(handler, tls=self.tls is not None), server)
         host, _, _ = bind.rpartition(":")
         if self.tls is None:
