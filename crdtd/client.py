@@ -14,6 +14,7 @@ status code. Payloads travel in 1 MiB messages; pass `progress=True` for a progr
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -97,9 +98,19 @@ class MaterialiseResult:
     size: int
     seconds: float
     local_path: str = ""
+    kind: str = "model"
+    format: str = "safetensors"
+    summary: dict[str, Any] = field(default_factory=dict)
+    provenance_sha256: str = ""
+    provenance_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
+            "format": self.format,
+            "summary": self.summary,
+            "provenance_sha256": self.provenance_sha256,
+            "provenance_path": self.provenance_path,
             "output_sha256": self.output_sha256,
             "input_set_digest": self.input_set_digest,
             "inputs": [i.hex() for i in self.inputs],
@@ -124,6 +135,17 @@ class PeerInfo:
 
 
 @dataclass(frozen=True)
+class NamespaceInfo:
+    """A namespace as Status reports it: kind, visible contributions, bytes, settings."""
+
+    name: str
+    kind: str
+    contributions: int
+    payload_bytes: int
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """A node's identity, state root, entry counts and peers."""
 
@@ -139,6 +161,7 @@ class NodeStatus:
     client_address: str
     metrics_address: str
     namespaces: tuple[str, ...] = field(default=())
+    namespace_info: tuple[NamespaceInfo, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +189,16 @@ class NodeStatus:
             "client_address": self.client_address,
             "metrics_address": self.metrics_address,
             "namespaces": list(self.namespaces),
+            "namespace_info": [
+                {
+                    "name": n.name,
+                    "kind": n.kind,
+                    "contributions": n.contributions,
+                    "payload_bytes": n.payload_bytes,
+                    "settings": n.settings,
+                }
+                for n in self.namespace_info
+            ],
         }
 
 
@@ -434,12 +467,41 @@ class Client:
         strategy: str = "",
         params: Mapping[str, Any] | None = None,
         dtype: str = "",
+        format: str = "",
+        provenance: bool = False,
         progress: bool = False,
     ) -> MaterialiseResult:
         """Merge the namespace on the node. With `remote_path` the node writes the file on its
-        own disk; otherwise the bytes stream back (to `out` when given)."""
-        import json
+        own disk; otherwise the bytes stream back (to `out` when given). With `provenance`
+        the provenance file lands beside the output (`OUT.provenance.FORMAT`)."""
+        result, _, _ = self._materialise(
+            namespace,
+            out=out,
+            remote_path=remote_path,
+            strategy=strategy,
+            params=params,
+            dtype=dtype,
+            format=format,
+            provenance=provenance,
+            progress=progress,
+        )
+        return result
 
+    def _materialise(
+        self,
+        namespace: str,
+        *,
+        out: str | os.PathLike[str] | None = None,
+        remote_path: str = "",
+        strategy: str = "",
+        params: Mapping[str, Any] | None = None,
+        dtype: str = "",
+        format: str = "",
+        provenance: bool = False,
+        progress: bool = False,
+    ) -> tuple[MaterialiseResult, bytes, bytes]:
+        """Materialise; returns the result and, when `out` is None and nothing is written on
+        the node, the output and provenance bytes."""
         request = pb.MaterialiseRequest(
             namespace=namespace,
             strategy=strategy,
@@ -449,29 +511,52 @@ class Client:
             ],
             out_path=remote_path,
             dtype=dtype,
+            format=format,
+            provenance=provenance,
         )
         target = Path(out) if out is not None and not remote_path else None
         tmp = None if target is None else target.with_name(f".{target.name}.part")
+        prov_tmp = None if target is None else target.with_name(f".{target.name}.prov.part")
         handle = None if tmp is None else tmp.open("wb")
+        prov_handle = None
+        data: list[bytes] = []
+        prov: list[bytes] = []
         result = None
         try:
             with _bar(0, "materialise", progress) as bar:
                 stream = self.stub.Materialise(request, metadata=self._meta, timeout=self.timeout)
                 for msg in self._stream(stream):
-                    if msg.WhichOneof("part") == "data":
+                    part = msg.WhichOneof("part")
+                    if part == "data":
                         if handle is not None:
                             handle.write(msg.data)
+                        else:
+                            data.append(msg.data)
                         bar.update(len(msg.data))
+                    elif part == "provenance":
+                        if prov_tmp is not None:
+                            if prov_handle is None:
+                                prov_handle = prov_tmp.open("wb")
+                            prov_handle.write(msg.provenance)
+                        else:
+                            prov.append(msg.provenance)
                     else:
                         result = msg.result
         finally:
             if handle is not None:
                 handle.close()
+            if prov_handle is not None:
+                prov_handle.close()
         if result is None:
             raise ConfigError(f"node {self.address}: Materialise ended without a result")
+        local_prov = ""
         if tmp is not None and target is not None:
             os.replace(tmp, target)
-        return MaterialiseResult(
+            if prov_handle is not None and prov_tmp is not None:
+                beside = target.with_name(f"{target.name}.provenance.{result.provenance_format}")
+                os.replace(prov_tmp, beside)
+                local_prov = str(beside)
+        done = MaterialiseResult(
             output_sha256=result.output_sha256,
             input_set_digest=result.input_set_digest,
             inputs=tuple(result.inputs),
@@ -482,7 +567,13 @@ class Client:
             size=int(result.size),
             seconds=result.seconds,
             local_path=str(target) if target is not None else "",
+            kind=result.kind or "model",
+            format=result.format or "safetensors",
+            summary=json.loads(result.summary_json or "{}"),
+            provenance_sha256=result.provenance_sha256,
+            provenance_path=result.provenance_path or local_prov,
         )
+        return done, b"".join(data), b"".join(prov)
 
     def status(self) -> NodeStatus:
         """The node's identity, state root, entry counts and peers."""
@@ -503,6 +594,16 @@ class Client:
             client_address=r.client_address,
             metrics_address=r.metrics_address,
             namespaces=tuple(r.namespaces),
+            namespace_info=tuple(
+                NamespaceInfo(
+                    n.name,
+                    n.kind,
+                    int(n.contributions),
+                    int(n.payload_bytes),
+                    json.loads(n.settings_json or "{}"),
+                )
+                for n in r.namespace_status
+            ),
         )
 
     def trust(self) -> pb.TrustReply:
@@ -520,6 +621,7 @@ __all__ = [
     "Client",
     "EntryInfo",
     "MaterialiseResult",
+    "NamespaceInfo",
     "NodeStatus",
     "PeerInfo",
     "PushResult",

@@ -162,6 +162,17 @@ class MalformedRequestError(ValidationError):
     """A gRPC request body is not a valid protobuf message of its type (names the type)."""
 
 
+# -- namespace kinds ---------------------------------------------------------------------------
+
+
+class KindError(ValidationError):
+    """A payload does not fit its namespace's kind (names the namespace, kind and what is wrong)."""
+
+
+class WrongKindError(KindError):
+    """A push carries a payload kind its namespace does not take (names both)."""
+
+
 # -- storage ---------------------------------------------------------------------------------
 
 

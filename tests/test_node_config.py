@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from crdtd import kinds
 from crdtd.errors import ConfigError
 from crdtd.node.config import (
     DAEMON_SCHEMA,
-    NAMESPACE_SCHEMA,
     load_daemon_config,
+    namespace_schema,
     parse_size,
     read_token,
     render_daemon_sections,
@@ -67,6 +68,7 @@ def test_declared_namespaces_carry_strategy_params_and_threshold(
         ('[namespaces."m/x"]\nstrategy = "ties"\nparams = { density = "a lot" }\n', "'density'"),
         ('[namespaces."m/x"]\nstrategy = "linear"\nparams = { colour = 1 }\n', "unknown parameter"),
         ('[namespaces."m/x"]\nwhatever = 1\n', 'namespaces."m/x"] whatever: unknown key'),
+        ('[namespaces."m/x"]\nkind = "graph"\n', "unknown namespace kind 'graph'"),
         ('[namespaces."m/x"]\ntrust_threshold = 1.5\n', "must be in [0, 1]"),
         ('[namespaces."m/x"]\nbase = "abc"\n', "expected a 64-hex entry id"),
         ('[namespaces."m/x"]\ndtype = "float7"\n', "dtype"),
@@ -158,8 +160,9 @@ def test_hospital_example_loads_and_comments_every_key() -> None:
         assert f"[{section}]" in lines, section
         for key in fields:
             assert any(line.startswith(f"{key} = ") for line in lines), f"[{section}] {key}"
-    for key in NAMESPACE_SCHEMA:
-        assert any(line.lstrip("# ").startswith(f"{key} = ") for line in lines), key
+    for kind in kinds.NAMES:
+        for key in namespace_schema(kind):
+            assert any(line.lstrip("# ").startswith(f"{key} = ") for line in lines), (kind, key)
     for i, line in enumerate(lines):
         if "=" in line and not line.startswith(("#", "[")):
             assert lines[i - 1].startswith("#"), f"line {i + 1} has no comment: {line}"

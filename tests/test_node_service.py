@@ -344,3 +344,24 @@ def test_an_equivocating_author_is_left_out_of_materialise_with_the_reason(
     scores = {s.key_id: s for s in client.trust().scores}
     assert scores[key.key_id].gated and scores[key.key_id].trust == 0
     assert any("equivocation" in f for f in scores[key.key_id].faults)
+
+
+def test_status_shows_each_namespace_kind_and_size(client: Client, tmp_path: Path) -> None:
+    client.push("blobs/raw", b"some opaque bytes " * 10)
+    info = {n.name: n for n in client.status().namespace_info}
+    assert set(info) == {NAMESPACE, "model/ties", "blobs/raw"}
+    assert all(n.kind == "model" for n in info.values())
+    raw = info["blobs/raw"]
+    assert raw.contributions >= 1 and raw.payload_bytes >= 180
+    assert raw.settings["payload_kind"] == "bytes"
+    assert info["model/ties"].settings["strategy"] == "ties"
+
+
+def test_materialise_reports_the_kind_and_format_of_its_output(
+    client: Client, tmp_path: Path
+) -> None:
+    client.push(NAMESPACE, checkpoint(tmp_path / "k.safetensors", 2.0))
+    m = client.materialise(NAMESPACE, out=tmp_path / "m.safetensors")
+    assert (m.kind, m.format) == ("model", "safetensors")
+    with pytest.raises(CrdtdError, match="its output is safetensors, not 'parquet'"):
+        client.materialise(NAMESPACE, out=tmp_path / "m.parquet", format="parquet")

@@ -101,17 +101,12 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         "auth": cfg.auth_mode,
         "client_tls": cfg.client_tls,
         "max_payload": cfg.max_payload,
-        "namespaces": {
-            name: {
-                "strategy": ns.strategy,
-                "params": dict(ns.params),
-                "payload_kind": ns.payload_kind,
-                "trust_threshold": ns.trust_threshold,
-            }
-            for name, ns in sorted(cfg.namespaces.items())
-        },
+        "namespaces": {name: ns.describe() for name, ns in sorted(cfg.namespaces.items())},
     }
-    spaces = ", ".join(f"{n} ({d['strategy']})" for n, d in data["namespaces"].items())  # type: ignore[attr-defined]
+    spaces = ", ".join(
+        f"{n} ({ns.kind}{': ' + ns.strategy if ns.kind == 'model' else ''})"
+        for n, ns in sorted(cfg.namespaces.items())
+    )
     _print(
         args,
         f"{cfg.path}: ok\n  node {cfg.node.name} in {cfg.node.federation.id}\n"
@@ -187,6 +182,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(
         f"  client {s.client_address}  peer {s.peer_address}  metrics {s.metrics_address or 'off'}"
     )
+    for n in s.namespace_info:
+        print(
+            f"  namespace   {n.name:<28} {n.kind:<7} {n.contributions} contributions, "
+            f"{n.payload_bytes} B"
+        )
     for p in s.peers:
         ago = "never" if p.seconds_since_sync < 0 else f"{p.seconds_since_sync:.1f}s ago"
         state = ("alive" if p.alive else "down") + (", in sync" if p.in_sync else "")
@@ -204,17 +204,32 @@ def _cmd_materialise(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             params=params,
             dtype=args.dtype,
+            format=args.format or _format_of(args.out),
+            provenance=args.provenance,
             progress=_progress(args),
         )
     where = m.out_path or m.local_path
+    what = f"strategy {m.strategy} {m.params_json}" if m.kind == "model" else f"{m.kind} {m.format}"
     lines = [
         f"{m.output_sha256}  {where}",
-        f"  strategy {m.strategy} {m.params_json}, {len(m.inputs)} inputs, "
+        f"  {what}, {len(m.inputs)} inputs, "
         f"input set {m.input_set_digest[:16]}, {m.size} B in {m.seconds:.2f}s",
     ]
+    if m.summary:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(m.summary.items())))
+    if m.provenance_path:
+        lines.append(f"  provenance {m.provenance_sha256[:16]}  {m.provenance_path}")
     lines += [f"  excluded {a.hex()[:16]}: {why}" for a, why in m.excluded]
     _print(args, "\n".join(lines), m.to_json())
     return 0
+
+
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".csv": "csv"}
+
+
+def _format_of(path: str) -> str:
+    """The output format an --out path's suffix names (tables); '' leaves it to the node."""
+    return _FORMATS.get(Path(path).suffix.lower(), "")
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
@@ -361,10 +376,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     _client_options(p)
     p.set_defaults(func=_cmd_status)
 
-    p = subparsers.add_parser("materialise", help="merge a namespace into one safetensors file")
+    p = subparsers.add_parser("materialise", help="merge a namespace into one file")
     p.add_argument("namespace")
     p.add_argument("--out", required=True, metavar="PATH")
     p.add_argument("--on-node", action="store_true", help="write PATH on the node's disk")
+    p.add_argument(
+        "--format",
+        default="",
+        help="output format where the kind has several (default: --out's suffix)",
+    )
+    p.add_argument(
+        "--provenance",
+        action="store_true",
+        help="also write PATH.provenance.FORMAT: the entries every output value came from",
+    )
     p.add_argument("--strategy", default="")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dtype", default="")

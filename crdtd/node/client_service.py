@@ -31,20 +31,21 @@ from crdtd.errors import (
     UnauthenticatedError,
     UnauthorizedError,
 )
+from crdtd.kinds.base import provenance_beside
 from crdtd.node.core import EntryView, NodeCore, PeerView
 from crdtd.node.logs import event, get_logger
 from crdtd.node.materialise import (
-    OUTPUT_NAME,
     Materialised,
-    effective_namespace,
+    MaterialiseRequest,
     materialise,
+    output_name,
     parse_param,
 )
 from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb
 from crdtd.node.status_map import message_for, status_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
-from crdtd.state.entry import Kind
+from crdtd.state.entry import Entry, Kind
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Node"].full_name
 STREAM_PIECE = 1 << 20  # bytes per data message sent back (<= 1 MiB)
@@ -327,7 +328,8 @@ class NodeService(pb_grpc.NodeServicer):
             if state == "live":
                 counts[kind] = counts.get(kind, 0) + n
             counts[state] = counts.get(state, 0) + n
-        counts["visible"] = len(core.state.visible())
+        visible = core.state.visible()
+        counts["visible"] = len(visible)
         now = time.monotonic()
         peers = [
             pb.PeerStatus(
@@ -353,6 +355,7 @@ class NodeService(pb_grpc.NodeServicer):
             client_address=cfg.client_address,
             metrics_address=cfg.metrics_address,
             namespaces=sorted(cfg.namespaces),
+            namespace_status=namespace_status(core, visible),
         )
 
     @unary
@@ -410,22 +413,36 @@ class NodeService(pb_grpc.NodeServicer):
         self, request: pb.MaterialiseRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MaterialiseChunk]:
         core = self.core
-        params = {p.key: parse_param(p.value) for p in request.params}
-        ns = effective_namespace(
-            core.namespace(request.namespace), request.strategy, params, request.dtype
+        ns = core.namespace(request.namespace)
+        asked = MaterialiseRequest(
+            strategy=request.strategy,
+            params={p.key: parse_param(p.value) for p in request.params},
+            dtype=request.dtype,
+            format=request.format,
+            provenance=request.provenance,
         )
-        target = self._out_path(request.out_path) if request.out_path else None
+        target = (
+            self._out_path(request.out_path, output_name(ns, asked)) if request.out_path else None
+        )
         work = self.scratch / f"merge-{uuid.uuid4().hex}"
         started = time.perf_counter()
         result = "error"
+        prov_path = ""
         try:
             async with self.merge_slots:
-                done: Materialised = await asyncio.to_thread(materialise, core, ns, work)
+                done: Materialised = await asyncio.to_thread(materialise, core, ns, asked, work)
             if target is not None:
                 await asyncio.to_thread(_place, done.path, target)
+                if done.provenance is not None:
+                    beside = provenance_beside(target, done.provenance)
+                    await asyncio.to_thread(_place, done.provenance, beside)
+                    prov_path = str(beside)
             else:
                 async for piece in _iterate(_file_pieces(done.path)):
                     yield pb.MaterialiseChunk(data=piece)
+                if done.provenance is not None:
+                    async for piece in _iterate(_file_pieces(done.provenance)):
+                        yield pb.MaterialiseChunk(provenance=piece)
             result = "ok"
         finally:
             core.metrics.materialise_duration.labels(result).observe(time.perf_counter() - started)
@@ -434,31 +451,18 @@ class NodeService(pb_grpc.NodeServicer):
             log,
             "materialise.done",
             namespace=ns.name,
+            kind=done.kind,
             strategy=done.strategy,
             inputs=len(done.inputs),
             excluded=len(done.excluded),
             sha256=done.sha256,
             seconds=round(done.seconds, 3),
         )
-        yield pb.MaterialiseChunk(
-            result=pb.MaterialiseResult(
-                output_sha256=done.sha256,
-                input_set_digest=done.input_set_digest,
-                inputs=list(done.inputs),
-                excluded=[
-                    pb.Excluded(author=x.author, reason=x.reason, entries=list(x.entries))
-                    for x in done.excluded
-                ],
-                strategy=done.strategy,
-                params_json=done.params_json,
-                out_path=str(target) if target is not None else "",
-                size=done.size,
-                seconds=done.seconds,
-            )
-        )
+        yield pb.MaterialiseChunk(result=result_message(done, target, prov_path))
 
-    def _out_path(self, text: str) -> Path:
-        """Where out_path writes: inside [materialise] output_dir unless allow_any_path."""
+    def _out_path(self, text: str, default_name: str) -> Path:
+        """Where out_path writes: inside [materialise] output_dir unless allow_any_path; a
+        directory gets the kind's file name, a file must carry its suffix."""
         cfg = self.core.config
         root = cfg.output_dir.resolve()
         path = Path(text)
@@ -469,10 +473,67 @@ class NodeService(pb_grpc.NodeServicer):
                 f"(set allow_any_path = true in {cfg.path} to allow it)"
             )
         if path.is_dir():
-            path = path / OUTPUT_NAME
-        if path.suffix != ".safetensors":
-            raise ConfigError(f"out_path {text!r} must name a .safetensors file or a directory")
+            path = path / default_name
+        suffix = Path(default_name).suffix
+        if path.suffix != suffix:
+            raise ConfigError(f"out_path {text!r} must name a {suffix} file or a directory")
         return path
+
+
+def namespace_status(core: NodeCore, visible: list[Entry]) -> list[pb.NamespaceStatus]:
+    """Kind, visible contributions and payload bytes of every declared namespace (of every
+    namespace held, when none are declared)."""
+    from crdtd.kinds.base import canonical_json
+
+    held: dict[str, list[int]] = {}
+    for e in visible:
+        row = held.setdefault(e.body.namespace, [0, 0])  # type: ignore[union-attr]
+        row[0] += 1
+        row[1] += e.body.payload_size  # type: ignore[union-attr]
+    names = sorted(core.config.namespaces) or sorted(held)
+    out = []
+    for name in names:
+        ns = core.config.namespace(name)
+        if ns is None:
+            continue
+        n, size = held.get(name, [0, 0])
+        out.append(
+            pb.NamespaceStatus(
+                name=name,
+                kind=ns.kind,
+                contributions=n,
+                payload_bytes=size,
+                settings_json=canonical_json(ns.describe()),
+            )
+        )
+    return out
+
+
+def result_message(
+    done: Materialised, target: Path | None, provenance_path: str = ""
+) -> pb.MaterialiseResult:
+    """The MaterialiseResult message of a materialisation."""
+    prov = done.provenance
+    return pb.MaterialiseResult(
+        output_sha256=done.sha256,
+        input_set_digest=done.input_set_digest,
+        inputs=list(done.inputs),
+        excluded=[
+            pb.Excluded(author=x.author, reason=x.reason, entries=list(x.entries))
+            for x in done.excluded
+        ],
+        strategy=done.strategy,
+        params_json=done.params_json,
+        out_path=str(target) if target is not None else "",
+        size=done.size,
+        seconds=done.seconds,
+        kind=done.kind,
+        format=done.format,
+        summary_json=done.summary_json,
+        provenance_sha256=done.provenance_sha256,
+        provenance_format=prov.suffix.lstrip(".") if prov is not None else "",
+        provenance_path=provenance_path,
+    )
 
 
 _DIMS = ("integrity", "causality", "consistency", "gossip", "model")

@@ -66,19 +66,24 @@ DAEMON_SCHEMA: dict[str, dict[str, Field]] = {
     },
 }
 
+# Keys every namespace takes, whatever its kind; each kind adds its own
+# (`crdtd.kinds.<kind>.KIND.settings`; the model kind's are strategy, params, payload_kind,
+# trust_weighted, example_weighted, base and dtype).
 NAMESPACE_SCHEMA: dict[str, Field] = {
-    "strategy": Field("str", "", "merge strategy (`crdtd merge --list`); default [trust.default]"),
-    "params": Field("table", {}, "the strategy's parameters"),
-    "payload_kind": Field("choice:safetensors|bytes", "safetensors", "what pushes must carry"),
+    "kind": Field("str", "model", "what the namespace holds: model, table, sketch or memory"),
     "trust_threshold": Field(
         "float", -1.0, "trust (0..1) an author needs; default [trust.default]"
     ),
     "trust_dimensions": Field("list", [], "dimensions counted; default all five"),
-    "trust_weighted": Field("bool", None, "weigh contributions by their author's trust"),
-    "example_weighted": Field("bool", None, "weigh contributions by metadata num_examples"),
-    "base": Field("str", "", "entry id (hex) of the base checkpoint, for strategies needing one"),
-    "dtype": Field("str", "", "output dtype (e.g. bfloat16); default: the inputs' dtype"),
 }
+
+
+def namespace_schema(kind: str) -> dict[str, Field]:
+    """Every key a namespace of `kind` takes: the common ones, then the kind's own."""
+    from crdtd import kinds
+
+    return {**NAMESPACE_SCHEMA, **kinds.get(kind).settings}
+
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
 _NS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
@@ -111,6 +116,8 @@ class NamespaceConfig:
     payload_kind: str = "safetensors"
     base: bytes | None = None
     dtype: str | None = None
+    kind: str = "model"
+    settings: Any = None  # the kind's settings object (None for model: the fields above)
 
     @property
     def strategy(self) -> str:
@@ -126,6 +133,19 @@ class NamespaceConfig:
     def trust_threshold(self) -> float:
         """The threshold as a fraction of 1."""
         return self.policy.threshold / SCALE
+
+    def describe(self) -> dict[str, Any]:
+        """The namespace's settings as plain data (`crdtd status`, `crdtd config check`)."""
+        from dataclasses import asdict, is_dataclass
+
+        out: dict[str, Any] = {"kind": self.kind, "trust_threshold": self.trust_threshold}
+        if self.kind == "model":
+            out.update(
+                strategy=self.strategy, params=dict(self.params), payload_kind=self.payload_kind
+            )
+        elif is_dataclass(self.settings) and not isinstance(self.settings, type):
+            out.update(asdict(self.settings))
+        return out
 
 
 @dataclass(frozen=True)
@@ -269,25 +289,29 @@ def _namespaces(
             raise ConfigError(f"{path}: [{section}]: bad namespace name (use [A-Za-z0-9._:/-])")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
+        kind_name = table.get("kind", "model")
+        if not isinstance(kind_name, str):
+            raise ConfigError(f"{key_location(path, section, 'kind')}: expected a string")
+        try:
+            schema = namespace_schema(kind_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{key_location(path, section, 'kind')}: {exc}") from None
         for key in table:
-            if key not in NAMESPACE_SCHEMA:
+            if key not in schema:
                 raise ConfigError(
-                    f"{key_location(path, section, key)}: unknown key; "
-                    f"known: {', '.join(NAMESPACE_SCHEMA)}"
+                    f"{key_location(path, section, key)}: unknown key for a {kind_name} "
+                    f"namespace; known: {', '.join(schema)}"
                 )
         v: dict[str, Any] = {}
-        for key, spec in NAMESPACE_SCHEMA.items():
+        for key, spec in schema.items():
             if key not in table:
                 v[key] = spec.default
                 continue
             v[key] = _value(spec, table[key], key_location(path, section, key), key, path.parent)
-        threshold = default.threshold
-        if v["trust_threshold"] >= 0:
-            if not 0.0 <= v["trust_threshold"] <= 1.0:
-                raise ConfigError(
-                    f"{key_location(path, section, 'trust_threshold')}: must be in [0, 1]"
-                )
-            threshold = int(Fraction(str(v["trust_threshold"])) * SCALE)
+        if kind_name != "model":
+            out[name] = _kind_namespace(path, section, name, kind_name, v, default)
+            continue
+        threshold = _threshold(path, section, v["trust_threshold"], default.threshold)
         base = None
         if v["base"]:
             try:
@@ -328,6 +352,44 @@ def _namespaces(
             dtype=v["dtype"] or None,
         )
     return out
+
+
+def _threshold(path: Path, section: str, value: float, default: int) -> int:
+    if value < 0:
+        return default
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key_location(path, section, 'trust_threshold')}: must be in [0, 1]")
+    return int(Fraction(str(value)) * SCALE)
+
+
+def _kind_namespace(
+    path: Path,
+    section: str,
+    name: str,
+    kind_name: str,
+    v: Mapping[str, Any],
+    default: NamespacePolicy,
+) -> NamespaceConfig:
+    """A namespace of a kind other than model: common trust gating plus the kind's settings."""
+    from crdtd import kinds
+
+    kind = kinds.get(kind_name)
+    try:
+        policy = NamespacePolicy(
+            threshold=_threshold(path, section, v["trust_threshold"], default.threshold),
+            dimensions=tuple(v["trust_dimensions"]) or default.dimensions,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [{section}]: {exc}") from None
+    own = {k: v[k] for k in kind.settings}
+    settings = kind.parse_settings(own, lambda key: key_location(path, section, key))
+    return NamespaceConfig(
+        name=name,
+        policy=policy,
+        payload_kind=kind.takes(NamespaceConfig(name, kind=kind_name))[0],
+        kind=kind_name,
+        settings=settings,
+    )
 
 
 def check_dtype(name: str, where: str) -> str:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdtd import kinds
 from crdtd.crypto.keys import NodeKey
 from crdtd.errors import (
     ConfigError,
+    CrdtdError,
     EquivocationError,
-    InputReadError,
     MalformedEntryError,
     NotFoundError,
     PayloadError,
@@ -27,6 +28,7 @@ from crdtd.errors import (
     UnknownNamespaceError,
     ValidationError,
 )
+from crdtd.kinds.base import check_payload_kind
 from crdtd.node.config import DaemonConfig, NamespaceConfig
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.metrics import KINDS, NodeMetrics, StateSnapshot
@@ -182,11 +184,7 @@ class NodeCore:
         from crdtd.errors import OversizedPayloadError
 
         ns = self.namespace(namespace)
-        kind = payload_kind or ns.payload_kind
-        if kind != ns.payload_kind:
-            raise ConfigError(
-                f"namespace {namespace!r} takes {ns.payload_kind} payloads, not {kind!r}"
-            )
+        check_payload_kind(ns, payload_kind, kinds.get(ns.kind).takes(ns))
         if size > self.config.max_payload:
             raise OversizedPayloadError(
                 f"payload of {size} bytes exceeds this node's maximum of "
@@ -206,12 +204,15 @@ class NodeCore:
         signed_entry: bytes = b"",
     ) -> PushOutcome:
         """Make the payload at `path` a contribution, signed by this node or carried in
-        `signed_entry`; returns once the entry is durable."""
+        `signed_entry`; returns once the entry is durable. The namespace's kind checks the
+        bytes first and names their payload kind."""
         size = path.stat().st_size
         ns = self.check_push_header(namespace, payload_kind, size)
-        kind = payload_kind or ns.payload_kind
-        if kind == "safetensors":
-            _check_safetensors(path)
+        try:
+            kind = kinds.get(ns.kind).check_push(ns, payload_kind, path)
+        except CrdtdError as exc:
+            self.metrics.rejected(exc)
+            raise
         source = FileSource(path)
         manifest: Manifest = source.manifest
         try:
@@ -565,20 +566,3 @@ def _normalised_meta(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     for k, v in (metadata or {}).items():
         out[k] = repr(v) if isinstance(v, float) else v
     return out
-
-
-def _check_safetensors(path: Path) -> None:
-    """Refuse bytes that are not a well-formed safetensors file (InputReadError names why)."""
-    from crdtd.model.io import SafetensorsFile
-
-    try:
-        f = SafetensorsFile(path)
-    except InputReadError as exc:
-        raise InputReadError(
-            f"payload is not a valid safetensors file: {str(exc).replace(str(path) + ': ', '')}"
-        ) from None
-    try:
-        if not f.infos:
-            raise InputReadError("payload is a safetensors file with no tensors")
-    finally:
-        f.close()

@@ -73,6 +73,7 @@ def reject_reason(exc: BaseException) -> str:
         (errors.OversizedPayloadError, "oversized"),
         (errors.PayloadError, "payload"),
         (errors.InputReadError, "payload"),
+        (errors.KindError, "kind"),
         (errors.UnknownNamespaceError, "unknown_namespace"),
         (errors.ConfigError, "bad_request"),
         (errors.ValidationError, "malformed"),

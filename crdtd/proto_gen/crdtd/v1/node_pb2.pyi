@@ -175,18 +175,22 @@ class EraseReply(_message.Message):
     def __init__(self, removal_id: _Optional[bytes] = ..., erased: _Optional[int] = ...) -> None: ...
 
 class MaterialiseRequest(_message.Message):
-    __slots__ = ("namespace", "strategy", "params", "out_path", "dtype")
+    __slots__ = ("namespace", "strategy", "params", "out_path", "dtype", "format", "provenance")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUT_PATH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     strategy: str
     params: _containers.RepeatedCompositeFieldContainer[Param]
     out_path: str
     dtype: str
-    def __init__(self, namespace: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Param, _Mapping]]] = ..., out_path: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    format: str
+    provenance: bool
+    def __init__(self, namespace: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Param, _Mapping]]] = ..., out_path: _Optional[str] = ..., dtype: _Optional[str] = ..., format: _Optional[str] = ..., provenance: _Optional[bool] = ...) -> None: ...
 
 class Param(_message.Message):
     __slots__ = ("key", "value")
@@ -207,7 +211,7 @@ class Excluded(_message.Message):
     def __init__(self, author: _Optional[bytes] = ..., reason: _Optional[str] = ..., entries: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class MaterialiseResult(_message.Message):
-    __slots__ = ("output_sha256", "input_set_digest", "inputs", "excluded", "strategy", "params_json", "out_path", "size", "cached", "seconds")
+    __slots__ = ("output_sha256", "input_set_digest", "inputs", "excluded", "strategy", "params_json", "out_path", "size", "cached", "seconds", "kind", "format", "summary_json", "provenance_sha256", "provenance_format", "provenance_path")
     OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUT_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +222,12 @@ class MaterialiseResult(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_PATH_FIELD_NUMBER: _ClassVar[int]
     output_sha256: str
     input_set_digest: str
     inputs: _containers.RepeatedScalarFieldContainer[bytes]
@@ -228,15 +238,23 @@ class MaterialiseResult(_message.Message):
     size: int
     cached: bool
     seconds: float
-    def __init__(self, output_sha256: _Optional[str] = ..., input_set_digest: _Optional[str] = ..., inputs: _Optional[_Iterable[bytes]] = ..., excluded: _Optional[_Iterable[_Union[Excluded, _Mapping]]] = ..., strategy: _Optional[str] = ..., params_json: _Optional[str] = ..., out_path: _Optional[str] = ..., size: _Optional[int] = ..., cached: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...
+    kind: str
+    format: str
+    summary_json: str
+    provenance_sha256: str
+    provenance_format: str
+    provenance_path: str
+    def __init__(self, output_sha256: _Optional[str] = ..., input_set_digest: _Optional[str] = ..., inputs: _Optional[_Iterable[bytes]] = ..., excluded: _Optional[_Iterable[_Union[Excluded, _Mapping]]] = ..., strategy: _Optional[str] = ..., params_json: _Optional[str] = ..., out_path: _Optional[str] = ..., size: _Optional[int] = ..., cached: _Optional[bool] = ..., seconds: _Optional[float] = ..., kind: _Optional[str] = ..., format: _Optional[str] = ..., summary_json: _Optional[str] = ..., provenance_sha256: _Optional[str] = ..., provenance_format: _Optional[str] = ..., provenance_path: _Optional[str] = ...) -> None: ...
 
 class MaterialiseChunk(_message.Message):
-    __slots__ = ("result", "data")
+    __slots__ = ("result", "data", "provenance")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     result: MaterialiseResult
     data: bytes
-    def __init__(self, result: _Optional[_Union[MaterialiseResult, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    provenance: bytes
+    def __init__(self, result: _Optional[_Union[MaterialiseResult, _Mapping]] = ..., data: _Optional[bytes] = ..., provenance: _Optional[bytes] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -259,7 +277,7 @@ class PeerStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[bytes] = ..., alive: _Optional[bool] = ..., in_sync: _Optional[bool] = ..., seconds_since_sync: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "node_name", "federation_id", "state_root", "entry_counts", "peers", "version", "uptime_seconds", "peer_address", "client_address", "metrics_address", "namespaces")
+    __slots__ = ("node_id", "node_name", "federation_id", "state_root", "entry_counts", "peers", "version", "uptime_seconds", "peer_address", "client_address", "metrics_address", "namespaces", "namespace_status")
     class EntryCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +297,7 @@ class StatusReply(_message.Message):
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_STATUS_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     node_name: str
     federation_id: str
@@ -291,7 +310,22 @@ class StatusReply(_message.Message):
     client_address: str
     metrics_address: str
     namespaces: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[bytes] = ..., node_name: _Optional[str] = ..., federation_id: _Optional[str] = ..., state_root: _Optional[bytes] = ..., entry_counts: _Optional[_Mapping[str, int]] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., metrics_address: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
+    namespace_status: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
+    def __init__(self, node_id: _Optional[bytes] = ..., node_name: _Optional[str] = ..., federation_id: _Optional[str] = ..., state_root: _Optional[bytes] = ..., entry_counts: _Optional[_Mapping[str, int]] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., metrics_address: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., namespace_status: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ...) -> None: ...
+
+class NamespaceStatus(_message.Message):
+    __slots__ = ("name", "kind", "contributions", "payload_bytes", "settings_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    contributions: int
+    payload_bytes: int
+    settings_json: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., contributions: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., settings_json: _Optional[str] = ...) -> None: ...
 
 class TrustRequest(_message.Message):
     __slots__ = ()
