@@ -41,6 +41,15 @@ class DecodeError(LatticeError, ValueError):
     """Bytes could not be decoded into the expected canonical value."""
 
 
+class LatticeValueError(LatticeError, ValueError):
+    """An argument a lattice type cannot hold (a negative amount, a timestamp beyond 64 bits,
+    a value nested too deep); names the type and the argument."""
+
+
+class LatticeTypeError(LatticeError, TypeError):
+    """Two lattice values of different types (or field shapes) were joined or compared."""
+
+
 # -- merging (tables and models) -------------------------------------------------------------
 
 

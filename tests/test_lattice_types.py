@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crdtd.errors import DecodeError, LatticeError
+from crdtd.errors import DecodeError, LatticeError, LatticeTypeError
 from crdtd.lattice import (
     GCounter,
     GSet,
@@ -104,7 +104,7 @@ def test_ormap_joins_values_of_the_same_key():
 def test_ormap_rejects_mixed_value_types_for_one_key():
     m1 = ORMap().update("k", "a", lambda v: GCounter().increment("a"))
     m2 = ORMap().update("k", "b", lambda v: GSet([1]))
-    with pytest.raises(DecodeError, match="cannot join GCounter with GSet"):
+    with pytest.raises(LatticeTypeError, match="cannot join GCounter with GSet"):
         m1.join(m2)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from crdtd.errors import DecodeError
+from crdtd.errors import DecodeError, LatticeError, LatticeTypeError
 from crdtd.lattice import codec
 
 L = TypeVar("L", bound="Lattice")
@@ -46,10 +47,15 @@ class LatticeBase:
     @classmethod
     def from_bytes(cls, data: bytes) -> Any:
         """Decode canonical bytes; raises `DecodeError` on malformed or non-canonical input."""
-        value = cls.from_obj(codec.unpack(data))
+        value = _strict(cls.from_obj, data)
         if value.to_bytes() != bytes(data):
             raise DecodeError(f"{cls.__name__}: bytes are not in canonical form")
         return value
+
+    def _same_type(self, other: object, op: str = "join") -> None:
+        """Refuse to join or compare with a value of another type (LatticeTypeError)."""
+        if type(other) is not type(self):
+            raise LatticeTypeError(f"cannot {op} {type(self).__name__} with {type(other).__name__}")
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -68,7 +74,18 @@ class LatticeBase:
 
 def decode(data: bytes) -> Any:
     """Decode any lattice value from its canonical bytes (dispatch on the type tag)."""
-    value = codec.decode_obj(codec.unpack(data))
+    value = _strict(codec.decode_obj, data)
     if value.to_bytes() != bytes(data):
         raise DecodeError("lattice bytes are not in canonical form")
     return value
+
+
+def _strict(from_obj: Callable[[Any], Any], data: bytes) -> Any:
+    """Unpack and build; a value the constructors refuse is, for bytes, a `DecodeError`."""
+    obj = codec.unpack(data)
+    try:
+        return from_obj(obj)
+    except DecodeError:
+        raise
+    except LatticeError as exc:
+        raise DecodeError(str(exc)) from None

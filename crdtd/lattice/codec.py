@@ -2,7 +2,8 @@
 
 Equal values give identical bytes on every run and platform: collections are emitted in the
 order of their elements' own canonical bytes, never in dict or set iteration order, and floats
-are always float64. Decoding is strict and raises `DecodeError` naming what was wrong.
+are always float64. Decoding is strict and raises `DecodeError` naming what was wrong; it
+refuses documents nested deeper than `MAX_DEPTH` arrays, so no decoder recurses unboundedly.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from crdtd.errors import DecodeError
+from crdtd.errors import DecodeError, LatticeValueError
 
 Value = Any  # None | bool | int | float | str | bytes | tuple[Value, ...]
 
@@ -20,6 +21,9 @@ _DECODERS: dict[str, Callable[[list[Any]], Any]] = {}
 T = TypeVar("T")
 
 MAX_INT = 2**63 - 1
+INT64_MIN = -(2**63)
+MAX_DEPTH = 64
+"""Deepest nesting of arrays (and maps) a lattice encoding or a canonical value may have."""
 
 
 def pack(obj: Any) -> bytes:
@@ -28,29 +32,51 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    """Strict msgpack decode: one object, no trailing bytes, arrays as lists."""
+    """Strict msgpack decode: one object, no trailing bytes, arrays as lists, bounded depth."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     try:
-        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True)
+    except msgpack.StackError:
+        raise DecodeError(f"lattice bytes nested deeper than {MAX_DEPTH} levels") from None
+    except (msgpack.ExtraData, msgpack.FormatError, ValueError) as exc:
         raise DecodeError(f"malformed msgpack: {exc}") from None
     except Exception as exc:  # msgpack raises a few non-ValueError types on garbage
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    if _depth(obj) > MAX_DEPTH:
+        raise DecodeError(f"lattice bytes nested deeper than {MAX_DEPTH} levels")
+    return obj
 
 
-def canon_value(v: Any, where: str = "value") -> Value:
+def _depth(obj: Any) -> int:
+    """Nesting depth of arrays and maps, found without recursion (the input may be hostile)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in o)
+        elif isinstance(o, dict):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for kv in o.items() for x in kv)
+    return deepest
+
+
+def canon_value(v: Any, where: str = "value", depth: int = 1) -> Value:
     """Normalise a user value to the canonical form (lists become tuples); reject the rest."""
     if v is None or isinstance(v, bool | str | bytes):
         return v
     if isinstance(v, int):
-        if not -(2**63) <= v <= 2**64 - 1:
+        if not INT64_MIN <= v <= 2**64 - 1:
             raise DecodeError(f"{where}: integer {v} does not fit in 64 bits")
         return v
     if isinstance(v, float):
         return v
     if isinstance(v, list | tuple):
-        return tuple(canon_value(x, where) for x in v)
+        if depth > MAX_DEPTH:
+            raise LatticeValueError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        return tuple(canon_value(x, where, depth + 1) for x in v)
     raise DecodeError(
         f"{where}: unsupported type {type(v).__name__} (use None, bool, int, float, str, bytes or tuples)"
     )
@@ -119,6 +145,13 @@ def expect_int(obj: Any, where: str) -> int:
     if isinstance(obj, bool) or not isinstance(obj, int):
         raise DecodeError(f"{where}: expected an integer, got {obj!r}")
     return obj
+
+
+def check_amount(by: Any, where: str) -> int:
+    """An increment amount: a non-negative int that fits in 63 bits (LatticeValueError)."""
+    if isinstance(by, bool) or not isinstance(by, int) or not 0 <= by <= MAX_INT:
+        raise LatticeValueError(f"{where}: amount must be an integer in [0, 2**63 - 1], got {by!r}")
+    return by
 
 
 def expect_sorted_unique(keys: list[bytes], where: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from crdtd.errors import LatticeValueError
 from crdtd.lattice import codec
 from crdtd.lattice.base import LatticeBase
 
@@ -32,20 +33,25 @@ class GCounter(LatticeBase):
         return dict(self._c)
 
     def increment(self, node: str, by: int = 1) -> GCounter:
-        """A copy with `by` (>= 0) added to `node`'s count."""
-        if by < 0:
-            raise ValueError("GCounter can only grow; use PNCounter to decrement")
+        """A copy with `by` (>= 0) added to `node`'s count (LatticeValueError otherwise)."""
+        codec.check_amount(by, "GCounter.increment (a GCounter only grows; use PNCounter)")
         c = dict(self._c)
         c[node] = c.get(node, 0) + by
+        if c[node] > codec.MAX_INT:
+            raise LatticeValueError(
+                f"GCounter.increment: node {node!r} count would pass 2**63 - 1 (amount {by})"
+            )
         return GCounter(c)
 
     def join(self, other: GCounter) -> GCounter:
+        self._same_type(other)
         c = dict(self._c)
         for node, n in other._c.items():
             c[node] = max(n, c.get(node, 0))
         return GCounter(c)
 
     def le(self, other: GCounter) -> bool:
+        self._same_type(other, "compare")
         return all(n <= other._c.get(k, 0) for k, n in self._c.items())
 
     def to_obj(self) -> list[Any]:
@@ -71,6 +77,11 @@ class PNCounter(LatticeBase):
     __slots__ = ("n", "p")
 
     def __init__(self, p: GCounter | None = None, n: GCounter | None = None) -> None:
+        for part in (p, n):
+            if part is not None and type(part) is not GCounter:
+                raise LatticeValueError(
+                    f"PNCounter parts must be GCounters, got {type(part).__name__}"
+                )
         self.p = p or GCounter()
         self.n = n or GCounter()
 
@@ -79,17 +90,21 @@ class PNCounter(LatticeBase):
         return self.p.value - self.n.value
 
     def increment(self, node: str, by: int = 1) -> PNCounter:
-        if by >= 0:
-            return PNCounter(self.p.increment(node, by), self.n)
-        return PNCounter(self.p, self.n.increment(node, -by))
+        """A copy counting `by` (>= 0) up at `node`; a negative amount is a LatticeValueError."""
+        codec.check_amount(by, "PNCounter.increment (use decrement to count down)")
+        return PNCounter(self.p.increment(node, by), self.n)
 
     def decrement(self, node: str, by: int = 1) -> PNCounter:
-        return self.increment(node, -by)
+        """A copy counting `by` (>= 0) down at `node`; a negative amount is a LatticeValueError."""
+        codec.check_amount(by, "PNCounter.decrement (use increment to count up)")
+        return PNCounter(self.p, self.n.increment(node, by))
 
     def join(self, other: PNCounter) -> PNCounter:
+        self._same_type(other)
         return PNCounter(self.p.join(other.p), self.n.join(other.n))
 
     def le(self, other: PNCounter) -> bool:
+        self._same_type(other, "compare")
         return self.p.le(other.p) and self.n.le(other.n)
 
     def to_obj(self) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from crdtd.errors import LatticeTypeError, LatticeValueError
 from crdtd.lattice import codec
 from crdtd.lattice.base import Lattice, LatticeBase
 from crdtd.lattice.sets import ORSet
@@ -26,10 +27,14 @@ class ORMap(LatticeBase):
         keys: ORSet | None = None,
         values: Mapping[Any, Lattice] | Iterable[tuple[Any, Lattice]] | None = None,
     ) -> None:
+        if keys is not None and type(keys) is not ORSet:
+            raise LatticeValueError(f"ORMap keys must be an ORSet, got {type(keys).__name__}")
         self._keys = keys if keys is not None else ORSet()
         self._vals: dict[bytes, tuple[Any, Lattice]] = {}
         pairs = values.items() if isinstance(values, Mapping) else (values or ())
         for k, v in pairs:
+            if not isinstance(v, Lattice):
+                raise LatticeValueError(f"ORMap value for {k!r} is not a lattice value: {v!r}")
             ck = codec.canon_value(k, "ORMap key")
             self._vals[codec.value_key(ck)] = (ck, v)
 
@@ -68,13 +73,14 @@ class ORMap(LatticeBase):
         return self.join(self.remove_delta(key))
 
     def join(self, other: ORMap) -> ORMap:
+        self._same_type(other)
         vals: list[tuple[Any, Lattice]] = []
         for k in set(self._vals) | set(other._vals):
             a = self._vals.get(k)
             b = other._vals.get(k)
             if a and b:
                 if type(a[1]) is not type(b[1]):
-                    raise codec.DecodeError(
+                    raise LatticeTypeError(
                         f"ORMap key {a[0]!r}: cannot join {type(a[1]).__name__} with {type(b[1]).__name__}"
                     )
                 vals.append((a[0], a[1].join(b[1])))
@@ -85,6 +91,7 @@ class ORMap(LatticeBase):
         return ORMap(self._keys.join(other._keys), vals)
 
     def le(self, other: ORMap) -> bool:
+        self._same_type(other, "compare")
         return self.join(other) == other
 
     def to_obj(self) -> list[Any]:

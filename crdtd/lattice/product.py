@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crdtd.errors import LatticeError
+from crdtd.errors import LatticeError, LatticeTypeError, LatticeValueError
 from crdtd.lattice import codec
 from crdtd.lattice.base import Lattice, LatticeBase
 
@@ -19,6 +19,9 @@ class Product(LatticeBase):
     __slots__ = ("_f",)
 
     def __init__(self, **fields: Lattice) -> None:
+        for k, v in fields.items():
+            if not isinstance(v, Lattice):
+                raise LatticeValueError(f"Product field {k!r} is not a lattice value: {v!r}")
         self._f = {k: fields[k] for k in sorted(fields)}
 
     def __getattr__(self, name: str) -> Lattice:
@@ -41,21 +44,22 @@ class Product(LatticeBase):
             raise LatticeError(f"Product has no field(s) {unknown}")
         return Product(**{**self._f, **fields})
 
-    def _check(self, other: Product) -> None:
+    def _check(self, other: Product, op: str) -> None:
+        self._same_type(other, op)
         if list(self._f) != list(other._f):
-            raise LatticeError(f"Product fields differ: {list(self._f)} vs {list(other._f)}")
+            raise LatticeTypeError(f"Product fields differ: {list(self._f)} vs {list(other._f)}")
         for k in self._f:
             if type(self._f[k]) is not type(other._f[k]):
-                raise LatticeError(
+                raise LatticeTypeError(
                     f"Product field {k!r}: {type(self._f[k]).__name__} vs {type(other._f[k]).__name__}"
                 )
 
     def join(self, other: Product) -> Product:
-        self._check(other)
+        self._check(other, "join")
         return Product(**{k: self._f[k].join(other._f[k]) for k in self._f})
 
     def le(self, other: Product) -> bool:
-        self._check(other)
+        self._check(other, "compare")
         return all(self._f[k].le(other._f[k]) for k in self._f)
 
     def to_obj(self) -> list[Any]:

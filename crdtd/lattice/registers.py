@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from crdtd.errors import LatticeValueError
 from crdtd.lattice import codec
 from crdtd.lattice.base import LatticeBase
 from crdtd.lattice.clocks import VersionVector
@@ -23,7 +24,15 @@ class LWWRegister(LatticeBase):
 
     def __init__(self, value: Any = None, timestamp: int = 0, node: str = "") -> None:
         self.value = codec.canon_value(value, "LWWRegister value")
-        self.timestamp = codec.expect_int(timestamp, "LWWRegister timestamp")
+        if (
+            isinstance(timestamp, bool)
+            or not isinstance(timestamp, int)
+            or not codec.INT64_MIN <= timestamp <= codec.MAX_INT
+        ):
+            raise LatticeValueError(
+                f"LWWRegister timestamp must be an integer in [-2**63, 2**63 - 1], got {timestamp!r}"
+            )
+        self.timestamp = timestamp
         self.node = codec.expect_str(node, "LWWRegister node")
 
     def _order(self) -> tuple[int, str, bytes]:
@@ -34,9 +43,11 @@ class LWWRegister(LatticeBase):
         return self.join(LWWRegister(value, timestamp, node))
 
     def join(self, other: LWWRegister) -> LWWRegister:
+        self._same_type(other)
         return self if self._order() >= other._order() else other
 
     def le(self, other: LWWRegister) -> bool:
+        self._same_type(other, "compare")
         return self._order() <= other._order()
 
     def to_obj(self) -> list[Any]:
@@ -64,6 +75,10 @@ class MVRegister(LatticeBase):
     def __init__(self, writes: Iterable[tuple[Any, VersionVector]] = ()) -> None:
         w: dict[bytes, tuple[Any, VersionVector]] = {}
         for value, vv in writes:
+            if type(vv) is not VersionVector:
+                raise LatticeValueError(
+                    f"MVRegister write clock must be a VersionVector, got {type(vv).__name__}"
+                )
             v = codec.canon_value(value, "MVRegister value")
             w[codec.pack([codec.value_to_obj(v), vv.to_obj()])] = (v, vv)
         self._w = self._prune(w)
@@ -94,9 +109,11 @@ class MVRegister(LatticeBase):
         return MVRegister([(value, self.clock.increment(node))])
 
     def join(self, other: MVRegister) -> MVRegister:
+        self._same_type(other)
         return MVRegister(list(self._w.values()) + list(other._w.values()))
 
     def le(self, other: MVRegister) -> bool:
+        self._same_type(other, "compare")
         return self.join(other) == other
 
     def to_obj(self) -> list[Any]:

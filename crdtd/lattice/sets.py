@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from crdtd.errors import LatticeError, LatticeValueError
 from crdtd.lattice import codec
 from crdtd.lattice.base import LatticeBase
-from crdtd.lattice.clocks import Dot, DotContext
+from crdtd.lattice.clocks import Dot, DotContext, check_dot
 
 
 class GSet(LatticeBase):
@@ -25,7 +26,7 @@ class GSet(LatticeBase):
     def __contains__(self, x: object) -> bool:
         try:
             return codec.value_key(codec.canon_value(x)) in self._e
-        except codec.DecodeError:
+        except LatticeError:
             return False
 
     def __iter__(self) -> Iterator[Any]:
@@ -43,9 +44,11 @@ class GSet(LatticeBase):
         return GSet([*self._e.values(), x])
 
     def join(self, other: GSet) -> GSet:
+        self._same_type(other)
         return GSet([*self._e.values(), *other._e.values()])
 
     def le(self, other: GSet) -> bool:
+        self._same_type(other, "compare")
         return all(k in other._e for k in self._e)
 
     def to_obj(self) -> list[Any]:
@@ -85,11 +88,15 @@ class ORSet(LatticeBase):
         pairs = entries.items() if isinstance(entries, Mapping) else (entries or ())
         for x, dots in pairs:
             v = codec.canon_value(x, "ORSet element")
-            ds = frozenset(dots)
+            ds = frozenset(check_dot(d) for d in dots)
             if ds:
                 e[codec.value_key(v)] = (v, ds)
                 all_dots |= ds
         self._e = e
+        if context is not None and type(context) is not DotContext:
+            raise LatticeValueError(
+                f"ORSet context must be a DotContext, got {type(context).__name__}"
+            )
         self._ctx = (context or DotContext()).add(all_dots)
 
     @property
@@ -104,7 +111,7 @@ class ORSet(LatticeBase):
     def __contains__(self, x: object) -> bool:
         try:
             return codec.value_key(codec.canon_value(x)) in self._e
-        except codec.DecodeError:
+        except LatticeError:
             return False
 
     def __len__(self) -> int:
@@ -131,6 +138,7 @@ class ORSet(LatticeBase):
         return self.join(self.remove_delta(x))
 
     def join(self, other: ORSet) -> ORSet:
+        self._same_type(other)
         entries: list[tuple[Any, frozenset[Dot]]] = []
         keys = set(self._e) | set(other._e)
         for k in keys:
@@ -146,6 +154,7 @@ class ORSet(LatticeBase):
         return ORSet(entries, self._ctx.union(other._ctx))
 
     def le(self, other: ORSet) -> bool:
+        self._same_type(other, "compare")
         return self.join(other) == other
 
     def to_obj(self) -> list[Any]:
