@@ -195,3 +195,24 @@ def test_values_outside_the_lattice_contract_raise_crdtd_errors():
     for bad in (lambda: GSet([{1: 2}]), lambda: LWWRegister(1, 0, 5), lambda: ORSet([(1, [5])])):
         with pytest.raises(CrdtdError):
             bad()
+
+
+def _mv_bytes(n: int) -> bytes:
+    writes = [[i, ["vv", [[f"n{i:06d}", 1]]]] for i in range(n)]
+    return msgpack.packb(["mv", sorted(writes, key=msgpack.packb)])
+
+
+def test_mv_register_with_too_many_concurrent_writes_is_refused_before_pruning():
+    start = time.process_time()
+    with pytest.raises(DecodeError, match="more than 256"):
+        decode(_mv_bytes(5000))
+    assert time.process_time() - start < 0.5  # pruning 5000 writes took ~12 s
+    assert decode(_mv_bytes(MVRegister.MAX_WRITES)).values == list(range(256))
+
+
+def test_mv_register_join_past_the_write_bound_is_a_typed_error():
+    half = MVRegister.MAX_WRITES // 2 + 1
+    a = MVRegister([(i, VersionVector({f"a{i}": 1})) for i in range(half)])
+    b = MVRegister([(i, VersionVector({f"b{i}": 1})) for i in range(half)])
+    with pytest.raises(LatticeValueError, match="concurrent writes"):
+        a.join(b)

@@ -67,7 +67,12 @@ class MVRegister(LatticeBase):
 
     Each write carries the version vector of the writer after the write; join keeps the
     writes whose vectors are not strictly dominated, so concurrent writes all survive.
+    A register holds at most `MAX_WRITES` concurrent writes (in a reachable state there is
+    at most one per writer); more is a `LatticeValueError`, and bytes claiming more are a
+    `DecodeError` before any pruning, which costs time quadratic in the writes.
     """
+
+    MAX_WRITES = 256
 
     TAG = "mv"
     __slots__ = ("_w",)
@@ -82,6 +87,10 @@ class MVRegister(LatticeBase):
             v = codec.canon_value(value, "MVRegister value")
             w[codec.pack([codec.value_to_obj(v), vv.to_obj()])] = (v, vv)
         self._w = self._prune(w)
+        if len(self._w) > self.MAX_WRITES:
+            raise LatticeValueError(
+                f"MVRegister holds {len(self._w)} concurrent writes, more than {self.MAX_WRITES}"
+            )
 
     @staticmethod
     def _prune(w: dict[bytes, tuple[Any, VersionVector]]) -> dict[bytes, tuple[Any, VersionVector]]:
@@ -126,7 +135,12 @@ class MVRegister(LatticeBase):
     def from_obj(cls, obj: Any) -> MVRegister:
         (items,) = codec.check_header(obj, cls.TAG, 1, "MVRegister")
         writes = []
-        for it in codec.expect_list(items, None, "MVRegister.writes"):
+        codec.expect_list(items, None, "MVRegister.writes")
+        if len(items) > cls.MAX_WRITES:
+            raise codec.DecodeError(
+                f"MVRegister.writes: {len(items)} writes, more than {cls.MAX_WRITES}"
+            )
+        for it in items:
             v, vv = codec.expect_list(it, 2, "MVRegister write")
             writes.append((codec.value_from_obj(v, "MVRegister value"), VersionVector.from_obj(vv)))
         return cls(writes)
