@@ -6,6 +6,25 @@ an entry id). The gRPC layer maps families to status codes in one place.
 
 from __future__ import annotations
 
+ECHO_LIMIT = 100
+"""Characters of a caller-supplied value an error message shows (see `echo`)."""
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, noting its full length when it was longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A caller-supplied value as an error message shows it: repr for text, hex for bytes,
+    never more than about `limit` characters, so an error does not grow with its input (a
+    100k-character namespace once made a status larger than gRPC's metadata limit)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return clip(bytes(value).hex(), limit)
+    return clip(repr(value) if isinstance(value, str) else str(value), limit)
+
 
 class CrdtdError(Exception):
     """Root of every error crdtd raises on purpose."""
@@ -165,6 +184,10 @@ class EquivocationError(SeqReuseError):
 
 class UnauthorizedError(ValidationError):
     """The signer may not perform this action (e.g. erase another author's entry)."""
+
+
+class DuplicateKeyError(ValidationError):
+    """A request names the same key twice (metadata, parameters); names the key."""
 
 
 class MalformedRequestError(ValidationError):

@@ -297,3 +297,21 @@ def test_generated_bodies_get_only_typed_statuses_and_change_nothing(
     else:
         assert code in TYPED, (path_of(method), body, code)
     assert target.root() == before
+
+
+def test_a_peer_hello_naming_a_100k_character_federation_gets_a_short_refusal(
+    target: Target,
+) -> None:
+    (handshake,) = [m for m in METHODS if path_of(m) == "/crdtd.v1.Peer/Handshake"]
+    hello = peer_pb2.HandshakeRequest(
+        federation_id="f" * 100_000, protocol_version=1, nonce=b"n" * 32
+    )
+    try:
+        target.peer_channel.unary_unary(path_of(handshake))(
+            hello.SerializeToString(), metadata=target.peer_metadata, timeout=20
+        )
+    except grpc.RpcError as err:
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err.details()[:200]
+        assert "federation" in err.details() and len(err.details()) < 600
+    else:
+        raise AssertionError("a hello from another federation was accepted")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crdtd.crypto.node_config import Field
-from crdtd.errors import MergeError, WrongKindError
+from crdtd.errors import MergeError, WrongKindError, echo
 from crdtd.state.entry import Entry
 from crdtd.trust.gating import Exclusion, gate
 
@@ -199,7 +199,7 @@ def check_payload_kind(ns: NamespaceConfig, payload_kind: str, takes: tuple[str,
     if payload_kind and payload_kind not in takes:
         raise WrongKindError(
             f"namespace {ns.name!r} is a {ns.kind} namespace and takes "
-            f"{' or '.join(takes)} payloads, not {payload_kind!r}"
+            f"{' or '.join(takes)} payloads, not {echo(payload_kind)}"
         )
 
 

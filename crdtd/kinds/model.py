@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtd.crypto.node_config import Field
-from crdtd.errors import ConfigError, InputReadError, MergeError, NotFoundError
+from crdtd.errors import ConfigError, InputReadError, MergeError, NotFoundError, echo
 from crdtd.kinds.base import (
     Materialised,
     MaterialiseRequest,
@@ -81,7 +81,7 @@ class ModelKind:
         if request.format not in ("", "safetensors"):
             raise ConfigError(
                 f"namespace {ns.name!r} is a model namespace: its output is safetensors, "
-                f"not {request.format!r}"
+                f"not {echo(request.format)}"
             )
         return merge_models(core, effective(ns, request), work_dir)
 

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from crdtd.errors import InputReadError
+from crdtd.errors import InputReadError, echo
 from crdtd.model.identity import content_id, tensor_digest
 
 ST_TO_TORCH: dict[str, torch.dtype] = {
@@ -82,7 +82,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     key = str(name).strip().lower().removeprefix("torch.")
     if key not in _DTYPE_ALIASES:
         known = ", ".join(sorted(_DTYPE_ALIASES))
-        raise InputReadError(f"unknown dtype {name!r} (known: {known})")
+        raise InputReadError(f"unknown dtype {echo(name)} (known: {known})")
     return _DTYPE_ALIASES[key]
 
 

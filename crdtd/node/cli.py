@@ -51,6 +51,8 @@ def _kv(items: list[str], what: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        if key in out:
+            raise ConfigError(f"{what} {key!r} is given more than once")
         out[key] = value
     return out
 

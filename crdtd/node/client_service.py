@@ -30,6 +30,7 @@ from crdtd.errors import (
     TruncatedPayloadError,
     UnauthenticatedError,
     UnauthorizedError,
+    echo,
 )
 from crdtd.kinds.base import provenance_beside
 from crdtd.node.core import EntryView, NodeCore, PeerView
@@ -41,7 +42,7 @@ from crdtd.node.materialise import (
     output_name,
     parse_param,
 )
-from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb
+from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb, unique_pairs
 from crdtd.node.status_map import message_for, status_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
@@ -186,7 +187,7 @@ class NodeService(pb_grpc.NodeServicer):
             raise MalformedEntryError("push: the first message must be a PushHeader, not data")
         h = first.header
         self.core.check_push_header(h.namespace, h.payload_kind, h.payload_size)
-        metadata = {kv.key: meta_from_pb(kv.value) for kv in h.metadata}
+        metadata = unique_pairs(h.metadata, "push metadata", meta_from_pb)
         async with self.push_slots:
             path = self.scratch / f"push-{uuid.uuid4().hex}"
             try:
@@ -416,7 +417,7 @@ class NodeService(pb_grpc.NodeServicer):
         ns = core.namespace(request.namespace)
         asked = MaterialiseRequest(
             strategy=request.strategy,
-            params={p.key: parse_param(p.value) for p in request.params},
+            params=unique_pairs(request.params, "materialise params", parse_param),
             dtype=request.dtype,
             format=request.format,
             provenance=request.provenance,
@@ -465,18 +466,22 @@ class NodeService(pb_grpc.NodeServicer):
         directory gets the kind's file name, a file must carry its suffix."""
         cfg = self.core.config
         root = cfg.output_dir.resolve()
-        path = Path(text)
-        path = (path if path.is_absolute() else root / path).resolve()
-        if not cfg.allow_any_path and not path.is_relative_to(root):
-            raise UnauthorizedError(
-                f"out_path {text!r} is outside [materialise] output_dir {root} "
-                f"(set allow_any_path = true in {cfg.path} to allow it)"
-            )
-        if path.is_dir():
-            path = path / default_name
+        try:
+            path = Path(text)
+            path = (path if path.is_absolute() else root / path).resolve()
+            if not cfg.allow_any_path and not path.is_relative_to(root):
+                raise UnauthorizedError(
+                    f"out_path {echo(text)} is outside [materialise] output_dir {root} "
+                    f"(set allow_any_path = true in {cfg.path} to allow it)"
+                )
+            if path.is_dir():
+                path = path / default_name
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"out_path {echo(text)} is not a usable path ({why})") from None
         suffix = Path(default_name).suffix
         if path.suffix != suffix:
-            raise ConfigError(f"out_path {text!r} must name a {suffix} file or a directory")
+            raise ConfigError(f"out_path {echo(text)} must name a {suffix} file or a directory")
         return path
 
 
@@ -595,7 +600,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             return await continuation(details)
         why = "no bearer token" if not given else "wrong bearer token"
         err = UnauthenticatedError(
-            f"{why} for {details.method}: send 'authorization: Bearer <token>' "
+            f"{why} for {echo(details.method)}: send 'authorization: Bearer <token>' "
             "(the token is in the node's [auth] token_file)"
         )
         event(log, "rpc.unauthenticated", method=details.method, reason=why)

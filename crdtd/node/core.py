@@ -27,6 +27,7 @@ from crdtd.errors import (
     UnauthorizedError,
     UnknownNamespaceError,
     ValidationError,
+    echo,
 )
 from crdtd.kinds.base import check_payload_kind
 from crdtd.node.config import DaemonConfig, NamespaceConfig
@@ -173,7 +174,7 @@ class NodeCore:
         if ns is None:
             known = ", ".join(sorted(self.config.namespaces)) or "none"
             raise UnknownNamespaceError(
-                f"namespace {name!r} is not declared in {self.config.path} (declared: {known})"
+                f"namespace {echo(name)} is not declared in {self.config.path} (declared: {known})"
             )
         return ns
 
@@ -256,11 +257,11 @@ class NodeCore:
         body = entry.body
         if body.namespace != namespace:  # type: ignore[union-attr]
             raise MalformedEntryError(
-                f"{where}: names namespace {body.namespace!r}, the push header {namespace!r}"  # type: ignore[union-attr]
+                f"{where}: names namespace {echo(body.namespace)}, the push header {echo(namespace)}"  # type: ignore[union-attr]
             )
         if body.payload_kind != kind:  # type: ignore[union-attr]
             raise MalformedEntryError(
-                f"{where}: payload_kind {body.payload_kind!r}, the namespace takes {kind!r}"  # type: ignore[union-attr]
+                f"{where}: payload_kind {echo(body.payload_kind)}, the namespace takes {echo(kind)}"  # type: ignore[union-attr]
             )
         if body.payload_size != manifest.size or body.payload_digest != manifest.digest:  # type: ignore[union-attr]
             from crdtd.errors import DigestMismatchError
@@ -333,14 +334,14 @@ class NodeCore:
                 raise ConfigError("erase needs entry ids or an author")
             if author is not None and author != self.key_id:
                 raise UnauthorizedError(
-                    f"erasing every entry of {author.hex()} needs a removal signed by the "
+                    f"erasing every entry of {echo(author)} needs a removal signed by the "
                     "federation admin (crdtd erase --author KEY --key admin.key)"
                 )
             for t in ids:
                 try:
                     e = self.state.store.get_entry(t)
                 except NotFoundError:
-                    raise NotFoundError(f"entry {t.hex()} is not held by this node") from None
+                    raise NotFoundError(f"entry {echo(t)} is not held by this node") from None
                 if e.author != self.key_id:
                     raise UnauthorizedError(
                         f"entry {t.hex()} was signed by {e.author.hex()}, not this node "

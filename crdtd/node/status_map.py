@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from crdtd import errors as e
-from crdtd.sync.status import code_in
+from crdtd.sync.status import MAX_MESSAGE, code_in
 
 # Most specific first is not needed: the MRO walk finds the nearest mapped ancestor.
 STATUS: dict[type[BaseException], grpc.StatusCode] = {
@@ -54,10 +54,11 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
 
 def message_for(exc: BaseException) -> str:
-    """The status message: the error's own text, or a generic one for unexpected errors."""
+    """The status message: the error's own text, or a generic one for unexpected errors;
+    never over MAX_MESSAGE characters (it travels as call metadata)."""
     if isinstance(exc, e.CrdtdError):
-        return str(exc) or type(exc).__name__
-    return f"internal error ({type(exc).__name__}: {exc}); see the node's log"
+        return e.clip(str(exc) or type(exc).__name__, MAX_MESSAGE)
+    return e.clip(f"internal error ({type(exc).__name__}: {exc}); see the node's log", MAX_MESSAGE)
 
 
 # The reverse direction, for the Python client: a status code becomes a typed error.

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from crdtd.errors import CorruptionError, DigestMismatchError, NotFoundError, StorageError
+from crdtd.errors import CorruptionError, DigestMismatchError, NotFoundError, StorageError, echo
 from crdtd.state.entry import Entry, Kind
 from crdtd.store import sqlite as db
 from crdtd.store.chunks import (
@@ -166,14 +166,14 @@ class NodeStore:
     def get_entry(self, entry_id: bytes) -> Entry:
         rows = self._q("SELECT raw FROM entries WHERE id = ?", (entry_id,))
         if not rows:
-            raise NotFoundError(f"entry {entry_id.hex()} is not in the store")
+            raise NotFoundError(f"entry {echo(entry_id)} is not in the store")
         return Entry.from_bytes(bytes(rows[0][0]))
 
     def get_entry_bytes(self, entry_id: bytes) -> bytes:
         """The entry's wire bytes (what sync sends) without decoding them."""
         rows = self._q("SELECT raw FROM entries WHERE id = ?", (entry_id,))
         if not rows:
-            raise NotFoundError(f"entry {entry_id.hex()} is not in the store")
+            raise NotFoundError(f"entry {echo(entry_id)} is not in the store")
         return bytes(rows[0][0])
 
     def entry_status(self, entry_id: bytes) -> int | None:
@@ -286,7 +286,7 @@ class NodeStore:
     def get_manifest(self, payload_digest: bytes) -> Manifest:
         rows = self._q("SELECT manifest FROM payloads WHERE digest = ?", (payload_digest,))
         if not rows:
-            raise NotFoundError(f"payload {payload_digest.hex()} has no manifest in the store")
+            raise NotFoundError(f"payload {echo(payload_digest)} has no manifest in the store")
         return Manifest.from_bytes(bytes(rows[0][0]))
 
     def has_chunk(self, digest: bytes) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import torch
 
-from crdtd.errors import StrategyParamError
+from crdtd.errors import StrategyParamError, echo
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Param:
                 out = str(value)
         except (TypeError, ValueError):
             raise StrategyParamError(
-                f"{where}: parameter {self.name!r} must be {self.kind.__name__}, got {value!r}"
+                f"{where}: parameter {self.name!r} must be {self.kind.__name__}, got {echo(value)}"
             ) from None
         if self.minimum is not None and out < self.minimum:
             raise StrategyParamError(
@@ -82,7 +82,7 @@ class Param:
             )
         if self.choices is not None and out not in self.choices:
             raise StrategyParamError(
-                f"{where}: parameter {self.name!r}={out!r} is not one of {list(self.choices)}"
+                f"{where}: parameter {self.name!r}={echo(out)} is not one of {list(self.choices)}"
             )
         return out
 
@@ -260,7 +260,7 @@ class Strategy:
             if key not in by_name:
                 known = ", ".join(sorted(by_name)) or "none"
                 raise StrategyParamError(
-                    f"strategy {self.name!r}: unknown parameter {key!r} (known: {known})"
+                    f"strategy {self.name!r}: unknown parameter {echo(key)} (known: {known})"
                 )
         out: dict[str, Any] = {}
         for p in self.global_params():
@@ -271,7 +271,7 @@ class Strategy:
             for key in sorted(mp):
                 if key not in by_name or not by_name[key].per_model:
                     raise StrategyParamError(
-                        f"strategy {self.name!r}, model {i}: unknown per-model parameter {key!r}"
+                        f"strategy {self.name!r}, model {i}: unknown per-model parameter {echo(key)}"
                     )
             for p in self.per_model_params():
                 value = mp.get(p.name, params.get(p.name, p.default))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from crdtd.errors import UnknownStrategyError
+from crdtd.errors import UnknownStrategyError, echo
 from crdtd.strategies.base import Param, PrepareFn, Strategy, StrategyFn
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -66,7 +66,7 @@ def get(name: str) -> Strategy:
         close = difflib.get_close_matches(name, sorted(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownStrategyError(
-            f"unknown strategy {name!r}{hint} (`crdtd merge --list` shows all)"
+            f"unknown strategy {echo(name)}{hint} (`crdtd merge --list` shows all)"
         ) from None
 
 

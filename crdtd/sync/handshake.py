@@ -21,7 +21,7 @@ from typing import Protocol
 
 from crdtd.crypto.keys import NodeKey
 from crdtd.crypto.schemes import PublicKeys, SignaturePolicy, verify_ed25519
-from crdtd.errors import HandshakeError, MalformedEntryError, PeerRefusedError, SignatureError
+from crdtd.errors import HandshakeError, MalformedEntryError, PeerRefusedError, SignatureError, echo
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.entry import Entry, Kind
 from crdtd.sync.config import CAPABILITIES, PROTOCOL_VERSION, SyncConfig
@@ -149,7 +149,7 @@ def _check_common(
 ) -> None:
     if federation_id != identity.federation_id:
         raise PeerRefusedError(
-            f"{where}: peer is in federation {federation_id!r}, this node in "
+            f"{where}: peer is in federation {echo(federation_id)}, this node in "
             f"{identity.federation_id!r}"
         )
     if version != PROTOCOL_VERSION:

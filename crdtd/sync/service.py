@@ -17,7 +17,7 @@ from crdtd.crypto.x509 import peer_key_id
 from crdtd.errors import CrdtdError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import peer_pb2_grpc as pb_grpc
-from crdtd.sync.status import status_for
+from crdtd.sync.status import message_for, status_for
 from crdtd.sync.transport import SESSION_METADATA, Caller, PeerHandler
 
 
@@ -38,7 +38,7 @@ class PeerServicer(pb_grpc.PeerServicer):
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: CrdtdError) -> NoReturn:
-        await context.abort(status_for(exc), str(exc) or type(exc).__name__)
+        await context.abort(status_for(exc), message_for(exc))
         raise AssertionError("unreachable")  # context.abort raises
 
     async def Handshake(

@@ -42,6 +42,11 @@ _CLIENT: dict[grpc.StatusCode, type[e.PeerError]] = {
     grpc.StatusCode.ABORTED: e.PeerUnavailableError,
 }
 
+MAX_MESSAGE = 2000
+"""Longest status message a servicer sends: gRPC carries it as metadata, and a client
+refuses metadata over its limit (16 KiB by default) with "Stream removed". Values a caller
+sent are bounded where they are echoed (`crdtd.errors.echo`); this is the backstop."""
+
 _TLS_MARKERS = ("tls handshake", "ssl_error", "certificate_verify_failed", "ssl routines")
 
 
@@ -57,6 +62,11 @@ def code_in(table: Mapping[type, grpc.StatusCode], exc: BaseException) -> grpc.S
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status code a servicer answers with for `exc` (INTERNAL when unmapped)."""
     return code_in(STATUS, exc)
+
+
+def message_for(exc: BaseException) -> str:
+    """The status message for `exc`: its text, at most MAX_MESSAGE characters."""
+    return e.clip(str(exc) or type(exc).__name__, MAX_MESSAGE)
 
 
 def peer_error(code: grpc.StatusCode, details: str, address: str) -> e.PeerError:
