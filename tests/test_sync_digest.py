@@ -14,19 +14,24 @@ from crdtd.errors import ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.store.merkle import LEAF_DEPTH, MerkleIndex
 from crdtd.sync.config import SyncConfig
-from crdtd.sync.digest import Difference, MerkleDescent
+from crdtd.sync.reconcile import Difference, MerkleDescent
 
 
 class IndexSource:
     """A real MerkleIndex (the store's code) over an in-memory id table."""
 
     def __init__(self, ids: set[bytes]) -> None:
-        self.conn = sqlite3.connect(":memory:")
+        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         self.conn.execute("CREATE TABLE entries (id BLOB PRIMARY KEY) WITHOUT ROWID")
         self.conn.execute(MerkleIndex.schema())
         self.conn.executemany("INSERT INTO entries (id) VALUES (?)", [(i,) for i in ids])
         self.index = MerkleIndex(self.conn)
         self.index.update(ids)
+
+    def add(self, more: list[bytes]) -> None:
+        """Insert ids (a commit on the replica)."""
+        self.conn.executemany("INSERT INTO entries (id) VALUES (?)", [(i,) for i in more])
+        self.index.update(more)
 
     def merkle_root(self) -> bytes:
         return self.index.root()

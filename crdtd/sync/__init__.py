@@ -6,7 +6,8 @@ Public names load lazily (so `python -m crdtd.sync.protogen` works before stubs 
 - `SyncConfig` (config.py): every tunable, memberlist LAN defaults.
 - `AntiEntropySession`, `Connection`, `SessionResult` (session.py): one push-pull session.
 - `LocalPeer` (peer.py): the answering side; `PeerServicer` (service.py) adapts it to gRPC.
-- `DigestExchange`, `MerkleDescent` (digest.py): the swappable digest exchange.
+- `DigestExchange`, `MerkleDescent`, `RatelessReconciliation` (reconcile/): the digest
+  exchange, negotiated per peer (rateless IBLT or Merkle descent).
 - `GrpcTransport`, `InProcessNetwork` (transport.py): the two transports.
 - `Identity` (handshake.py), `PeerTable` (membership.py), `Gossiper` (gossip.py),
   `choose_security` (tls.py).
@@ -27,8 +28,9 @@ _WHERE = {
     "SessionResult": "crdtd.sync.session",
     "LocalPeer": "crdtd.sync.peer",
     "PeerServicer": "crdtd.sync.service",
-    "DigestExchange": "crdtd.sync.digest",
-    "MerkleDescent": "crdtd.sync.digest",
+    "DigestExchange": "crdtd.sync.reconcile",
+    "MerkleDescent": "crdtd.sync.reconcile",
+    "RatelessReconciliation": "crdtd.sync.reconcile",
     "GrpcTransport": "crdtd.sync.transport",
     "InProcessNetwork": "crdtd.sync.transport",
     "Identity": "crdtd.sync.handshake",

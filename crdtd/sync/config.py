@@ -15,8 +15,11 @@ from crdtd.errors import ConfigError
 PROTOCOL_VERSION = 1
 """Version of the crdtd.v1.Peer session protocol spoken here."""
 
-CAPABILITIES: tuple[str, ...] = ("merkle/1", "chunks/1", "notify/1", "peers/1")
-"""Capabilities this implementation offers in the handshake."""
+RIBLT_CAPABILITY = "riblt/1"
+"""Set reconciliation with a rateless IBLT in front of the Merkle descent (crdtd.sync.reconcile)."""
+
+CAPABILITIES: tuple[str, ...] = ("merkle/1", RIBLT_CAPABILITY, "chunks/1", "notify/1", "peers/1")
+"""Capabilities this implementation offers in the handshake (`SyncConfig.capabilities`)."""
 
 MiB = 1024 * 1024
 
@@ -70,6 +73,19 @@ class SyncConfig:
     max_probes_per_round: int = 256
     """Probes sent in one Digest call (more are split over several calls); keeps an answer
     of leaf id lists far below max_message_bytes."""
+    set_reconciliation: bool = True
+    """Offer "riblt/1": with a peer that offers it too, sessions start with rateless IBLT
+    symbols and fall back to the Merkle descent when they do not decode within budget.
+    False makes the node speak the Merkle descent only (as the previous version did)."""
+    riblt_first_symbols: int = 32
+    """Coded symbols asked for in a session's first digest call (decodes d up to ~20 at once);
+    each later call asks for as many again as received so far."""
+    riblt_max_symbols: int = 65_536
+    """Budget: a session that has not decoded after this many symbols (~2.7 MB; ~48,000
+    differences) finishes with the Merkle descent instead."""
+    # -- applying ----------------------------------------------------------------------------
+    apply_batch: int = 1000
+    """Entries received in one session are committed this many per durable transaction."""
     # -- transfer ----------------------------------------------------------------------------
     piece_size: int = 1 * MiB
     """Bytes of chunk data per ChunkPiece message (<= 1 MiB: never one giant message)."""
@@ -85,7 +101,7 @@ class SyncConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "seed":
+            if f.name == "seed" or isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)) and value <= 0:
                 raise ConfigError(f"sync config {f.name}: must be positive, got {value}")
@@ -95,6 +111,13 @@ class SyncConfig:
             raise ConfigError(f"sync config piece_size: {self.piece_size} exceeds 1 MiB")
         if self.max_message_bytes < 2 * MiB:
             raise ConfigError("sync config max_message_bytes: must be at least 2 MiB")
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What this node offers in its handshake hello."""
+        if self.set_reconciliation:
+            return CAPABILITIES
+        return tuple(c for c in CAPABILITIES if c != RIBLT_CAPABILITY)
 
     def suspicion_timeout(self, known_peers: int) -> float:
         """Seconds a peer stays suspect before it is declared dead (memberlist's formula)."""

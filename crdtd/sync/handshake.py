@@ -180,15 +180,19 @@ def _peer_messages(peers: Sequence[tuple[str, bytes]], limit: int) -> list[pb.Pe
 
 
 def client_hello(
-    identity: Identity, nonce: bytes, peers: Sequence[tuple[str, bytes]], limit: int = 32
+    identity: Identity,
+    nonce: bytes,
+    peers: Sequence[tuple[str, bytes]],
+    limit: int = 32,
+    capabilities: Sequence[str] = CAPABILITIES,
 ) -> pb.HandshakeRequest:
-    """Our hello to a server."""
+    """Our hello to a server, offering `capabilities` (SyncConfig.capabilities)."""
     return pb.HandshakeRequest(
         federation_id=identity.federation_id,
         protocol_version=PROTOCOL_VERSION,
         key_id=identity.key_id,
         membership=identity.membership,
-        capabilities=list(CAPABILITIES),
+        capabilities=list(capabilities),
         nonce=nonce,
         advertise=identity.advertise,
         peers=_peer_messages(peers, limit),
@@ -286,7 +290,7 @@ class HandshakeServer:
         _check_tls(tls_key_id, key_id, where)
         keys = peer_public_keys(req.membership, key_id, self.identity, self.view, where)
         nonce = secrets.token_bytes(NONCE_SIZE)
-        shared = tuple(c for c in CAPABILITIES if c in set(req.capabilities))
+        shared = tuple(c for c in self.config.capabilities if c in set(req.capabilities))
         now = self.clock()
         self._expire(now)
         peer = PeerIdentity(key_id, keys, req.advertise, shared, _peers_of(req.peers))

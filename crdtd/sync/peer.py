@@ -25,9 +25,9 @@ from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
 from crdtd.state.entry import Entry, Kind
 from crdtd.sync.config import SyncConfig
-from crdtd.sync.digest import DigestExchange, MerkleDescent
 from crdtd.sync.handshake import HandshakeServer, Identity, PeerIdentity, Session
 from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of
+from crdtd.sync.reconcile import DigestExchange, exchange_for
 from crdtd.sync.transport import Caller
 
 MAX_IDS_PER_FETCH = 100_000
@@ -93,7 +93,7 @@ class LocalPeer:
         self.state = state
         self.relay_filter = relay_filter
         self.config = config or SyncConfig()
-        self.exchange = exchange or MerkleDescent(self.config)
+        self.exchange = exchange or exchange_for(self.config)
         self.events: PeerEvents = events or NoEvents()
         self.handshakes = HandshakeServer(identity, state, self.config, clock, known_peers)
         self.receiver = Receiver(state, self.config)

@@ -3,7 +3,8 @@
 `Connection` runs the handshake and keeps the session token (re-handshaking once when the
 peer forgot it). `AntiEntropySession.run` then:
 
-1. reconciles digests (crdtd.sync.digest): which ids each side lacks;
+1. reconciles digests (crdtd.sync.reconcile): which ids each side lacks, by rateless IBLT
+   when the peer offered "riblt/1" in the handshake, else by Merkle descent;
 2. pulls: fetches the missing headers, verifies them on arrival, applies what needs no
    payload, fetches only the chunks not already stored, applies the rest (one durable
    transaction per entry);
@@ -27,7 +28,6 @@ from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
 from crdtd.state.entry import Entry
 from crdtd.sync.config import SyncConfig
-from crdtd.sync.digest import DigestExchange, MerkleDescent
 from crdtd.sync.handshake import (
     NONCE_SIZE,
     Identity,
@@ -37,6 +37,7 @@ from crdtd.sync.handshake import (
 )
 from crdtd.sync.peer import records_for
 from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of, sort_for_apply
+from crdtd.sync.reconcile import DigestExchange, Exchanges
 from crdtd.sync.transport import PeerClient, TransferStats
 
 IDS_PER_FETCH = 4096
@@ -82,6 +83,7 @@ class Connection:
             secrets.token_bytes(NONCE_SIZE),
             list(self.known_peers()),
             self.config.max_peers_exchanged,
+            self.config.capabilities,
         )
         reply = await self.client.handshake(hello)
         peer, proof = verify_server_hello(
@@ -121,6 +123,7 @@ class SessionResult:
     in_sync: bool
     digest_rounds: int = 0
     digest_bytes: int = 0
+    digest_method: str = ""
     pulled: list[bytes] = field(default_factory=list)
     held: list[bytes] = field(default_factory=list)
     pushed: list[bytes] = field(default_factory=list)
@@ -146,6 +149,8 @@ class AntiEntropySession:
 
     `relay_filter(entry)` False keeps an entry of ours out of what we offer (the daemon
     passes `crdtd.trust.should_relay`: contributions of gated authors are not relayed).
+    The digest exchange is chosen per peer from the handshake's shared capabilities unless
+    `exchange` fixes one.
     """
 
     def __init__(
@@ -157,7 +162,8 @@ class AntiEntropySession:
     ) -> None:
         self.state = state
         self.config = config or SyncConfig()
-        self.exchange = exchange or MerkleDescent(self.config)
+        self.exchange = exchange
+        self.exchanges = Exchanges(self.config)
         self.receiver = Receiver(state, self.config)
         self.relay_filter = relay_filter
 
@@ -176,9 +182,10 @@ class AntiEntropySession:
         before = conn.client.stats.snapshot()
         peer = await conn.ensure()
         mark = conn.client.stats.bytes_total
-        diff = await self.exchange.reconcile(self.state.store, conn.client.digest)
+        exchange = self.exchange or self.exchanges.for_peer(peer.capabilities)
+        diff = await exchange.reconcile(self.state.store, conn.client.digest)
         result = SessionResult(
-            peer, diff.in_sync, diff.rounds, conn.client.stats.bytes_total - mark
+            peer, diff.in_sync, diff.rounds, conn.client.stats.bytes_total - mark, diff.method
         )
         if pull and diff.missing_here:
             await self._pull(conn, diff.missing_here[: self.config.max_entries_per_session], result)

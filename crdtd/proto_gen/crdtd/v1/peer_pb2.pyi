@@ -73,12 +73,14 @@ class ProveResponse(_message.Message):
     def __init__(self, session: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
 
 class MerkleProbe(_message.Message):
-    __slots__ = ("prefix", "hash")
+    __slots__ = ("prefix", "hash", "list")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
     prefix: bytes
     hash: bytes
-    def __init__(self, prefix: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...
+    list: bool
+    def __init__(self, prefix: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., list: _Optional[bool] = ...) -> None: ...
 
 class MerkleProbes(_message.Message):
     __slots__ = ("probes", "hash_bytes", "ids_threshold")
@@ -116,17 +118,55 @@ class MerkleNodes(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[MerkleNode]
     def __init__(self, nodes: _Optional[_Iterable[_Union[MerkleNode, _Mapping]]] = ...) -> None: ...
 
+class RibltRequest(_message.Message):
+    __slots__ = ("root", "start", "count", "salt")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    root: bytes
+    start: int
+    count: int
+    salt: int
+    def __init__(self, root: _Optional[bytes] = ..., start: _Optional[int] = ..., count: _Optional[int] = ..., salt: _Optional[int] = ...) -> None: ...
+
+class RibltSymbols(_message.Message):
+    __slots__ = ("equal", "salt", "root", "size", "start", "sums", "checks", "counts", "stale")
+    EQUAL_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    equal: bool
+    salt: int
+    root: bytes
+    size: int
+    start: int
+    sums: bytes
+    checks: bytes
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    stale: bool
+    def __init__(self, equal: _Optional[bool] = ..., salt: _Optional[int] = ..., root: _Optional[bytes] = ..., size: _Optional[int] = ..., start: _Optional[int] = ..., sums: _Optional[bytes] = ..., checks: _Optional[bytes] = ..., counts: _Optional[_Iterable[int]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
 class DigestRequest(_message.Message):
-    __slots__ = ("merkle",)
+    __slots__ = ("merkle", "riblt")
     MERKLE_FIELD_NUMBER: _ClassVar[int]
+    RIBLT_FIELD_NUMBER: _ClassVar[int]
     merkle: MerkleProbes
-    def __init__(self, merkle: _Optional[_Union[MerkleProbes, _Mapping]] = ...) -> None: ...
+    riblt: RibltRequest
+    def __init__(self, merkle: _Optional[_Union[MerkleProbes, _Mapping]] = ..., riblt: _Optional[_Union[RibltRequest, _Mapping]] = ...) -> None: ...
 
 class DigestResponse(_message.Message):
-    __slots__ = ("merkle",)
+    __slots__ = ("merkle", "riblt")
     MERKLE_FIELD_NUMBER: _ClassVar[int]
+    RIBLT_FIELD_NUMBER: _ClassVar[int]
     merkle: MerkleNodes
-    def __init__(self, merkle: _Optional[_Union[MerkleNodes, _Mapping]] = ...) -> None: ...
+    riblt: RibltSymbols
+    def __init__(self, merkle: _Optional[_Union[MerkleNodes, _Mapping]] = ..., riblt: _Optional[_Union[RibltSymbols, _Mapping]] = ...) -> None: ...
 
 class FetchEntriesRequest(_message.Message):
     __slots__ = ("ids",)

@@ -94,7 +94,8 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Digest(self, request, context):
-        """One round of the digest exchange (Merkle descent today; a sketch may be added later).
+        """One round of the digest exchange: Merkle descent, or rateless IBLT symbols when both
+        sides offered the "riblt/1" capability.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
