@@ -162,6 +162,7 @@ class NodeStatus:
     metrics_address: str
     namespaces: tuple[str, ...] = field(default=())
     namespace_info: tuple[NamespaceInfo, ...] = field(default=())
+    health_address: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,6 +189,7 @@ class NodeStatus:
             "peer_address": self.peer_address,
             "client_address": self.client_address,
             "metrics_address": self.metrics_address,
+            "health_address": self.health_address,
             "namespaces": list(self.namespaces),
             "namespace_info": [
                 {
@@ -604,6 +606,7 @@ class Client:
                 )
                 for n in r.namespace_status
             ),
+            health_address=r.health_address,
         )
 
     def trust(self) -> pb.TrustReply:

@@ -183,6 +183,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"  entries     {counts}")
     print(
         f"  client {s.client_address}  peer {s.peer_address}  metrics {s.metrics_address or 'off'}"
+        + (f"  health {s.health_address}" if s.health_address else "")
     )
     for n in s.namespace_info:
         print(

@@ -355,6 +355,7 @@ class NodeService(pb_grpc.NodeServicer):
             peer_address=cfg.node.advertise,
             client_address=cfg.client_address,
             metrics_address=cfg.metrics_address,
+            health_address=core.health_address,
             namespaces=sorted(cfg.namespaces),
             namespace_status=namespace_status(core, visible),
         )

@@ -29,7 +29,7 @@ from crdtd.crypto.node_config import (
     parse_env_value,
     parse_section,
 )
-from crdtd.errors import ConfigError, CrdtdError, StrategyError
+from crdtd.errors import ConfigError, CrdtdError, StrategyError, echo
 from crdtd.trust.gating import FederationPolicy, NamespacePolicy
 from crdtd.trust.scores import SCALE
 
@@ -42,7 +42,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("token", "mtls", "none")
 
 # Every flat key of the daemon's sections: type, default, doc (docs/daemon.md repeats them).
-# Types beyond the identity loader's: "size" (int bytes or "512MiB"), "float", "choice:a|b".
+# Types beyond the identity loader's: "size" (int bytes or "512MiB"), "float", "choice:a|b",
+# "port" (0..65535).
 DAEMON_SCHEMA: dict[str, dict[str, Field]] = {
     "log": {
         "format": Field("choice:text|json", "text", "one line per event: text or JSON"),
@@ -59,6 +60,11 @@ DAEMON_SCHEMA: dict[str, dict[str, Field]] = {
         "mode": Field("choice:token|mtls|none", "token", "client auth: token, mtls or none"),
         "token_file": Field("str", "", "bearer token file (0600); default DATA_DIR/client.token"),
         "tls": Field("bool", False, "serve the client API over TLS (implied by mode = mtls)"),
+        "health_port": Field(
+            "port",
+            0,
+            "health-only port, TLS without client certificates (mtls: default a free one)",
+        ),
     },
     "materialise": {
         "output_dir": Field("str", "", "where out_path may write; default DATA_DIR/materialised"),
@@ -163,6 +169,7 @@ class DaemonConfig:
     auth_mode: str = "token"
     token_file: Path = Path(TOKEN_FILE)
     client_tls: bool = False
+    health_port: int = 0
     output_dir: Path = Path(OUTPUT_DIR)
     allow_any_path: bool = False
     trust: FederationPolicy = field(default_factory=FederationPolicy)
@@ -180,6 +187,13 @@ class DaemonConfig:
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         return f"{host}:{self.node.client_port}"
+
+    @property
+    def separate_health(self) -> bool:
+        """True when health checking gets its own listener: always with mutual TLS (whose
+        port demands a client certificate gRPC cannot make optional per method), and
+        whenever `[auth] health_port` is set."""
+        return self.auth_mode == "mtls" or self.health_port > 0
 
     @property
     def metrics_address(self) -> str:
@@ -218,6 +232,10 @@ def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
+    if kind == "port":
+        if type(value) is not int or not 0 <= value <= 65535:
+            raise ConfigError(f"{where}: expected a port 0..65535, got {echo(value)}")
+        return value
     if kind == "int" and type(value) is int and value <= 0:
         raise ConfigError(f"{where}: must be positive, got {value}")
     return coerce_value(value, kind, where, key, base)
@@ -226,6 +244,8 @@ def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
 def _env_value(raw: str, spec: Field) -> Any:
     if spec.type == "float":
         return float(raw)
+    if spec.type == "port":
+        return int(raw) if raw.strip().isdigit() else raw
     if spec.type in ("size",) or spec.type.startswith("choice:"):
         return raw
     return parse_env_value(raw, spec.type)
@@ -445,6 +465,7 @@ def load_daemon_config(
         auth_mode=auth["mode"],
         token_file=token_file,
         client_tls=client_tls,
+        health_port=auth["health_port"],
         output_dir=output_dir,
         allow_any_path=mat["allow_any_path"],
         trust=trust,

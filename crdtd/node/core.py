@@ -112,6 +112,7 @@ class NodeCore:
         self.started = time.monotonic()
         self.peer_source: Callable[[], list[PeerView]] = list
         self.served_bytes: Callable[[], int] = lambda: 0
+        self.health_address = ""  # the daemon's health-only listener, when it has one
         self._chain = threading.Lock()
         self._trust = _TrustCache()
         if config.trust.auto_revoke_equivocation and state.revocation_rule is None:

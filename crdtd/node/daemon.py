@@ -57,6 +57,8 @@ class Daemon:
         self.metrics_server: asyncio.AbstractServer | None = None
         self.sync: Any = None
         self.client_port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.metrics_port = 0
         self._lock_fd: int | None = None
         self._stopping = False
@@ -85,6 +87,7 @@ class Daemon:
             key_id=self.core.key_id.hex(),
             federation=cfg.node.federation.id,
             client=f"{cfg.node.client_host}:{self.client_port}",
+            health=self.health_address or "client port",
             peer=cfg.node.advertise,
             metrics=f"{cfg.node.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
             auth=cfg.auth_mode,
@@ -125,8 +128,36 @@ class Daemon:
             raise CrdtdError(f"cannot listen on the client address {address}")
         await server.start()
         self.client_server, self.client_port = server, port
+        if cfg.separate_health:
+            await self._start_health()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_health(self) -> None:
+        """Serve only grpc.health.v1.Health on `[auth] health_port` (a free port when unset)
+        over TLS with this node's certificate and no client certificate, so probes work
+        without credentials when the client port demands mutual TLS. Nothing else is
+        registered there: every other method answers UNIMPLEMENTED."""
+        cfg = self.config
+        assert self.health is not None
+        server = grpc.aio.server(interceptors=[RequestGuard()], options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{cfg.node.client_host}:{cfg.health_port}"
+        creds = cfg.node.tls_material().server_credentials(require_client_auth=False)
+        port = server.add_secure_port(address, creds)
+        if not port:
+            raise CrdtdError(f"cannot listen on the health address {address}")
+        await server.start()
+        self.health_server, self.health_port = server, port
+        if self.core is not None:
+            self.core.health_address = self.health_address
+
+    @property
+    def health_address(self) -> str:
+        """host:port of the health-only listener ("" when health shares the client port)."""
+        if not self.health_port:
+            return ""
+        return f"{self.config.client_address.rpartition(':')[0]}:{self.health_port}"
 
     async def _start_metrics(self) -> None:
         cfg = self.config
@@ -166,6 +197,8 @@ class Daemon:
         self.events.close()
         if self.client_server is not None:
             await self.client_server.stop(grace=drain)
+        if self.health_server is not None:
+            await self.health_server.stop(grace=0.5)
         if self.sync is not None:
             with suppress(Exception):
                 await self.sync.stop(grace=max(0.5, drain - (time.monotonic() - started)))

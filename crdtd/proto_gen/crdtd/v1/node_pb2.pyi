@@ -277,7 +277,7 @@ class PeerStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[bytes] = ..., alive: _Optional[bool] = ..., in_sync: _Optional[bool] = ..., seconds_since_sync: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "node_name", "federation_id", "state_root", "entry_counts", "peers", "version", "uptime_seconds", "peer_address", "client_address", "metrics_address", "namespaces", "namespace_status")
+    __slots__ = ("node_id", "node_name", "federation_id", "state_root", "entry_counts", "peers", "version", "uptime_seconds", "peer_address", "client_address", "metrics_address", "namespaces", "namespace_status", "health_address")
     class EntryCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,7 @@ class StatusReply(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     node_name: str
     federation_id: str
@@ -311,7 +312,8 @@ class StatusReply(_message.Message):
     metrics_address: str
     namespaces: _containers.RepeatedScalarFieldContainer[str]
     namespace_status: _containers.RepeatedCompositeFieldContainer[NamespaceStatus]
-    def __init__(self, node_id: _Optional[bytes] = ..., node_name: _Optional[str] = ..., federation_id: _Optional[str] = ..., state_root: _Optional[bytes] = ..., entry_counts: _Optional[_Mapping[str, int]] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., metrics_address: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., namespace_status: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ...) -> None: ...
+    health_address: str
+    def __init__(self, node_id: _Optional[bytes] = ..., node_name: _Optional[str] = ..., federation_id: _Optional[str] = ..., state_root: _Optional[bytes] = ..., entry_counts: _Optional[_Mapping[str, int]] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ..., metrics_address: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., namespace_status: _Optional[_Iterable[_Union[NamespaceStatus, _Mapping]]] = ..., health_address: _Optional[str] = ...) -> None: ...
 
 class NamespaceStatus(_message.Message):
     __slots__ = ("name", "kind", "contributions", "payload_bytes", "settings_json")
