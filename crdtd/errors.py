@@ -92,6 +92,10 @@ class InputReadError(MergeError):
     """An input file could not be read or has an unsupported format."""
 
 
+class NonFiniteTensorError(InputReadError):
+    """An input tensor holds NaN or Inf (names the tensor, the input and the position)."""
+
+
 class OutputWriteError(MergeError):
     """A merged table could not be written to the requested file."""
 

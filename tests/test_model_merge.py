@@ -13,6 +13,7 @@ from safetensors import safe_open
 import crdtd.model.merge as merge_mod
 from crdtd.errors import (
     MergeError,
+    NonFiniteTensorError,
     StrategyParamError,
     TensorMismatchError,
     UnknownStrategyError,
@@ -249,3 +250,53 @@ def test_empty_tensors_pass_through_with_their_shape() -> None:
     out = ModelMerge("ties").merge([a, b], base={"w": torch.zeros(2), "empty": torch.zeros(0, 4)})
     assert out.tensor["empty"].shape == (0, 4)
     torch.testing.assert_close(out.tensor["w"], 2 * torch.ones(2))  # disjoint mean of 1 and 3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["input", "base"])
+def test_nan_or_inf_in_an_input_is_refused_naming_the_tensor_and_model(
+    tmp_path: Path, bad: float, where: str
+) -> None:
+    base = tiny_tensors(0)
+    good = save_checkpoint(tmp_path / "good", tiny_tensors(1, around=base))
+    broken = dict(tiny_tensors(2, around=base) if where == "input" else base)
+    broken["model.layers.1.mlp.weight"] = broken["model.layers.1.mlp.weight"].clone()
+    broken["model.layers.1.mlp.weight"][2, 3] = bad
+    bad_dir = save_checkpoint(tmp_path / "broken", broken)
+    inputs = [good, bad_dir] if where == "input" else [good, tiny_tensors(3, around=base)]
+    base_spec = base if where == "input" else bad_dir
+    pattern = r"model\.layers\.1\.mlp\.weight.*broken.*position 15"
+    for strategy in ("linear", "ties", "slerp"):
+        with pytest.raises(NonFiniteTensorError, match=pattern):
+            ModelMerge(strategy).merge_to_dir(inputs, tmp_path / "out", base=base_spec)
+        assert _no_output(tmp_path)
+
+
+def test_nan_in_a_large_blockwise_tensor_is_refused_after_nothing_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", 64)
+    a = {"w": torch.randn(40, 10)}
+    b = {"w": torch.randn(40, 10)}
+    b["w"][37, 1] = float("nan")
+    with pytest.raises(NonFiniteTensorError, match=r"'w'.*input 1.*position 371"):
+        ModelMerge("linear").merge_to_dir([a, b], tmp_path / "out")
+    assert _no_output(tmp_path)
+
+
+def test_a_per_model_parameter_typo_names_the_model_not_a_tensor() -> None:
+    a, b = tiny_tensors(1), tiny_tensors(2)
+    items = [Contribution(a, {"density": 0.5}), Contribution(b, {"densty": 0.5}, label="code")]
+    with pytest.raises(
+        StrategyParamError, match=r"^code: unknown per-model parameter 'densty'"
+    ) as e:
+        ModelMerge("ties").merge(items, base=tiny_tensors(0))
+    assert "tensor" not in str(e.value)
+
+
+def test_a_global_parameter_typo_names_the_rule_not_a_tensor() -> None:
+    a, b = tiny_tensors(1), tiny_tensors(2)
+    schema = ModelMergeSchema({"re:mlp": {"strategy": "ties", "params": {"lamda": 0.5}}})
+    with pytest.raises(StrategyParamError, match=r"^rule 're:mlp': unknown parameter 'lamda'") as e:
+        ModelMerge(schema).merge([a, b], base=tiny_tensors(0))
+    assert "tensor" not in str(e.value)

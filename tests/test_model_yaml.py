@@ -120,3 +120,25 @@ def test_config_and_flags_are_not_mixed(models: Path, capsys: pytest.CaptureFixt
     cfg = _write(models / "merge.yml", "merge_method: linear\nmodels: [m0, m1]\n")
     assert main(["merge", "-c", str(cfg), "-s", "ties", "-o", str(models / "o")]) == 1
     assert "--config" in capsys.readouterr().err
+
+
+def test_a_per_model_parameter_typo_is_reported_against_the_config_entry(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _write(
+        models / "merge.yml",
+        """
+merge_method: ties
+base_model: base
+models:
+  - model: m0
+    parameters: {weight: 0.5, density: 0.5}
+  - model: m1
+    parameters: {weight: 0.5, densty: 0.5}
+""",
+    )
+    assert main(["merge", "-c", str(cfg), "-o", str(models / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "models[1] (m1)" in err and "'densty'" in err
+    assert "tensor" not in err
+    assert not (models / "o").exists()

@@ -24,7 +24,13 @@ from typing import Any, Literal, Protocol
 import torch
 from tqdm import tqdm
 
-from crdtd.errors import MergeError, StrategyError, StrategyParamError, TensorMismatchError
+from crdtd.errors import (
+    MergeError,
+    NonFiniteTensorError,
+    StrategyError,
+    StrategyParamError,
+    TensorMismatchError,
+)
 from crdtd.model.identity import input_set_digest
 from crdtd.model.io import (
     MAX_HASH_THREADS,
@@ -368,6 +374,32 @@ def _check_tensors(
     return out
 
 
+def _check_param_keys(schema: ModelMergeSchema, inputs: Sequence[_Input]) -> None:
+    """Every parameter key is declared by its rule's strategy (global keys) or by some strategy
+    of the schema (per-model keys); a typo is reported against the rule or the model entry."""
+    per_model: dict[str, set[str]] = {}
+    for rule in (*schema.rules, schema.default):
+        strategy = registry.get(rule.strategy)
+        known = {p.name for p in strategy.params}
+        for key in sorted(rule.params):
+            if key not in known:
+                where = "parameters" if rule is schema.default else f"rule {rule.pattern!r}"
+                raise StrategyParamError(
+                    f"{where}: unknown parameter {key!r} for strategy {strategy.name!r} "
+                    f"(known: {', '.join(sorted(known)) or 'none'})"
+                )
+        for p in strategy.per_model_params():
+            per_model.setdefault(p.name, set()).add(strategy.name)
+    for inp in inputs:
+        for key in sorted(inp.params):
+            if key not in per_model:
+                names = ", ".join(schema.strategies())
+                raise StrategyParamError(
+                    f"{inp.label}: unknown per-model parameter {key!r} for strategy {names} "
+                    f"(per-model parameters: {', '.join(sorted(per_model)) or 'none'})"
+                )
+
+
 def _dedupe(inputs: list[_Input]) -> list[_Input]:
     """One input per content id, sorted by id; equal content with unequal params is an error."""
     by_id: dict[bytes, _Input] = {}
@@ -471,8 +503,8 @@ def _dry_run(plan: MergePlan, limit: int = 64, most: int = 1 << 20) -> None:
     """Merge, and discard, the smallest real tensor of each distinct (strategy, params).
 
     Surfaces what only the strategy can judge (weights summing to zero, a parameter that
-    needs more inputs, a missing extra) before the first tensor is written. Only
-    `StrategyError`s count here; anything else is left for the real run to report.
+    needs more inputs, a missing extra), and NaN or Inf in those tensors, before the first
+    tensor is written. Only those errors count here; anything else is left for the real run.
     """
     smallest: dict[tuple[str, bytes], TensorJob] = {}
     for job in plan.jobs:
@@ -491,6 +523,8 @@ def _dry_run(plan: MergePlan, limit: int = 64, most: int = 1 << 20) -> None:
             _merge_block(plan, job, buf, None)
         except StrategyError as err:
             raise type(err)(f"tensor {job.info.name!r}: {err}") from None
+        except NonFiniteTensorError:
+            raise
         except Exception:  # only typed parameter errors are reported early
             continue
 
@@ -513,6 +547,7 @@ def build_plan(
         if base is not None:
             opened.append(base)
         infos = _check_tensors(inputs, base, out_dtype)
+        _check_param_keys(schema, inputs)
         _jobs(schema, infos, inputs, base is not None, False)  # params checked before hashing
         hashed = [i.source for i in inputs] + [
             inp.extras[k] for inp in inputs for k in sorted(inp.extras)
@@ -637,6 +672,22 @@ def _load_into(dst: torch.Tensor, src: torch.Tensor, source: TensorSource, name:
     source.release(name)
 
 
+def require_finite(values: torch.Tensor, name: str, where: str, offset: int = 0) -> None:
+    """Refuse NaN and Inf: `NonFiniteTensorError` naming the tensor, the input and the first
+    bad flat position. One sum finds them (NaN and Inf propagate); only a non-finite sum,
+    which finite values may also give by overflowing, is checked entry by entry."""
+    if values.numel() == 0 or bool(torch.isfinite(values.sum())):
+        return
+    bad = torch.nonzero(~torch.isfinite(values.reshape(-1)))
+    if bad.numel():
+        pos = offset + int(bad[0])
+        value = float(values.reshape(-1)[int(bad[0])])
+        raise NonFiniteTensorError(
+            f"tensor {name!r} of {where} holds {value} at flat position {pos}; "
+            "NaN and Inf are not merged"
+        )
+
+
 def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -> TensorMerge:
     """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers."""
     name = job.info.name
@@ -647,12 +698,15 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
     shape = job.info.shape if block is None else (block.stop - block.start,)
     k, n = len(plan.inputs), math.prod(shape)
     stack = buf.stack[: k * n].view(k, *shape)
+    start = 0 if block is None else block.start
     for i, inp in enumerate(plan.inputs):
         _load_into(stack[i], part(inp.source.view(name)), inp.source, name)
+        require_finite(stack[i], name, inp.label, start)
     base_t = None
     if plan.base is not None:
         base_t = buf.base[:n].view(shape)
         _load_into(base_t, part(plan.base.view(name)), plan.base, name)
+        require_finite(base_t, name, f"the base {plan.base.label}", start)
     extras: tuple[dict[str, torch.Tensor], ...] = ()
     if any(inp.extras for inp in plan.inputs):
         extras = tuple(
@@ -663,6 +717,9 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
             }
             for inp in plan.inputs
         )
+        for inp, ex in zip(plan.inputs, extras):
+            for key in sorted(ex):
+                require_finite(ex[key], name, f"{inp.label} extra {key!r}", start)
     return TensorMerge(
         name,
         stack,

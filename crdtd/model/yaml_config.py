@@ -136,6 +136,7 @@ def parse_config(doc: Any, root: Path, where: str = "config") -> MergeConfig:
                 _path(item.get("model"), root, f"{w}.model"),
                 _params(item.get("parameters"), w),
                 extras,
+                f"{w} ({item.get('model')})",
             )
         )
     base = doc.get("base_model")
