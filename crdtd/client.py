@@ -132,6 +132,7 @@ class PeerInfo:
     alive: bool
     in_sync: bool
     seconds_since_sync: float
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class NodeStatus:
                     "key_id": p.key_id.hex(),
                     "alive": p.alive,
                     "in_sync": p.in_sync,
+                    "revoked": p.revoked,
                     "seconds_since_sync": None
                     if p.seconds_since_sync < 0
                     else round(p.seconds_since_sync, 3),
@@ -587,7 +589,9 @@ class Client:
             state_root=r.state_root,
             entry_counts=dict(r.entry_counts),
             peers=tuple(
-                PeerInfo(p.name, p.address, p.key_id, p.alive, p.in_sync, p.seconds_since_sync)
+                PeerInfo(
+                    p.name, p.address, p.key_id, p.alive, p.in_sync, p.seconds_since_sync, p.revoked
+                )
                 for p in r.peers
             ),
             version=r.version,

@@ -65,6 +65,29 @@ def _cmd_add_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from crdtd.node.cli import client_for
+
+    fed = federation.Federation.load(args.dir)
+    entry = fed.revoke(args.node, reason=args.reason, successor=args.successor)
+    with client_for(args) as c:
+        entry_id, status = c.submit(entry)
+    body = entry.as_revocation()
+    _print(
+        args,
+        f"revocation {entry_id.hex()} of {body.revoked.hex()} {status} on "
+        f"{c.address}; it spreads to every node, which refuses the key from then on",
+        {
+            "revocation_id": entry_id.hex(),
+            "revoked": body.revoked.hex(),
+            "successor": body.successor.hex() if body.successor else None,
+            "reason": body.reason,
+            "status": status,
+        },
+    )
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     key = NodeKey.generate(pq_enabled=args.pq)
     key.save(args.out, overwrite=args.force)
@@ -112,6 +135,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="default: a free port")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_add_node)
+
+    from crdtd.node.cli import client_options  # the client verbs' options, shared
+
+    p = fed_sub.add_parser(
+        "revoke", help="revoke a member's key everywhere (signed by the admin, sent to a node)"
+    )
+    p.add_argument("node", metavar="NODE", help="node name (from nodes.toml) or key id (hex)")
+    p.add_argument("--dir", type=Path, required=True, help="federation directory (admin key)")
+    p.add_argument("--reason", default="", help="why (kept in the signed entry)")
+    p.add_argument(
+        "--successor",
+        default=None,
+        metavar="KEY",
+        help="the key replacing it: node name, key id (hex) or key file",
+    )
+    client_options(p)
+    p.set_defaults(func=_cmd_revoke)
 
     p = fed_sub.add_parser("pq-info", help="show which ML-DSA-65 backend is active")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -30,7 +30,7 @@ from crdtd.crypto.schemes import ED25519, HYBRID, PublicKeys, SignaturePolicy
 from crdtd.crypto.toml_io import read_toml, render_table
 from crdtd.crypto.x509 import FederationCA
 from crdtd.errors import ConfigError, CrdtdError
-from crdtd.state.entry import Entry, make_membership
+from crdtd.state.entry import Entry, make_membership, make_revocation
 
 FEDERATION_FILE = "federation.toml"
 ADMIN_KEY = "admin.key"
@@ -215,6 +215,40 @@ class Federation:
             f'seq = {entry.seq}\nhead = "{entry.id.hex()}"\n',
         )
         return entry
+
+    def member_key_id(self, who: str) -> bytes:
+        """A member's key id from a node name (nodes.toml) or 64 hex digits."""
+        for n in self.nodes():
+            if n.name == who:
+                return n.key_id
+        try:
+            key_id = bytes.fromhex(who)
+        except ValueError:
+            key_id = b""
+        if len(key_id) != 32:
+            known = ", ".join(n.name for n in self.nodes()) or "none"
+            raise ConfigError(
+                f"{who!r} is neither a node of {self.directory} ({known}) nor a 64-hex key id"
+            )
+        return key_id
+
+    def revoke(self, who: str, reason: str = "", successor: str | None = None) -> Entry:
+        """Sign, as the admin, the revocation of member `who` (node name or key id), naming
+        `successor` (node name, key id or key file) as its replacement when given."""
+        key_id = self.member_key_id(who)
+        if key_id == self.admin.key_id:
+            raise ConfigError("the federation admin key cannot be revoked by itself here")
+        heir = None
+        if successor:
+            path = Path(successor)
+            heir = NodeKey.load(path).key_id if path.is_file() else self.member_key_id(successor)
+            if heir == key_id:
+                raise ConfigError(f"{successor!r}: a key cannot succeed itself")
+        return self.sign_admin_entry(
+            lambda admin, seq, prev: make_revocation(
+                admin, seq, prev, key_id, successor=heir, reason=reason, policy=self.policy
+            )
+        )
 
     def admin_entries(self) -> list[Entry]:
         """Every entry the admin has signed, in chain order."""

@@ -27,7 +27,8 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.json and sys.stderr.isatty()
 
 
-def _client(args: argparse.Namespace) -> Any:
+def client_for(args: argparse.Namespace) -> Any:
+    """A `crdtd.client.Client` from the options `client_options` added."""
     from crdtd.client import Client
     from crdtd.crypto.x509 import TlsMaterial
     from crdtd.node.config import read_token
@@ -125,7 +126,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
     meta = {k: _meta_value(v) for k, v in _kv(args.meta, "--meta").items()}
     key = NodeKey.load(args.member_key) if args.member_key else None
-    with _client(args) as c:
+    with client_for(args) as c:
         r = c.push(
             args.namespace,
             args.path,
@@ -151,7 +152,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         entries = c.list(
             args.namespace or "",
             include_removed=args.all,
@@ -172,7 +173,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         s = c.status()
     if args.json:
         _print(args, "", s.to_json())
@@ -192,14 +193,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
     for p in s.peers:
         ago = "never" if p.seconds_since_sync < 0 else f"{p.seconds_since_sync:.1f}s ago"
-        state = ("alive" if p.alive else "down") + (", in sync" if p.in_sync else "")
+        state = "REVOKED" if p.revoked else ("alive" if p.alive else "down")
+        state += ", in sync" if p.in_sync else ""
         print(f"  peer {p.name or p.key_id.hex()[:16]:<16} {p.address:<22} {state}; synced {ago}")
     return 0
 
 
 def _cmd_materialise(args: argparse.Namespace) -> int:
     params = _kv(args.param, "--param")
-    with _client(args) as c:
+    with client_for(args) as c:
         m = c.materialise(
             args.namespace,
             out=None if args.on_node else args.out,
@@ -260,7 +262,7 @@ def _cmd_erase(args: argparse.Namespace) -> int:
                 policy=federation.policy,
             )
         )
-    with _client(args) as c:
+    with client_for(args) as c:
         removal, erased = c.erase(ids, author=author, reason=args.reason, key=key, removal=signed)
     _print(
         args,
@@ -271,7 +273,7 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _cmd_trust(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         t = c.trust()
     rows = [
         {
@@ -302,7 +304,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with client_for(args) as c:
         for ev in c.watch(args.namespace or ""):
             data = {
                 "kind": ev.kind,
@@ -321,7 +323,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def _client_options(p: argparse.ArgumentParser) -> None:
+def client_options(p: argparse.ArgumentParser) -> None:
+    """The options every client verb takes to reach a node (also `federation revoke`)."""
     g = p.add_argument_group("reaching the node")
     g.add_argument(
         "--node",
@@ -365,18 +368,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--base", default="", metavar="ENTRY_ID", help="the contribution this tunes")
     p.add_argument("--kind", default="", help="payload kind (default: the namespace's)")
     p.add_argument("--key", dest="member_key", default=None, help="sign with this member key")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_push)
 
     p = subparsers.add_parser("ls", help="list entries (a namespace's contributions, or all)")
     p.add_argument("namespace", nargs="?")
     p.add_argument("--all", action="store_true", help="include erased entries")
     p.add_argument("--author", default="", metavar="KEYID")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_ls)
 
     p = subparsers.add_parser("status", help="a node's state root, entry counts and peers")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_status)
 
     p = subparsers.add_parser("materialise", help="merge a namespace into one file")
@@ -396,7 +399,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--strategy", default="")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dtype", default="")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_materialise)
 
     p = subparsers.add_parser("erase", help="erase entries everywhere (right to be forgotten)")
@@ -412,14 +415,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument(
         "--key", dest="member_key", default=None, help="sign with this member key instead"
     )
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_erase)
 
     p = subparsers.add_parser("trust", help="trust scores of every member")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_trust)
 
     p = subparsers.add_parser("watch", help="print a node's events as they happen")
     p.add_argument("namespace", nargs="?")
-    _client_options(p)
+    client_options(p)
     p.set_defaults(func=_cmd_watch)

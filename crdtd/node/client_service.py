@@ -340,8 +340,9 @@ class NodeService(pb_grpc.NodeServicer):
                 alive=p.alive,
                 in_sync=p.in_sync,
                 seconds_since_sync=-1.0 if p.last_sync is None else now - p.last_sync,
+                revoked=p.revoked,
             )
-            for p in peer_views
+            for p in core.peer_status(peer_views)
         ]
         return pb.StatusReply(
             node_id=core.key_id,

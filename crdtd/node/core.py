@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class PeerView:
     alive: bool = False
     in_sync: bool = False
     last_sync: float | None = None  # time.monotonic() of the last successful sync
+    revoked: bool = False  # its key is revoked in this node's state
 
 
 @dataclass
@@ -535,7 +536,7 @@ class NodeCore:
         names = self.member_names()
         now = time.monotonic()
         rows = []
-        for p in self.peers() if peers is None else peers:
+        for p in self.peer_status(self.peers() if peers is None else peers):
             trust: dict[str, float] = {}
             if p.key_id in scores.dims:
                 for dim in ("integrity", "causality", "consistency", "gossip", "model"):
@@ -548,6 +549,7 @@ class NodeCore:
                     in_sync=p.in_sync,
                     seconds_since_sync=None if p.last_sync is None else now - p.last_sync,
                     trust=trust,
+                    revoked=p.revoked,
                 )
             )
         return StateSnapshot(
@@ -556,6 +558,17 @@ class NodeCore:
             peers=tuple(rows),
             served_bytes=self.served_bytes(),
         )
+
+    def peer_status(self, peers: list[PeerView]) -> list[PeerView]:
+        """`peers` with revoked keys marked: a revoked peer is neither alive nor in sync,
+        whatever the peer table last saw (its sessions are refused from now on). Reads the
+        store: call off the event loop."""
+        out = []
+        for p in peers:
+            if p.key_id and self.state.is_revoked(p.key_id):
+                p = replace(p, revoked=True, alive=False, in_sync=False)
+            out.append(p)
+        return out
 
     def peers(self) -> list[PeerView]:
         """Known peers as the sync layer reports them, sorted by name then address."""

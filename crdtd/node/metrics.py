@@ -93,6 +93,7 @@ class PeerSnapshot:
     in_sync: bool
     seconds_since_sync: float | None  # None: never synced
     trust: Mapping[str, float] = field(default_factory=dict)  # dimension -> 0..1
+    revoked: bool = False  # key revoked here (then neither alive nor in sync)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,11 @@ class _StateCollector:
             "1 when the last sync with the peer found equal roots",
             labels=["peer"],
         )
+        revoked = GaugeMetricFamily(
+            "crdtd_peer_revoked",
+            "1 when the peer's key is revoked in this node's state (its sessions are refused)",
+            labels=["peer"],
+        )
         age = GaugeMetricFamily(
             "crdtd_peer_last_sync_age_seconds",
             "Seconds since the last successful sync with the peer",
@@ -149,6 +155,7 @@ class _StateCollector:
             alive.add_metric([], sum(p.alive for p in snap.peers))
             for p in snap.peers:
                 in_sync.add_metric([p.name], 1.0 if p.in_sync else 0.0)
+                revoked.add_metric([p.name], 1.0 if p.revoked else 0.0)
                 if p.seconds_since_sync is not None:
                     age.add_metric([p.name], p.seconds_since_sync)
                 for dim in DIMENSIONS:
@@ -160,7 +167,7 @@ class _StateCollector:
         )
         if snap is not None:
             served.add_metric([], snap.served_bytes)
-        yield from (entries, root, known, alive, in_sync, age, trust, served)
+        yield from (entries, root, known, alive, in_sync, revoked, age, trust, served)
 
 
 class NodeMetrics:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from crdtd.errors import HandshakeError
+from crdtd.errors import HandshakeError, PeerRefusedError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
 from crdtd.state.entry import Entry
@@ -72,6 +72,12 @@ class Connection:
     async def ensure(self, expected_key_id: bytes | None = None) -> PeerIdentity:
         """Handshake unless a live session exists; returns the verified peer."""
         async with self._lock:  # a probe and a session may ask at once: one handshake
+            if self.peer is not None and self.state.is_revoked(self.peer.key_id):
+                revoked = self.peer.key_id
+                self.reset()
+                raise PeerRefusedError(
+                    f"peer {self.address}: key {revoked.hex()} is revoked in this federation"
+                )
             if self.peer is not None and self.clock() < self._expires:
                 return self.peer
             return await self._handshake(expected_key_id)

@@ -261,20 +261,22 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerStatus(_message.Message):
-    __slots__ = ("name", "address", "key_id", "alive", "in_sync", "seconds_since_sync")
+    __slots__ = ("name", "address", "key_id", "alive", "in_sync", "seconds_since_sync", "revoked")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SYNC_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     key_id: bytes
     alive: bool
     in_sync: bool
     seconds_since_sync: float
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[bytes] = ..., alive: _Optional[bool] = ..., in_sync: _Optional[bool] = ..., seconds_since_sync: _Optional[float] = ...) -> None: ...
+    revoked: bool
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[bytes] = ..., alive: _Optional[bool] = ..., in_sync: _Optional[bool] = ..., seconds_since_sync: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("node_id", "node_name", "federation_id", "state_root", "entry_counts", "peers", "version", "uptime_seconds", "peer_address", "client_address", "metrics_address", "namespaces", "namespace_status", "health_address")
