@@ -7,21 +7,29 @@
   against sha256 + write + fsync of the same bytes into one file;
 - chunk dedup: a fine-tune that changed 10 % of the base's tensors, new bytes stored / size;
 - Merkle descent: bytes a sync descent moves for n ids and d differences, against the full
-  id list (the LEAF_DEPTH argument in docs/store.md).
+  id list (the LEAF_DEPTH argument in docs/store.md);
+- catch-up (`--only catchup`): a fresh node pulls `--catchup` small signed entries (~100-byte
+  payloads) from a peer running as its own process (`crdtd.sync.node_runner`) over real gRPC
+  with mutual TLS, every entry verified and validated; the baseline inserts the same entry
+  rows straight into a fresh store's `entries` table in batches of 1,000, one durable commit
+  per batch. Prints `catchup_entries_per_s`, `sqlite_batched_inserts_per_s` and their ratio.
 
     python benchmarks/bench_store.py --ingest-mb 1024      # the reported 1 GB run
+    python benchmarks/bench_store.py --only catchup --catchup 100000
 
-The last line is `ingest_MBps: ...`.
+The last line is `ingest_MBps: ...` (or `catchup_vs_sqlite: ...` with `--only catchup`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import struct
 import tempfile
@@ -35,8 +43,11 @@ from crdtd.crypto.keys import NodeKey
 from crdtd.crypto.schemes import verify_ed25519
 from crdtd.state import E4State
 from crdtd.state.entry import Entry, make_contribution, make_membership
+from crdtd.state.testing import bulk_contributions
+from crdtd.store import sqlite as db
 from crdtd.store.chunks import CHUNK_SIZE, BytesSource
 from crdtd.store.merkle import FANOUT, ID_SIZE, LEAF_DEPTH, MerkleIndex
+from crdtd.store.store import NodeStore
 
 
 def rate(n: float, seconds: float) -> float:
@@ -234,6 +245,101 @@ def bench_descent(work: Path, n: int, d: int) -> tuple[int, int]:
     return moved, ID_SIZE * (n + d)
 
 
+# -- catch-up ---------------------------------------------------------------------------------
+
+
+def sqlite_batched(rows: list[tuple[object, ...]], path: Path, batch: int = 1000) -> float:
+    """Seconds to insert `rows` into a fresh store's entries table, `batch` per commit."""
+    conn = db.connect(path)
+    started = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO entries (id, author, seq, kind, prev, namespace, payload_digest, "
+            "status, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows[i : i + batch],
+        )
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    conn.close()
+    return seconds
+
+
+async def pull_everything(work: Path, count: int) -> tuple[float, int, int]:
+    """(seconds, sessions, entries) for a fresh node to pull `count` entries from a peer
+    process over gRPC with mutual TLS."""
+    from bench_sync import start_runner
+
+    from crdtd.crypto import federation as fedmod
+    from crdtd.sync.config import SyncConfig
+    from crdtd.sync.handshake import Identity
+    from crdtd.sync.node import SyncNode
+    from crdtd.sync.transport import GrpcTransport
+
+    fed_dir = work / "fed"
+    fedmod.init(fed_dir, "fed-catchup")
+    cfg_a, cfg_b = fedmod.add_node(fed_dir, "a"), fedmod.add_node(fed_dir, "b")
+    admin_entries = fedmod.Federation.load(fed_dir).admin_entries()
+    states = []
+    for cfg in (cfg_a, cfg_b):
+        st = E4State.open(cfg.data_dir, cfg.federation.admin, cfg.federation.policy)
+        for entry in admin_entries:
+            st.apply(entry)
+        states.append(st)
+    state_a, state_b = states
+    t0 = time.perf_counter()
+    bulk_contributions(state_b, cfg_b.load_key(), count)
+    state_b.close()
+    print(f"catchup_setup_seconds: {time.perf_counter() - t0:.1f}  ({count} entries signed)")
+    proc = start_runner(cfg_b.path, {})
+    config = SyncConfig(rpc_timeout=600.0, stream_idle_timeout=600.0)
+    identity = Identity(
+        cfg_a.load_key(),
+        cfg_a.membership_bytes(),
+        cfg_a.federation.id,
+        cfg_a.federation.admin,
+        cfg_a.federation.policy,
+    )
+    node = SyncNode(state_a, identity, GrpcTransport(cfg_a.tls_material(), config), config)
+    before = state_a.store.entry_count()
+    sessions = 0
+    try:
+        started = time.perf_counter()
+        while True:
+            result = await node.sync_with(cfg_b.advertise)
+            sessions += 1
+            if result.in_sync or not result.pulled:
+                break
+        seconds = time.perf_counter() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        await node.stop()
+    got = state_a.store.entry_count() - before
+    state_a.close()
+    return seconds, sessions, got
+
+
+def bench_catchup(work: Path, count: int) -> dict[str, float]:
+    seconds, sessions, got = asyncio.run(pull_everything(work / "catchup", count))
+    if got != count:
+        raise AssertionError(f"caught up on {got} of {count} entries")
+    store = NodeStore.open(work / "catchup" / "fed" / "b-data", maintenance=False)
+    with store.reading() as c:
+        rows = c.execute(
+            "SELECT id, author, seq, kind, prev, namespace, payload_digest, status, raw "
+            "FROM entries WHERE namespace = 'bench/records'"
+        ).fetchall()
+    store.close()
+    random.Random(3).shuffle(rows)  # arrival order is not id order
+    baseline = sqlite_batched(rows, work / "batched.sqlite")
+    return {
+        "sessions": sessions,
+        "catchup_entries_per_s": count / seconds,
+        "sqlite_batched_inserts_per_s": len(rows) / baseline,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=300, help="small entries to insert")
@@ -243,11 +349,22 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=100, help="tensors in the safetensors file")
     ap.add_argument("--merkle-n", type=int, default=100_000, help="ids for the descent figure")
     ap.add_argument("--merkle-d", type=int, default=10, help="differences for the descent")
+    ap.add_argument("--catchup", type=int, default=100_000, help="entries for the catch-up")
+    ap.add_argument("--only", choices=["catchup"], default=None, help="run one figure only")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_store-", dir=args.dir))
     try:
+        if args.only in (None, "catchup"):
+            r = bench_catchup(work, args.catchup)
+            print(f"catchup_sessions: {r['sessions']:.0f}")
+            print(f"catchup_entries_per_s: {r['catchup_entries_per_s']:,.0f}")
+            print(f"sqlite_batched_inserts_per_s: {r['sqlite_batched_inserts_per_s']:,.0f}")
+            ratio = r["catchup_entries_per_s"] / r["sqlite_batched_inserts_per_s"]
+            print(f"catchup_vs_sqlite: {ratio:.2f}")
+            if args.only:
+                return
         ins, bare_ins, entries, key = bench_inserts(work, args.entries, args.rounds)
         print(f"small-entry inserts/s (signed, durable, best of {args.rounds}): {ins:,.0f}")
         print(

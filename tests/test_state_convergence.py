@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtd.crypto.keys import NodeKey
-from crdtd.errors import NotFoundError
+from crdtd.errors import NotFoundError, ValidationError
 from crdtd.state import ApplyStatus, E4State
 from crdtd.state.entry import Entry, Kind
 from crdtd.state.testing import Federation
@@ -211,3 +211,58 @@ def test_held_entries_survive_a_restart(tmp_path: Path) -> None:
     s.apply(history.entries[0], SOURCE)
     assert len(s.visible()) == 2
     s.close()
+
+
+def forged(e: Entry) -> Entry:
+    """The same header with a signature that does not verify."""
+    bad = bytes(64)
+    return Entry.from_parts(e.header_bytes, [[s.scheme, bad] for s in e.signatures])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    ops=st.lists(op, min_size=1, max_size=14),
+    seed=st.integers(0, 2**32),
+    cuts=st.lists(st.integers(1, 6), min_size=1, max_size=8),
+    forgeries=st.lists(st.integers(0, 100), max_size=3),
+)
+def test_batches_give_the_same_state_as_one_entry_at_a_time(
+    ops: list[tuple[str, str, int]], seed: int, cuts: list[int], forgeries: list[int]
+) -> None:
+    history = build(ops)
+    order = list(range(len(history.entries)))
+    random.Random(seed).shuffle(order)
+    items = [history.entries[i] for i in order]
+    for f in forgeries:  # refused alone, whatever else shares their batch
+        if items:
+            items.insert(f % (len(items) + 1), forged(items[f % len(items)]))
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp:
+        one = E4State.open(Path(tmp) / "one", ADMIN.public_keys)
+        many = E4State.open(Path(tmp) / "many", ADMIN.public_keys)
+        try:
+            for m in history.memberships:
+                one.apply(m)
+                many.apply(m)
+            singly = []
+            for e in items:
+                try:
+                    singly.append(one.apply(e, SOURCE).status)
+                except ValidationError as exc:
+                    singly.append(type(exc))
+            batched = []
+            start, k = 0, 0
+            while start < len(items):
+                step = cuts[k % len(cuts)]
+                for r in many.apply_many(items[start : start + step], SOURCE):
+                    batched.append(type(r) if isinstance(r, ValidationError) else r.status)
+                start, k = start + step, k + 1
+            assert batched == singly
+            assert many.merkle_root() == one.merkle_root()
+            assert many.merkle_root() == root_from_ids(many.store.all_ids())
+            assert {e.id for e in many.visible()} == {e.id for e in one.visible()}
+            assert many.version_vector() == one.version_vector()
+            assert many.held_ids() == one.held_ids()
+            assert set(many.store.iter_chunk_digests()) == set(one.store.iter_chunk_digests())
+        finally:
+            one.close()
+            many.close()

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,12 @@ from crdtd.store.store import NodeStore, PayloadSource
 
 DEFAULT_MAX_PAYLOAD = 64 * 1024**3
 DEFAULT_MAX_HELD = 100_000
+VERIFIED_REMEMBERED = 65_536
+"""Signature checks remembered (a session verifies on arrival, then applies in batches)."""
 _ERASABLE = (int(Kind.CONTRIBUTION), int(Kind.EVIDENCE))
+_KEEPS_LOOKUPS = (Kind.CONTRIBUTION, Kind.REMOVAL)
+"""Kinds whose apply changes no member key, revocation or quarantine: the per-batch lookups
+(`_keys_of`, `_cutoff`, and the yes/no flags) stay valid across them."""
 _JOIN_ORDER = {
     Kind.MEMBERSHIP: 0,
     Kind.REVOCATION: 1,
@@ -87,6 +94,33 @@ NotMemberError when the proof's subject is not known yet, so the entry is retrie
 `crdtd.trust.gating.auto_revocation` is the federation's rule."""
 
 
+class VerifiedSignatures:
+    """Signature checks that passed, remembered so that one entry is verified once.
+
+    Keyed by the entry id, its signature bytes, the public keys and the policy: a result is
+    reused only for exactly the same bytes under exactly the same keys (a forged signature on
+    a known header is a different key, and is verified). Bounded, oldest forgotten first;
+    thread-safe (sessions verify in worker threads).
+    """
+
+    def __init__(self, limit: int = VERIFIED_REMEMBERED) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, e: Entry, keys: PublicKeys, policy: SignaturePolicy) -> None:
+        """`e.verify_signatures(keys, policy)`, skipped when it passed before."""
+        key = (e.id, e.signatures, keys, policy)
+        with self._lock:
+            if key in self._seen:
+                return
+        e.verify_signatures(keys, policy)
+        with self._lock:
+            self._seen[key] = None
+            while len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     """The outcome of one `apply`: the entry's status and any held entries it let in."""
@@ -114,7 +148,9 @@ class E4State:
         self.max_payload_size = max_payload_size
         self.max_held = max_held
         self.revocation_rule = revocation_rule
+        self.signatures = VerifiedSignatures()
         self._entered: list[bytes] = []
+        self._lookups: dict[tuple[str, bytes], object] | None = None
         _bind_federation(store, admin, self.policy)
 
     @classmethod
@@ -229,17 +265,60 @@ class E4State:
         (`put_chunk`, `ingest_file`), else from `payload_source`.
         """
         e = entry if isinstance(entry, Entry) else Entry.from_bytes(entry)
-        written: list[bytes] = []
-        try:
-            with self.store.transaction():
-                self._entered = []
-                result = self._apply(e, payload_source, written)
-                if self._entered:
-                    result = ApplyResult(e.id, result.status, self._release_held())
-        except BaseException:
-            self._drop_unreferenced(written)
-            raise
+        (result,) = self.apply_many([e], payload_source)
+        if isinstance(result, ValidationError):
+            raise result
         return result
+
+    def apply_many(
+        self, entries: Sequence[Entry], payload_source: PayloadSource | None = None
+    ) -> list[ApplyResult | ValidationError]:
+        """Validate each entry on its own, then commit them all in one durable transaction.
+
+        Every entry is checked exactly as `apply` checks it, inside its own SAVEPOINT: one
+        that fails is rolled back alone and comes back as its ValidationError (state as if it
+        had never been offered), the others stay. Any other error rolls the whole batch back.
+        Nothing of the batch is visible to readers, nor acknowledged to anyone, before the
+        COMMIT returns (synchronous=FULL), so a crash loses the batch whole or not at all.
+        """
+        out: list[ApplyResult | ValidationError] = []
+        failed: list[bytes] = []  # chunk files written by refused entries
+        every: list[bytes] = []  # by any entry of the batch
+        lookups: dict[tuple[str, bytes], object] = {}
+        try:
+            with self.store.transaction() as c:
+                self._lookups = lookups
+                for e in entries:
+                    written: list[bytes] = []
+                    keeps = e.kind in _KEEPS_LOOKUPS
+                    if not keeps:
+                        lookups.clear()
+                    c.execute("SAVEPOINT entry")
+                    try:
+                        self._entered = []
+                        result = self._apply(e, payload_source, written)
+                        if self._entered:
+                            result = ApplyResult(e.id, result.status, self._release_held())
+                    except ValidationError as exc:
+                        c.execute("ROLLBACK TO entry")
+                        failed.extend(written)
+                        out.append(exc)
+                        keeps = False
+                    else:
+                        out.append(result)
+                        keeps = keeps and not result.released
+                    finally:
+                        c.execute("RELEASE entry")
+                        every.extend(written)
+                    if not keeps:
+                        lookups.clear()
+        except BaseException:
+            self._drop_unreferenced(every)
+            raise
+        finally:
+            self._lookups = None
+        self._drop_unreferenced(failed)
+        return out
 
     def join(self, other: E4State) -> int:
         """Apply every entry `other` holds (in its set or held) that this state lacks; returns
@@ -270,9 +349,8 @@ class E4State:
 
     def _apply(self, e: Entry, source: PayloadSource | None, written: list[bytes]) -> ApplyResult:
         c = self.store.conn
-        if c.execute("SELECT 1 FROM entries WHERE id = ?", (e.id,)).fetchone():
-            return ApplyResult(e.id, ApplyStatus.DUPLICATE)
-        if c.execute("SELECT 1 FROM pending WHERE id = ?", (e.id,)).fetchone():
+        also = "UNION ALL SELECT 1 FROM pending WHERE id = ?1 " if self._held_exist() else ""
+        if c.execute(f"SELECT 1 FROM entries WHERE id = ?1 {also}LIMIT 1", (e.id,)).fetchone():
             return ApplyResult(e.id, ApplyStatus.DUPLICATE)
         proof = self._validate_header(e)
         auto = self._auto_revocation(e)
@@ -296,6 +374,7 @@ class E4State:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (e.id, e.author, e.seq, e.prev, payload, e.to_bytes()),
             )
+            self._note("held")
             if e.kind is Kind.REMOVAL:
                 self._removal_rows(e)
             return ApplyResult(e.id, ApplyStatus.HELD)
@@ -317,7 +396,7 @@ class E4State:
         err: SignatureError | None = None
         for keys in candidates:
             try:
-                e.verify_signatures(keys, self.policy)
+                self.signatures.verify(e, keys, self.policy)
                 err = None
                 break
             except SignatureError as exc:
@@ -434,7 +513,7 @@ class E4State:
         if manifest.digest != digest:
             raise DigestMismatchError(f"{where}: chunks hash to {manifest.digest.hex()}")
         for i, ref in enumerate(manifest.chunks):
-            if self.store.has_chunk(ref.digest):
+            if self.store.has_chunk(ref.digest, ref.size):
                 continue
             if source is None:
                 raise MissingPayloadError(f"{where}: chunk {i} ({ref.digest.hex()}) not stored")
@@ -512,6 +591,7 @@ class E4State:
         is recorded as a tombstone instead of waiting for a payload nobody keeps)."""
         c = self.store.conn
         body = r.body
+        self._note("removals")
         c.executemany(
             "INSERT OR IGNORE INTO removal_targets (target, removal, remover) VALUES (?, ?, ?)",
             [(t, r.id, r.author) for t in body.targets],  # type: ignore[union-attr]
@@ -575,6 +655,12 @@ class E4State:
             self.store.release_payload(bytes(row[0]))
 
     def _erased(self, e: Entry) -> bool:
+        if not self._flag(
+            "removals",
+            "SELECT EXISTS (SELECT 1 FROM removal_targets) OR EXISTS "
+            "(SELECT 1 FROM author_removals)",
+        ):
+            return False
         c = self.store.conn
         for (remover,) in c.execute(
             "SELECT remover FROM removal_targets WHERE target = ?", (e.id,)
@@ -646,6 +732,8 @@ class E4State:
         """
         c = self.store.conn
         released: list[bytes] = []
+        if not self._held_exist():
+            return ()
         frontier = sorted(self._entered)
         while frontier:
             prev = heapq.heappop(frontier)
@@ -672,16 +760,46 @@ class E4State:
     def _keys_of(self, author: bytes) -> list[PublicKeys]:
         if author == self.admin.key_id:
             return [self.admin]
+        cache = self._lookups
+        if cache is not None and ("keys", author) in cache:
+            return cache["keys", author]  # type: ignore[return-value]
         rows = self.store.conn.execute(
             "SELECT ed25519, ml_dsa_65 FROM members WHERE key_id = ? ORDER BY entry", (author,)
         ).fetchall()
-        return [PublicKeys(bytes(ed), None if ml is None else bytes(ml)) for ed, ml in rows]
+        keys = [PublicKeys(bytes(ed), None if ml is None else bytes(ml)) for ed, ml in rows]
+        if cache is not None:
+            cache["keys", author] = keys
+        return keys
 
     def _cutoff(self, key_id: bytes) -> int | None:
+        cache = self._lookups
+        if cache is not None and ("cutoff", key_id) in cache:
+            return cache["cutoff", key_id]  # type: ignore[return-value]
         row = self.store.conn.execute(
             "SELECT MIN(cutoff) FROM revocations WHERE revoked = ?", (key_id,)
         ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        cutoff = None if row is None or row[0] is None else int(row[0])
+        if cache is not None:
+            cache["cutoff", key_id] = cutoff
+        return cutoff
+
+    def _flag(self, name: str, sql: str) -> bool:
+        """A yes/no question about the whole store, asked once per batch while it stays no."""
+        cache = self._lookups
+        if cache is not None and ("flag", name.encode()) in cache:
+            return bool(cache["flag", name.encode()])
+        answer = bool(self.store.conn.execute(sql).fetchone()[0])
+        if cache is not None:
+            cache["flag", name.encode()] = answer
+        return answer
+
+    def _note(self, name: str) -> None:
+        """Something `_flag` asks about now exists (removal rows, held entries)."""
+        if self._lookups is not None:
+            self._lookups["flag", name.encode()] = True
+
+    def _held_exist(self) -> bool:
+        return self._flag("held", "SELECT EXISTS (SELECT 1 FROM pending)")
 
     def _drop_unreferenced(self, digests: list[bytes]) -> None:
         """After a refused apply, delete the chunk files it wrote that nothing references."""

@@ -77,6 +77,32 @@ class Federation:
         return self._record(make_evidence(k, seq, prev, subject, "integrity", weight, proof=proof))
 
 
+def bulk_contributions(
+    state: E4State,
+    key: NodeKey,
+    count: int,
+    namespace: str = "bench/records",
+    step: int = 5000,
+) -> list[bytes]:
+    """Append `count` signed contributions by `key` (payloads of ~100 bytes) straight into the
+    store, `step` per transaction; returns their ids. Setup for benchmarks and scenario tests:
+    the entries are valid by construction, so E4State's checks are skipped."""
+    from crdtd.store.sqlite import LIVE
+
+    store = state.store
+    seq, prev = state.chain_next(key.key_id)
+    ids = []
+    for start in range(0, count, step):
+        with store.transaction():
+            for i in range(start, min(count, start + step)):
+                m = store.ingest_bytes(f"record {i:08d} ".encode() * 6)
+                e = make_contribution(key, seq, prev, namespace, m.digest, m.size)
+                store.insert_entry(e, LIVE)
+                ids.append(e.id)
+                seq, prev = seq + 1, e.id
+    return ids
+
+
 def fingerprint(state: E4State) -> dict[str, object]:
     """Everything observable about a state (ids and statuses, visible set, clock, held entries,
     manifests, chunk files, Merkle root): equal fingerprints mean "unchanged"."""

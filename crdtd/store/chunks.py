@@ -258,6 +258,7 @@ class ChunkDir:
 
     def __init__(self, root: Path, clean_tmp: bool = True) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         if clean_tmp:
@@ -279,7 +280,10 @@ class ChunkDir:
         return self.root / h[:2] / h[2:4] / h
 
     def has(self, digest: bytes) -> bool:
-        return digest in self._deferred or self.path(digest).is_file()
+        if digest in self._deferred:
+            return True
+        h = digest.hex()  # os.path, not pathlib: asked once per chunk of every entry applied
+        return os.path.isfile(os.path.join(self._root, h[:2], h[2:4], h))
 
     def read(self, digest: bytes, verify: bool = True) -> bytes:
         """The chunk's bytes; raises NotFoundError, or CorruptionError if they no longer match."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +34,18 @@ INLINE_MAX = 64 * 1024
 """Chunks up to this many bytes are stored inside SQLite rather than as files."""
 
 
+_PART = 500
+"""Ids per `IN (...)` query (SQLite allows 32,766 parameters; smaller keeps locks short)."""
+
+
+def _parts(items: Sequence[bytes]) -> list[Sequence[bytes]]:
+    return [items[i : i + _PART] for i in range(0, len(items), _PART)]
+
+
+def _marks(part: Sequence[bytes]) -> str:
+    return ",".join("?" * len(part))
+
+
 class PayloadSource(Protocol):
     """Where apply fetches a payload it does not hold: a manifest and its chunks."""
 
@@ -54,6 +66,8 @@ class NodeStore:
         self._depth = 0
         self._owner = 0
         self._changed: set[bytes] = set()
+        self._clock_dirty: dict[bytes, bool] = {}
+        """Authors whose clock the transaction must advance (False) or recompute (True)."""
         self._after_commit: list[bytes] = []
         self._erased_inline = False
         self._closed = False
@@ -97,11 +111,13 @@ class NodeStore:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self._owner = threading.get_ident()
                 self._changed.clear()
+                self._clock_dirty.clear()
                 self._after_commit.clear()
             self._depth += 1
             try:
                 yield self.conn
                 if outer:
+                    self._settle_clocks()
                     self.merkle.update(self._changed)
                     self.chunks.flush()
                     self.conn.execute("COMMIT")
@@ -176,6 +192,36 @@ class NodeStore:
             raise NotFoundError(f"entry {echo(entry_id)} is not in the store")
         return bytes(rows[0][0])
 
+    def entries_raw(self, ids: Sequence[bytes]) -> dict[bytes, tuple[bytes, bytes | None]]:
+        """id -> (wire bytes, payload digest or None) for the ids held, in few queries (what
+        sync serves: no decoding)."""
+        out: dict[bytes, tuple[bytes, bytes | None]] = {}
+        for part in _parts(ids):
+            sql = f"SELECT id, raw, payload_digest FROM entries WHERE id IN ({_marks(part)})"
+            for eid, raw, digest in self._q(sql, tuple(part)):
+                out[bytes(eid)] = (bytes(raw), None if digest is None else bytes(digest))
+        return out
+
+    def manifests_raw(self, digests: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
+        """payload digest -> (manifest bytes, payload size) for the payloads held."""
+        out: dict[bytes, tuple[bytes, int]] = {}
+        for part in _parts(digests):
+            sql = f"SELECT digest, manifest, size FROM payloads WHERE digest IN ({_marks(part)})"
+            for digest, manifest, size in self._q(sql, tuple(part)):
+                out[bytes(digest)] = (bytes(manifest), int(size))
+        return out
+
+    def inline_chunks(self, digests: Sequence[bytes]) -> dict[bytes, bytes]:
+        """digest -> bytes of the inline (small) chunks held that still hash to their digest
+        (a corrupt one is left out: `read_chunk` and fsck report it)."""
+        out: dict[bytes, bytes] = {}
+        for part in _parts(digests):
+            sql = f"SELECT digest, data FROM small_chunks WHERE digest IN ({_marks(part)})"
+            for digest, data in self._q(sql, tuple(part)):
+                if chunk_digest(bytes(data)) == bytes(digest):
+                    out[bytes(digest)] = bytes(data)
+        return out
+
     def entry_status(self, entry_id: bytes) -> int | None:
         """db.LIVE, db.TOMBSTONED, db.QUARANTINED, or None when absent."""
         rows = self._q("SELECT status FROM entries WHERE id = ?", (entry_id,))
@@ -244,7 +290,7 @@ class NodeStore:
             ),
         )
         self._changed.add(entry.id)
-        self._advance_clock(entry.author)
+        self._clock_dirty.setdefault(entry.author, False)
 
     def delete_entry(self, entry_id: bytes) -> None:
         row = self.conn.execute("SELECT author FROM entries WHERE id = ?", (entry_id,)).fetchone()
@@ -252,10 +298,20 @@ class NodeStore:
             return
         self.conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
         self._changed.add(entry_id)
-        self._recompute_clock(bytes(row[0]))
+        self._clock_dirty[bytes(row[0])] = True
 
     def set_status(self, entry_id: bytes, status: int) -> None:
         self.conn.execute("UPDATE entries SET status = ? WHERE id = ?", (status, entry_id))
+
+    def _settle_clocks(self) -> None:
+        """Bring the clock of every author the transaction touched up to date, once each
+        (inserts only advance it; a delete recomputes it)."""
+        for author in sorted(self._clock_dirty):
+            if self._clock_dirty[author]:
+                self._recompute_clock(author)
+            else:
+                self._advance_clock(author)
+        self._clock_dirty.clear()
 
     def _advance_clock(self, author: bytes) -> None:
         row = self.conn.execute("SELECT seq FROM clock WHERE author = ?", (author,)).fetchone()
@@ -289,7 +345,12 @@ class NodeStore:
             raise NotFoundError(f"payload {echo(payload_digest)} has no manifest in the store")
         return Manifest.from_bytes(bytes(rows[0][0]))
 
-    def has_chunk(self, digest: bytes) -> bool:
+    def has_chunk(self, digest: bytes, size: int | None = None) -> bool:
+        """True when the chunk is stored; `size`, when known, says where to look first."""
+        if size is not None and size <= INLINE_MAX:
+            if self._q("SELECT 1 FROM small_chunks WHERE digest = ?", (digest,)):
+                return True
+            return self.chunks.has(digest)
         if self.chunks.has(digest):
             return True
         return bool(self._q("SELECT 1 FROM small_chunks WHERE digest = ?", (digest,)))

@@ -24,14 +24,25 @@ from crdtd.errors import NotFoundError, ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
 from crdtd.state.entry import Entry, Kind
+from crdtd.store.chunks import Manifest
+from crdtd.store.store import NodeStore
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import HandshakeServer, Identity, PeerIdentity, Session
-from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of
+from crdtd.sync.receive import (
+    INLINE_PAYLOAD_MAX,
+    Incoming,
+    Misbehaviour,
+    Receiver,
+    inline_payload,
+    pieces_of,
+)
 from crdtd.sync.reconcile import DigestExchange, exchange_for
 from crdtd.sync.transport import Caller
 
 MAX_IDS_PER_FETCH = 100_000
 MAX_CHUNKS_PER_FETCH = 100_000
+SERVE_GROUP = 256
+"""Entries looked up per query when serving FetchEntries."""
 
 
 class PeerEvents(Protocol):
@@ -130,31 +141,54 @@ class LocalPeer:
                 break
 
     def _batch(self, ids: list[bytes], start: int) -> tuple[pb.EntryBatch, int]:
-        """Records from ids[start:] up to about batch_bytes; returns the batch and next index."""
+        """Records from ids[start:] up to about batch_bytes; returns the batch and next index.
+
+        Entries go out as stored (no decoding unless the relay filter needs it), with their
+        manifests and, for payloads of at most INLINE_PAYLOAD_MAX bytes, their chunks; looked
+        up SERVE_GROUP ids at a time."""
         store = self.state.store
         batch = pb.EntryBatch()
         size = 0
         i = start
         while i < len(ids) and (size < self.config.batch_bytes or not batch.records):
-            entry_id = ids[i]
-            i += 1
-            try:
-                entry = store.get_entry(entry_id)
-            except NotFoundError:
-                batch.unknown.append(entry_id)
-                continue
-            if self.relay_filter is not None and not self.relay_filter(entry):
-                batch.unknown.append(entry_id)
-                continue
-            manifest = b""
-            if entry.kind is Kind.CONTRIBUTION:
-                digest = entry.as_contribution().payload_digest
-                if store.has_manifest(digest):
-                    manifest = store.get_manifest(digest).to_bytes()
-            raw = entry.to_bytes()
-            batch.records.append(pb.EntryRecord(entry=raw, manifest=manifest))
-            size += len(raw) + len(manifest)
+            group = ids[i : i + SERVE_GROUP]
+            for rec_id, rec in zip(group, self._records(store, group)):
+                i += 1
+                if rec is None:
+                    batch.unknown.append(rec_id)
+                    continue
+                batch.records.append(rec)
+                size += len(rec.entry) + len(rec.manifest) + sum(len(c) for c in rec.chunks)
+                if size >= self.config.batch_bytes:
+                    break
         return batch, i
+
+    def _records(self, store: NodeStore, group: Sequence[bytes]) -> list[pb.EntryRecord | None]:
+        """The wire record of each id (None: not held, or held back by the relay filter)."""
+        rows = store.entries_raw(group)
+        manifests = store.manifests_raw(sorted({d for _, d in rows.values() if d is not None}))
+        tiny = {
+            d: Manifest.from_bytes(m) for d, (m, n) in manifests.items() if n <= INLINE_PAYLOAD_MAX
+        }
+        chunks = store.inline_chunks(sorted({r.digest for m in tiny.values() for r in m.chunks}))
+        out: list[pb.EntryRecord | None] = []
+        for entry_id in group:
+            row = rows.get(entry_id)
+            if row is None:
+                out.append(None)
+                continue
+            raw, digest = row
+            if self.relay_filter is not None and not self.relay_filter(Entry.from_bytes(raw)):
+                out.append(None)
+                continue
+            rec = pb.EntryRecord(entry=raw)
+            if digest is not None and digest in manifests:
+                rec.manifest = manifests[digest][0]
+                small = tiny.get(digest)
+                if small is not None and all(r.digest in chunks for r in small.chunks):
+                    rec.chunks.extend(chunks[r.digest] for r in small.chunks)
+            out.append(rec)
+        return out
 
     async def fetch_chunks(
         self, caller: Caller, req: pb.FetchChunksRequest
@@ -171,7 +205,9 @@ class LocalPeer:
 
     async def offer(self, caller: Caller, req: pb.OfferRequest) -> pb.OfferResponse:
         session = self._session(caller)
-        checked = self.receiver.check(req.records, None, session.peer.short)
+        checked = await asyncio.to_thread(
+            self.receiver.check, req.records, None, session.peer.short
+        )
         outcome = await self.receiver.apply(checked.verified)
         wanted = outcome.incomplete
         missing = self.receiver.missing_chunks(wanted)
@@ -206,7 +242,7 @@ class LocalPeer:
                 first_piece = msg.piece
                 break
             raise ProtocolError(f"peer {peer}: push message carries nothing")
-        checked = self.receiver.check(records, None, peer)
+        checked = await asyncio.to_thread(self.receiver.check, records, None, peer)
         if checked.rejected:
             self._misbehaved(session.peer, checked.misbehaviour)
             raise ProtocolError(
@@ -267,10 +303,16 @@ def records_for(
             continue
         if relay_filter is not None and not relay_filter(entry):
             continue
-        manifest = None
-        if entry.kind is Kind.CONTRIBUTION:
-            digest = entry.as_contribution().payload_digest
-            if store.has_manifest(digest):
-                manifest = store.get_manifest(digest)
-        out.append(Incoming(entry, manifest))
+        out.append(_with_manifest(store, entry))
     return out
+
+
+def _with_manifest(store: NodeStore, entry: Entry) -> Incoming:
+    """An entry of ours as sent: with its payload manifest, and a tiny payload inline."""
+    if entry.kind is not Kind.CONTRIBUTION:
+        return Incoming(entry, None)
+    digest = entry.as_contribution().payload_digest
+    if not store.has_manifest(digest):
+        return Incoming(entry, None)
+    manifest = store.get_manifest(digest)
+    return Incoming(entry, manifest, inline_payload(store, manifest))

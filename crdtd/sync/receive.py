@@ -5,8 +5,14 @@ is checked before any of its payload moves: the entry decodes strictly, its id i
 asked for, its signatures verify under the author's membership keys (known here, or admitted
 by an admin-signed membership entry in the same transfer) and its manifest hashes to the
 payload digest. Chunks are verified by `put_chunk` as they land and stay on disk, so a cut
-transfer resumes with only the chunks still missing. Each entry is then applied on its own
-through `E4State.apply` (one durable transaction per entry).
+transfer resumes with only the chunks still missing. Entries are then validated one by one
+and committed `apply_batch` at a time (`E4State.apply_many`: one durable transaction per
+batch, a refused entry rolled back alone to its savepoint).
+
+Acknowledged means committed: an entry id is reported as applied (in `Outcome.applied`, so
+in an `Offer`/`Push` reply, a `SessionResult` or a Watch event), served, or counted in the
+Merkle root only after the COMMIT of its batch returned, so a kill -9 mid-batch loses only
+entries nobody was told about; the next session finds them missing and fetches them again.
 
 What shows misbehaviour (a record that does not decode, an id not asked for, a bad signature
 or manifest, an equivocation, a broken chain link) is also kept as a `Misbehaviour` with the
@@ -36,10 +42,15 @@ from crdtd.errors import (
     ValidationError,
 )
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
-from crdtd.state.e4 import ApplyStatus, E4State
+from crdtd.state.e4 import ApplyResult, ApplyStatus, E4State
 from crdtd.state.entry import Entry, EquivocationProof, Kind
 from crdtd.store.chunks import CHUNK_SIZE, Manifest
+from crdtd.store.store import NodeStore
 from crdtd.sync.config import SyncConfig
+
+VERIFY_THREADS = 2
+VERIFY_CHUNK = 256
+"""Signatures checked ahead in worker threads, this many per task."""
 
 JOIN_ORDER = {
     Kind.MEMBERSHIP: 0,
@@ -53,10 +64,12 @@ JOIN_ORDER = {
 
 @dataclass(frozen=True)
 class Incoming:
-    """A verified record: the entry and, for a contribution, its payload manifest."""
+    """A verified record: the entry and, for a contribution, its payload manifest and the
+    chunks that came inline with it (tiny payloads; verified when applied)."""
 
     entry: Entry
     manifest: Manifest | None
+    chunks: tuple[bytes, ...] = ()
 
     @property
     def id(self) -> bytes:
@@ -109,6 +122,7 @@ class Checked:
     rejected: list[tuple[bytes, str]] = field(default_factory=list)
     deferred: list[bytes] = field(default_factory=list)
     misbehaviour: list[Misbehaviour] = field(default_factory=list)
+    deferred_records: list[pb.EntryRecord] = field(default_factory=list)
 
     def reject(self, m: Misbehaviour, reason: str) -> None:
         """Record a rejected record, with its reason and the bytes that show it."""
@@ -135,7 +149,14 @@ class _ManifestSource:
     """PayloadSource for apply: manifests from the transfer; chunks must already be local."""
 
     def __init__(self, items: Iterable[Incoming]) -> None:
-        self.manifests = {i.manifest.digest: i.manifest for i in items if i.manifest is not None}
+        self.manifests: dict[bytes, Manifest] = {}
+        self.chunks: dict[bytes, bytes] = {}
+        for i in items:
+            if i.manifest is None:
+                continue
+            self.manifests[i.manifest.digest] = i.manifest
+            for ref, data in zip(i.manifest.chunks, i.chunks):
+                self.chunks[ref.digest] = data
 
     def get_manifest(self, payload_digest: bytes) -> Manifest:
         try:
@@ -144,7 +165,46 @@ class _ManifestSource:
             raise NotFoundError(f"payload {payload_digest.hex()}: no manifest received") from None
 
     def read_chunk(self, digest: bytes) -> bytes:
-        raise NotFoundError(f"chunk {digest.hex()} has not been received yet")
+        """A chunk that came inline with its record (apply checks its digest and size)."""
+        try:
+            return self.chunks[digest]
+        except KeyError:
+            raise NotFoundError(f"chunk {digest.hex()} has not been received yet") from None
+
+
+INLINE_PAYLOAD_MAX = 4096
+"""A payload of at most this many bytes travels inside its EntryRecord (no FetchChunks)."""
+
+
+def _inline_chunks(manifest: Manifest, chunks: Sequence[bytes]) -> tuple[bytes, ...]:
+    """Inline chunks kept only when they fit the manifest's shape (digests are checked when
+    the entry is applied); anything else is ignored and the chunks are fetched as usual."""
+    refs = manifest.chunks
+    if manifest.size > INLINE_PAYLOAD_MAX or len(chunks) != len(refs):
+        return ()
+    if any(len(c) != r.size for c, r in zip(chunks, refs)):
+        return ()
+    return tuple(chunks)
+
+
+def record_of(item: Incoming) -> pb.EntryRecord:
+    """The wire record of an entry we send: header, manifest, inline chunks."""
+    return pb.EntryRecord(
+        entry=item.entry.to_bytes(),
+        manifest=item.manifest.to_bytes() if item.manifest is not None else b"",
+        chunks=item.chunks,
+    )
+
+
+def inline_payload(store: NodeStore, manifest: Manifest | None) -> tuple[bytes, ...]:
+    """A tiny payload's chunks, to send inline with its record (empty when too large or not
+    all stored)."""
+    if manifest is None or not manifest.chunks or manifest.size > INLINE_PAYLOAD_MAX:
+        return ()
+    try:
+        return tuple(store.read_chunk(ref.digest) for ref in manifest.chunks)
+    except CrdtdError:
+        return ()
 
 
 def sort_for_apply(items: Iterable[Incoming]) -> list[Incoming]:
@@ -197,6 +257,8 @@ class Receiver:
         """
         asked = set(expected) if expected is not None else None
         decoded: list[tuple[Entry, bytes, bytes]] = []
+        inline: dict[bytes, tuple[bytes, ...]] = {}
+        originals: dict[bytes, pb.EntryRecord] = {}
         checked = Checked()
         for i, rec in enumerate(records):
             wire, manifest = bytes(rec.entry), bytes(rec.manifest)
@@ -214,16 +276,27 @@ class Receiver:
                 checked.reject(Misbehaviour("unasked", e.id, wire, why, manifest), why)
                 continue
             decoded.append((e, wire, manifest))
+            originals[e.id] = rec
+            if rec.chunks:
+                inline[e.id] = tuple(rec.chunks)
         ring = self.keyring([e for e, _, _ in decoded])
         seen: set[bytes] = set()
-        for e, wire, raw_manifest in decoded:
-            if e.id in seen:
-                continue
-            seen.add(e.id)
+        unique = []
+        for rec_parts in decoded:
+            if rec_parts[0].id not in seen:
+                seen.add(rec_parts[0].id)
+                unique.append(rec_parts)
+        self._verify_signatures(unique, ring)
+        for e, wire, raw_manifest in unique:
             try:
-                checked.verified.append(self._verify(e, raw_manifest, ring))
+                got = self._verify(e, raw_manifest, ring)
+                chunks = inline.get(e.id, ())
+                if chunks and got.manifest is not None:
+                    got = Incoming(e, got.manifest, _inline_chunks(got.manifest, chunks))
+                checked.verified.append(got)
             except NotMemberError:
                 checked.deferred.append(e.id)
+                checked.deferred_records.append(originals[e.id])
             except ValidationError as exc:
                 kind = (
                     "bad_signature"
@@ -236,6 +309,30 @@ class Receiver:
                 checked.reject(m, f"peer {peer}: {exc}")
         return checked
 
+    def _verify_signatures(
+        self, items: Sequence[tuple[Entry, bytes, bytes]], ring: dict[bytes, list[PublicKeys]]
+    ) -> None:
+        """Check signatures ahead of `_verify`, VERIFY_THREADS at once (the library releases
+        the GIL while it verifies); results land in the state's VerifiedSignatures, so
+        neither `_verify` nor `E4State.apply_many` verifies the same bytes again."""
+        if len(items) < 2 * VERIFY_CHUNK:
+            return
+        policy = self.state.policy
+        known = self.state.signatures
+
+        def run(part: Sequence[tuple[Entry, bytes, bytes]]) -> None:
+            for e, _, _ in part:
+                for keys in ring.get(e.author, ()):
+                    try:
+                        known.verify(e, keys, policy)
+                        break
+                    except SignatureError:
+                        continue
+
+        parts = [items[i : i + VERIFY_CHUNK] for i in range(0, len(items), VERIFY_CHUNK)]
+        with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify") as pool:
+            list(pool.map(run, parts))
+
     def _verify(
         self, e: Entry, raw_manifest: bytes, ring: dict[bytes, list[PublicKeys]]
     ) -> Incoming:
@@ -246,7 +343,7 @@ class Receiver:
         error: SignatureError | None = None
         for keys in candidates:
             try:
-                e.verify_signatures(keys, self.state.policy)
+                self.state.signatures.verify(e, keys, self.state.policy)
                 error = None
                 break
             except SignatureError as exc:
@@ -361,7 +458,8 @@ class Receiver:
     # -- applying ----------------------------------------------------------------------------
 
     async def apply(self, items: Sequence[Incoming]) -> Outcome:
-        """Apply entries one by one (retrying those refused while others still go in).
+        """Apply entries in batches of `apply_batch` (one durable transaction each, every
+        entry validated on its own), retrying those refused while others still go in.
 
         `applied` lists what entered the set (including held entries it released), `held`
         what waits for its predecessor. Contributions whose chunks are not all stored come
@@ -373,26 +471,15 @@ class Receiver:
         outcome = Outcome()
         errors: dict[bytes, ValidationError] = {}
         incomplete: dict[bytes, Incoming] = {}
+        step = self.config.apply_batch
         while todo:
             left: list[Incoming] = []
-            for item in todo:
-                try:
-                    result = await asyncio.to_thread(self.state.apply, item.entry, source)
-                except MissingPayloadError:
-                    incomplete[item.id] = item
-                    errors.pop(item.id, None)
-                    continue
-                except ValidationError as exc:
-                    errors[item.id] = exc
-                    left.append(item)
-                    continue
-                incomplete.pop(item.id, None)
-                errors.pop(item.id, None)
-                if result.status is ApplyStatus.HELD:
-                    outcome.held.append(item.id)
-                elif result.status is not ApplyStatus.DUPLICATE:
-                    outcome.applied.append(item.id)
-                outcome.applied.extend(result.released)
+            for start in range(0, len(todo), step):
+                batch = todo[start : start + step]
+                results = await asyncio.to_thread(
+                    self.state.apply_many, [i.entry for i in batch], source
+                )
+                self._sort_results(batch, results, outcome, errors, incomplete, left)
             if len(left) == len(todo):
                 break
             todo = left
@@ -410,6 +497,34 @@ class Receiver:
                 outcome.misbehaviour.append(Misbehaviour("chain", i, wire, str(err)))
         outcome.incomplete = [incomplete[i] for i in sorted(incomplete)]
         return outcome
+
+    @staticmethod
+    def _sort_results(
+        batch: Sequence[Incoming],
+        results: Sequence[ApplyResult | ValidationError],
+        outcome: Outcome,
+        errors: dict[bytes, ValidationError],
+        incomplete: dict[bytes, Incoming],
+        left: list[Incoming],
+    ) -> None:
+        """File one committed batch's results: applied, held, waiting for chunks, or refused
+        (to be retried in the next pass)."""
+        for item, result in zip(batch, results):
+            if isinstance(result, MissingPayloadError):
+                incomplete[item.id] = item
+                errors.pop(item.id, None)
+                continue
+            if isinstance(result, ValidationError):
+                errors[item.id] = result
+                left.append(item)
+                continue
+            incomplete.pop(item.id, None)
+            errors.pop(item.id, None)
+            if result.status is ApplyStatus.HELD:
+                outcome.held.append(item.id)
+            elif result.status is not ApplyStatus.DUPLICATE:
+                outcome.applied.append(item.id)
+            outcome.applied.extend(result.released)
 
     def _serve_read(self, digest: bytes) -> bytes | None:
         """A chunk to serve: a file chunk is not re-hashed (see `read_chunk`), only its length

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from crdtd.errors import HandshakeError, PeerRefusedError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
-from crdtd.state.entry import Entry
+from crdtd.state.entry import Entry, Kind
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import (
     NONCE_SIZE,
@@ -36,7 +36,15 @@ from crdtd.sync.handshake import (
     verify_server_hello,
 )
 from crdtd.sync.peer import records_for
-from crdtd.sync.receive import Incoming, Misbehaviour, Receiver, pieces_of, sort_for_apply
+from crdtd.sync.receive import (
+    Checked,
+    Incoming,
+    Misbehaviour,
+    Receiver,
+    pieces_of,
+    record_of,
+    sort_for_apply,
+)
 from crdtd.sync.reconcile import DigestExchange, Exchanges
 from crdtd.sync.transport import PeerClient, TransferStats
 
@@ -209,20 +217,15 @@ class AntiEntropySession:
     # -- pull --------------------------------------------------------------------------------
 
     async def _pull(self, conn: Connection, ids: Sequence[bytes], result: SessionResult) -> None:
-        client = conn.client
         peer = conn.peer.short if conn.peer else conn.address
-        records: list[pb.EntryRecord] = []
-        for start in range(0, len(ids), IDS_PER_FETCH):
-            asked = ids[start : start + IDS_PER_FETCH]
-            async for batch in client.fetch_entries(pb.FetchEntriesRequest(ids=asked)):
-                records.extend(batch.records)
-        checked = self.receiver.check(records, ids, peer)
+        checked = await self._fetch_and_check(conn.client, ids, peer)
         result.rejected.extend(checked.rejected)
         result.deferred.extend(checked.deferred)
         result.misbehaviour.extend(checked.misbehaviour)
         got = {i.id for i in checked.verified} | set(checked.deferred)
         got |= {m.entry_id for m in checked.misbehaviour}
         result.unserved.extend(i for i in ids if i not in got)
+        client = conn.client
         first = await self.receiver.apply(checked.verified)
         result.pulled.extend(first.applied)
         result.held.extend(first.held)
@@ -243,6 +246,54 @@ class AntiEntropySession:
         result.refused.extend(second.refused)
         result.misbehaviour.extend(second.misbehaviour)
         result.incomplete.extend(i.id for i in second.incomplete)
+
+    async def _fetch_and_check(
+        self, client: PeerClient, ids: Sequence[bytes], peer: str
+    ) -> Checked:
+        """Fetch the headers IDS_PER_FETCH at a time and check each group (decode, verify
+        signatures, manifests) in worker threads while the peer serves the next one.
+
+        A group is checked with the keys known then; records deferred for want of their
+        author's membership are checked once more at the end, together with every
+        membership entry the transfer brought."""
+        groups: asyncio.Queue[tuple[Sequence[bytes], list[pb.EntryRecord]] | None]
+        groups = asyncio.Queue(maxsize=2)
+
+        async def fetch() -> None:
+            try:
+                for start in range(0, len(ids), IDS_PER_FETCH):
+                    asked = ids[start : start + IDS_PER_FETCH]
+                    records: list[pb.EntryRecord] = []
+                    async for batch in client.fetch_entries(pb.FetchEntriesRequest(ids=asked)):
+                        records.extend(batch.records)
+                    await groups.put((asked, records))
+            finally:
+                await groups.put(None)
+
+        task = asyncio.create_task(fetch())
+        out = Checked()
+        later: list[pb.EntryRecord] = []
+        try:
+            while (group := await groups.get()) is not None:
+                asked, records = group
+                part = await asyncio.to_thread(self.receiver.check, records, asked, peer)
+                out.verified.extend(part.verified)
+                out.rejected.extend(part.rejected)
+                out.misbehaviour.extend(part.misbehaviour)
+                later.extend(part.deferred_records)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+        if later:
+            members = [record_of(i) for i in out.verified if i.entry.kind is Kind.MEMBERSHIP]
+            again = await asyncio.to_thread(self.receiver.check, later + members, ids, peer)
+            known = {i.id for i in out.verified}
+            out.verified.extend(i for i in again.verified if i.id not in known)
+            out.rejected.extend(again.rejected)
+            out.misbehaviour.extend(again.misbehaviour)
+            out.deferred.extend(again.deferred)
+        return out
 
     # -- push --------------------------------------------------------------------------------
 
@@ -266,7 +317,7 @@ class AntiEntropySession:
 
         async def messages() -> AsyncIterator[pb.PushMessage]:
             for item in wanted:
-                yield pb.PushMessage(record=_record(item))
+                yield pb.PushMessage(record=record_of(item))
             async for piece in pieces_of(self.receiver, sendable, self.config.piece_size):
                 yield pb.PushMessage(piece=piece)
 
@@ -280,7 +331,7 @@ class AntiEntropySession:
         current: list[pb.EntryRecord] = []
         size = 0
         for item in items:
-            rec = _record(item)
+            rec = record_of(item)
             n = rec.ByteSize()
             if current and size + n > self.config.batch_bytes:
                 batches.append(current)
@@ -290,10 +341,3 @@ class AntiEntropySession:
         if current:
             batches.append(current)
         return batches
-
-
-def _record(item: Incoming) -> pb.EntryRecord:
-    return pb.EntryRecord(
-        entry=item.entry.to_bytes(),
-        manifest=item.manifest.to_bytes() if item.manifest is not None else b"",
-    )

@@ -175,12 +175,14 @@ class FetchEntriesRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EntryRecord(_message.Message):
-    __slots__ = ("entry", "manifest")
+    __slots__ = ("entry", "manifest", "chunks")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     entry: bytes
     manifest: bytes
-    def __init__(self, entry: _Optional[bytes] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+    chunks: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entry: _Optional[bytes] = ..., manifest: _Optional[bytes] = ..., chunks: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EntryBatch(_message.Message):
     __slots__ = ("records", "unknown")
