@@ -22,7 +22,18 @@ COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "crdtd.node.cli",
         "model",
-        ("start", "config", "push", "ls", "status", "materialise", "erase", "trust", "watch"),
+        (
+            "start",
+            "config",
+            "push",
+            "ls",
+            "status",
+            "materialise",
+            "sql",
+            "erase",
+            "trust",
+            "watch",
+        ),
     ),
 )
 

@@ -32,6 +32,16 @@ from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7401"
+# Payload kind a member-signed push declares for a file suffix (the node checks the bytes).
+SUFFIX_KINDS = {
+    ".safetensors": "safetensors",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".feather": "arrow",
+    ".ipc": "arrow",
+    ".csv": "csv",
+}
 PIECE = 1 << 20
 T = TypeVar("T")
 
@@ -133,6 +143,16 @@ class PeerInfo:
     in_sync: bool
     seconds_since_sync: float
     revoked: bool = False
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A SQL query's rows (`pyarrow.Table`), the namespaces it read and their set digests."""
+
+    table: Any
+    namespaces: tuple[str, ...]
+    input_set_digests: dict[str, str]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -345,9 +365,8 @@ class Client:
             ],
         )
         if key is not None:
-            kind = payload_kind or (
-                "safetensors" if path is not None and path.suffix == ".safetensors" else "bytes"
-            )
+            suffix = path.suffix.lower() if path is not None else ""
+            kind = payload_kind or SUFFIX_KINDS.get(suffix, "bytes")
             header.payload_kind = kind
             header.signed_entry = self._sign_contribution(
                 key, namespace, data, path, kind, metadata, base_id
@@ -579,6 +598,49 @@ class Client:
         )
         return done, b"".join(data), b"".join(prov)
 
+    def table(self, namespace: str, *, as_: str = "arrow") -> Any:
+        """The merged table of a table namespace, streamed as Arrow IPC: a `pyarrow.Table`, or
+        a polars / pandas DataFrame with `as_="polars"` / `as_="pandas"`."""
+        from crdtd.kinds.table import read_output
+
+        if as_ not in ("arrow", "polars", "pandas"):
+            raise ConfigError(f"as_={as_!r}: expected 'arrow', 'polars' or 'pandas'")
+        _, data, _ = self._materialise(namespace, format="arrow")
+        table = read_output(data, "arrow")
+        if as_ == "polars":
+            import polars as pl
+
+            return pl.from_arrow(table)
+        if as_ == "pandas":
+            return table.to_pandas()
+        return table
+
+    def sql(self, query: str) -> QueryResult:
+        """Run one SELECT on the node over its merged table namespaces (DuckDB); each
+        namespace is a table, by name (`"records/x"`) or alias (`records_x`)."""
+        import pyarrow as pa
+
+        parts: list[bytes] = []
+        result = None
+        stream = self.stub.Sql(
+            pb.SqlRequest(query=query), metadata=self._meta, timeout=self.timeout
+        )
+        for msg in self._stream(stream):
+            if msg.WhichOneof("part") == "data":
+                parts.append(msg.data)
+            else:
+                result = msg.result
+        if result is None:
+            raise ConfigError(f"node {self.address}: Sql ended without a result")
+        with pa.ipc.open_stream(pa.BufferReader(b"".join(parts))) as r:
+            table = r.read_all()
+        return QueryResult(
+            table=table,
+            namespaces=tuple(result.namespaces),
+            input_set_digests=dict(result.input_set_digests),
+            seconds=result.seconds,
+        )
+
     def status(self) -> NodeStatus:
         """The node's identity, state root, entry counts and peers."""
         r = self._call(self.stub.Status, pb.StatusRequest())
@@ -632,4 +694,5 @@ __all__ = [
     "NodeStatus",
     "PeerInfo",
     "PushResult",
+    "QueryResult",
 ]

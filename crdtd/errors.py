@@ -209,6 +209,18 @@ class WrongKindError(KindError):
     """A push carries a payload kind its namespace does not take (names both)."""
 
 
+class TableContributionError(KindError):
+    """A table contribution cannot be read or lacks what its namespace needs (names the line,
+    column or key)."""
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+class SqlError(CrdtdError):
+    """A SQL query cannot run: not one SELECT, unknown table, bad merge(...) call (names why)."""
+
+
 # -- storage ---------------------------------------------------------------------------------
 
 

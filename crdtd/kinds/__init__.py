@@ -16,6 +16,7 @@ from crdtd.kinds.base import Excluded, Materialised, MaterialiseRequest, Namespa
 # lazily too, so reading a config stays cheap).
 _MODULES = {
     "model": "crdtd.kinds.model",
+    "table": "crdtd.kinds.table",
 }
 NAMES = tuple(_MODULES)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,3 +218,26 @@ def sniff(path: Path) -> str:
     if head.lstrip()[:1] in (b"{", b"["):
         return "json"
     return ""
+
+
+class ViewCache:
+    """The last few merged views (a table's rows, a namespace's memories) by namespace and
+    input-set digest, so repeated queries over an unchanged set do not merge again."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        """The cached value for `key`, or `make()` (cached; the oldest entry goes)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value

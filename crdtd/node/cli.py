@@ -320,6 +320,56 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from crdtd.sql.engine import run
+    from crdtd.sql.plan import parse
+
+    con = duckdb.connect()
+    try:
+        local = bool(parse(con, args.query).merges)
+    finally:
+        con.close()
+    if not local:
+        with client_for(args) as c:
+            table = c.sql(args.query).table
+    elif args.config or args.node or os.environ.get("CRDTD_NODE"):
+        with client_for(args) as c:
+            names = [n.name for n in c.status().namespace_info if n.kind == "table"]
+            table = run(args.query, lambda ns: c.table(ns), names, files=True).table
+    else:
+        table = run(args.query, {}, files=True).table
+    _write_rows(table, args.format, args.out)
+    return 0
+
+
+def _write_rows(table: Any, fmt: str, out: str | None) -> None:
+    """Query rows as a printed table, JSON lines, or a Parquet file."""
+    import polars as pl
+
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    if fmt == "parquet":
+        if not out:
+            raise ConfigError("--format parquet needs --out FILE.parquet")
+        df.write_parquet(out)
+        print(f"{df.height} rows -> {out}", file=sys.stderr)
+    elif fmt == "jsonl":
+        text = df.write_ndjson()
+        if out:
+            Path(out).write_text(text)
+        else:
+            sys.stdout.write(text)
+    else:
+        with pl.Config(tbl_rows=50, tbl_cols=-1, tbl_width_chars=200):
+            text = str(df)
+        if out:
+            Path(out).write_text(text + "\n")
+        else:
+            print(text)
+
+
 # -- wiring -----------------------------------------------------------------------------------
 
 
@@ -401,6 +451,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--dtype", default="")
     client_options(p)
     p.set_defaults(func=_cmd_materialise)
+
+    p = subparsers.add_parser(
+        "sql", help="one SELECT over merged table namespaces (or files: FROM merge(...))"
+    )
+    p.add_argument("query", help='e.g. SELECT count(*) FROM "records/admissions"')
+    p.add_argument("--format", choices=("table", "jsonl", "parquet"), default="table")
+    p.add_argument("--out", default=None, metavar="PATH", help="write the rows here")
+    client_options(p)
+    p.set_defaults(func=_cmd_sql)
 
     p = subparsers.add_parser("erase", help="erase entries everywhere (right to be forgotten)")
     p.add_argument("ids", nargs="*", metavar="ID")

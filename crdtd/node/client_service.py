@@ -463,6 +463,33 @@ class NodeService(pb_grpc.NodeServicer):
         )
         yield pb.MaterialiseChunk(result=result_message(done, target, prov_path))
 
+    @streaming
+    async def Sql(
+        self, request: pb.SqlRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SqlChunk]:
+        from crdtd.sql.node import query_node
+
+        async with self.merge_slots:
+            done = await asyncio.to_thread(query_node, self.core, request.query)
+        data = await asyncio.to_thread(arrow_stream_bytes, done.table)
+        for piece in _pieces(data):
+            yield pb.SqlChunk(data=piece)
+        event(
+            log,
+            "sql.done",
+            rows=done.table.num_rows,
+            namespaces=",".join(sorted(done.digests)),
+            seconds=round(done.seconds, 3),
+        )
+        yield pb.SqlChunk(
+            result=pb.SqlResult(
+                rows=done.table.num_rows,
+                namespaces=sorted(done.digests),
+                input_set_digests=done.digests,
+                seconds=done.seconds,
+            )
+        )
+
     def _out_path(self, text: str, default_name: str) -> Path:
         """Where out_path writes: inside [materialise] output_dir unless allow_any_path; a
         directory gets the kind's file name, a file must carry its suffix."""
@@ -544,6 +571,16 @@ def result_message(
 
 
 _DIMS = ("integrity", "causality", "consistency", "gossip", "model")
+
+
+def arrow_stream_bytes(table: Any) -> bytes:
+    """A pyarrow Table as Arrow IPC stream bytes."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue())
 
 
 def _write_all(fd: int, pieces: list[bytes]) -> None:

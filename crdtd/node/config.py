@@ -228,6 +228,12 @@ def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
+    if kind == "names":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a column name or a list of names, got {value!r}")
+        return tuple(value)
     if kind == "table":
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {value!r}")

@@ -29,7 +29,7 @@ from crdtd.errors import (
     ValidationError,
     echo,
 )
-from crdtd.kinds.base import check_payload_kind
+from crdtd.kinds.base import ViewCache, check_payload_kind
 from crdtd.node.config import DaemonConfig, NamespaceConfig
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.metrics import KINDS, NodeMetrics, StateSnapshot
@@ -123,6 +123,7 @@ class NodeCore:
             namespaces={name: ns.policy for name, ns in config.namespaces.items()},
         )
         self.evidence = EvidencePublisher(self)
+        self.views = ViewCache()
         self._models_seen: dict[str, tuple[bytes, ...]] = {}
         self._models_lock = threading.Lock()
 

@@ -45,6 +45,8 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
     e.HandshakeError: grpc.StatusCode.UNAUTHENTICATED,
     e.PeerRefusedError: grpc.StatusCode.PERMISSION_DENIED,
     e.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    # queries
+    e.SqlError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -391,3 +391,36 @@ class Event(_message.Message):
     author: bytes
     entry_kind: str
     def __init__(self, kind: _Optional[str] = ..., entry_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., detail: _Optional[str] = ..., author: _Optional[bytes] = ..., entry_kind: _Optional[str] = ...) -> None: ...
+
+class SqlRequest(_message.Message):
+    __slots__ = ("query",)
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    def __init__(self, query: _Optional[str] = ...) -> None: ...
+
+class SqlResult(_message.Message):
+    __slots__ = ("rows", "namespaces", "input_set_digests", "seconds")
+    class InputSetDigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SET_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    namespaces: _containers.RepeatedScalarFieldContainer[str]
+    input_set_digests: _containers.ScalarMap[str, str]
+    seconds: float
+    def __init__(self, rows: _Optional[int] = ..., namespaces: _Optional[_Iterable[str]] = ..., input_set_digests: _Optional[_Mapping[str, str]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class SqlChunk(_message.Message):
+    __slots__ = ("data", "result")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    result: SqlResult
+    def __init__(self, data: _Optional[bytes] = ..., result: _Optional[_Union[SqlResult, _Mapping]] = ...) -> None: ...

@@ -84,6 +84,11 @@ class NodeStub:
                 request_serializer=crdtd_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
                 response_deserializer=crdtd_dot_v1_dot_node__pb2.Event.FromString,
                 _registered_method=True)
+        self.Sql = channel.unary_stream(
+                '/crdtd.v1.Node/Sql',
+                request_serializer=crdtd_dot_v1_dot_node__pb2.SqlRequest.SerializeToString,
+                response_deserializer=crdtd_dot_v1_dot_node__pb2.SqlChunk.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -155,6 +160,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sql(self, request, context):
+        """One SELECT run by DuckDB over the merged table namespaces (each a table): Arrow IPC
+        stream bytes, then one SqlResult as the last message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +220,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=crdtd_dot_v1_dot_node__pb2.WatchRequest.FromString,
                     response_serializer=crdtd_dot_v1_dot_node__pb2.Event.SerializeToString,
+            ),
+            'Sql': grpc.unary_stream_rpc_method_handler(
+                    servicer.Sql,
+                    request_deserializer=crdtd_dot_v1_dot_node__pb2.SqlRequest.FromString,
+                    response_serializer=crdtd_dot_v1_dot_node__pb2.SqlChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +497,33 @@ class Node:
             '/crdtd.v1.Node/Watch',
             crdtd_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
             crdtd_dot_v1_dot_node__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sql(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crdtd.v1.Node/Sql',
+            crdtd_dot_v1_dot_node__pb2.SqlRequest.SerializeToString,
+            crdtd_dot_v1_dot_node__pb2.SqlChunk.FromString,
             options,
             channel_credentials,
             insecure,
