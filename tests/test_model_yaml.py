@@ -43,6 +43,7 @@ parameters:
   normalize: true
   int8_mask: true
 dtype: float32
+semantics: crdtd
 """,
     )
     assert main(["merge", "--config", str(cfg), "--out", str(models / "a")]) == 0
@@ -60,6 +61,7 @@ def test_rules_and_gradients_select_per_tensor_strategies(models: Path) -> None:
         models / "merge.yml",
         """
 merge_method: linear
+semantics: crdtd
 models: [m0, m1]
 rules:
   - match: model.layers.0-1.mlp.*
@@ -108,6 +110,8 @@ def test_config_merge_is_order_independent(models: Path) -> None:
         ("merge_method: linear\nmodels: [{model: m0, colour: red}]\n", "colour"),
         ("merge_method: linear\nmodels: [m0]\nrules: [{merge_method: ties}]\n", "match"),
         ("merge_method: linear\nmodels: [m0]\ntokenizer_source: union\n", "tokenizer_source"),
+        ("merge_method: linear\nmodels: [m0]\nsemantics: mergekitt\n", "semantics"),
+        ("merge_method: ties\nmodels: [m0]\ndtype: float8\n", "dtype"),
         ("merge_method: linear\nmodels: [m0]\n  bad: [indent\n", "invalid YAML"),
     ],
 )

@@ -45,7 +45,6 @@ from crdtd.model.io import (
 from crdtd.model.schema import (
     ModelMergeSchema,
     count_layers,
-    layer_position,
     resolve_params,
 )
 from crdtd.model.writer import (
@@ -100,6 +99,7 @@ class TensorJob:
     params: Mapping[str, Any]
     model_params: tuple[Mapping[str, Any], ...]
     params_bytes: bytes
+    input_dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -426,14 +426,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _input_dtypes(
+    infos: Sequence[TensorInfo], inputs: Sequence[_Input], base: TensorSource | None
+) -> dict[str, torch.dtype]:
+    """Per tensor name, the promotion of the dtypes the inputs and the base store it in."""
+    sources = [i.source for i in inputs] + ([base] if base is not None else [])
+    return {
+        info.name: functools.reduce(
+            torch.promote_types, [s.infos[info.name].torch_dtype for s in sources]
+        )
+        for info in infos
+    }
+
+
 def _jobs(
     schema: ModelMergeSchema,
     infos: Sequence[TensorInfo],
     inputs: Sequence[_Input],
-    has_base: bool,
+    base: TensorSource | None,
     final: bool,
 ) -> list[TensorJob]:
     """Resolve rule, strategy and validated params for every tensor (raises on bad params)."""
+    has_base = base is not None
+    in_dtypes = _input_dtypes(infos, inputs, base)
     layers = count_layers(i.name for i in infos)
     jobs: list[TensorJob] = []
     checked: set[str] = set()
@@ -449,7 +464,7 @@ def _jobs(
         if strategy.name not in checked:
             _check_strategy_inputs(strategy, inputs, has_base, info.name, final)
             checked.add(strategy.name)
-        pos = layer_position(info.name, layers)
+        pos = schema.position(info.name, layers)
         where = f"tensor {info.name!r}, strategy {strategy.name!r}"
         params = resolve_params(rule.params, info.name, pos, where)
         own = {p.name for p in strategy.per_model_params()}
@@ -467,7 +482,9 @@ def _jobs(
             gp, mp = strategy.validate(params, per)
         except StrategyParamError as err:
             raise StrategyParamError(f"tensor {info.name!r}: {err}") from None
-        jobs.append(TensorJob(info, strategy, gp, mp, canonical_params(gp, mp)))
+        jobs.append(
+            TensorJob(info, strategy, gp, mp, canonical_params(gp, mp), in_dtypes[info.name])
+        )
     return jobs
 
 
@@ -548,7 +565,7 @@ def build_plan(
             opened.append(base)
         infos = _check_tensors(inputs, base, out_dtype)
         _check_param_keys(schema, inputs)
-        _jobs(schema, infos, inputs, base is not None, False)  # params checked before hashing
+        _jobs(schema, infos, inputs, base, False)  # params checked before hashing
         hashed = [i.source for i in inputs] + [
             inp.extras[k] for inp in inputs for k in sorted(inp.extras)
         ]
@@ -565,7 +582,7 @@ def build_plan(
                 pos += 1
         base_id = ids[pos] if base is not None else None
         unique = _dedupe(inputs)
-        jobs = _jobs(schema, infos, unique, base is not None, True)
+        jobs = _jobs(schema, infos, unique, base, True)
         digest = input_set_digest(i.content_id for i in unique)
         root = base.root if base is not None else unique[0].source.root
         plan = MergePlan(
@@ -729,6 +746,7 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
         generator_for(plan.digest, name, job.params_bytes),
         extras,
         0 if block is None else block.start,
+        input_dtype=job.input_dtype,
     )
 
 

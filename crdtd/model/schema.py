@@ -23,6 +23,7 @@ from typing import Any
 from crdtd.errors import ConfigError
 
 DEFAULT_STRATEGY = "linear"
+SEMANTICS = ("crdtd", "mergekit")  # how gradients are placed (and what YAML configs mean)
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _LAYER = re.compile(r"\.(\d+)(?=\.|$)")
 _PRE_LAYER_WORDS = ("embed", "wte", "wpe", "tok_embeddings", "word_embeddings")
@@ -135,7 +136,11 @@ class ModelMergeSchema:
         *,
         default: str | Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        semantics: str = "crdtd",
     ) -> None:
+        if semantics not in SEMANTICS:
+            raise ConfigError(f"semantics {semantics!r} is not one of {list(SEMANTICS)}")
+        self.semantics = semantics
         parsed: list[Rule] = []
         default_spec: Any = default
         if isinstance(rules, Mapping):
@@ -177,16 +182,25 @@ class ModelMergeSchema:
                 return rule
         return self.default
 
+    def position(self, name: str, num_layers: int) -> float:
+        """Where tensor `name` sits for gradient parameters, under this schema's semantics."""
+        if self.semantics == "mergekit":
+            return mergekit_layer_position(name, num_layers)
+        return layer_position(name, num_layers)
+
     def strategies(self) -> list[str]:
         """Every strategy name the schema may select, sorted."""
         return sorted({r.strategy for r in (*self.rules, self.default)})
 
     def to_config(self) -> dict[str, Any]:
         """Plain data describing the schema (recorded in output metadata)."""
-        return {
+        config: dict[str, Any] = {
             "rules": [r.to_config() for r in self.rules],
             "default": self.default.to_config(),
         }
+        if self.semantics != "crdtd":
+            config["semantics"] = self.semantics
+        return config
 
     def __repr__(self) -> str:
         return f"ModelMergeSchema({self.to_config()!r})"
@@ -204,6 +218,17 @@ def layer_position(name: str, num_layers: int) -> float:
     if m is not None:
         return 0.0
     return 0.0 if any(w in name for w in _PRE_LAYER_WORDS) else 1.0
+
+
+def mergekit_layer_position(name: str, num_layers: int) -> float:
+    """mergekit's gradient position: layer i of L at i/(L−1) (1 when L = 1); every tensor
+    outside the layer stack (embeddings, final norm, LM head) at 0."""
+    m = _LAYER.search(name)
+    if m is None:
+        return 0.0
+    if num_layers <= 1:
+        return 1.0
+    return min(1.0, int(m.group(1)) / (num_layers - 1))
 
 
 def count_layers(names: Iterable[str]) -> int:

@@ -8,8 +8,9 @@
       - model: ./code
         parameters: {weight: 0.4, density: [{filter: mlp, value: 0.3}, {value: 0.5}]}
     parameters: {normalize: true}
-    dtype: bfloat16          # output dtype (crdtd always computes in float32)
+    dtype: bfloat16          # mergekit's compute dtype, and the output dtype
     out_dtype: bfloat16      # overrides dtype for the output when both are given
+    semantics: mergekit      # default; `crdtd` gives crdtd's own strategies and gradients
     rules:                   # crdtd: first match wins, the rest use merge_method
       - match: model.layers.0-3.*
         merge_method: slerp
@@ -17,7 +18,11 @@
     lora: {rank: 16}         # crdtd: when the models are PEFT adapters (or energy: 0.99)
 
 Relative paths resolve against the YAML file's directory. `slices`, hub model ids and other
-mergekit features crdtd does not implement are refused with the key named.
+mergekit features crdtd does not implement are refused with the key named. A config means what
+it means in mergekit (`semantics: mergekit`, the default): methods mergekit has run as
+`mergekit.<name>` (`crdtd.strategies.mergekit`), computing in `dtype`; a base listed among
+`models` is the base; gradients are placed as mergekit places them. `semantics: crdtd` gives
+crdtd's own order-free strategies, as `crdtd merge --strategy` does.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from typing import Any
 
 import yaml
 
-from crdtd.errors import ConfigError
+from crdtd.errors import ConfigError, InputReadError
+from crdtd.model.io import parse_dtype
 from crdtd.model.merge import Contribution
-from crdtd.model.schema import ModelMergeSchema
+from crdtd.model.schema import SEMANTICS, ModelMergeSchema
+from crdtd.strategies import registry
 
 TOP_KEYS = frozenset(
     {
@@ -45,6 +52,7 @@ TOP_KEYS = frozenset(
         "tokenizer_source",
         "lora",
         "name",
+        "semantics",
     }
 )
 MODEL_KEYS = frozenset({"model", "parameters", "extras"})
@@ -139,16 +147,30 @@ def parse_config(doc: Any, root: Path, where: str = "config") -> MergeConfig:
                 f"{w} ({item.get('model')})",
             )
         )
-    base = doc.get("base_model")
+    semantics = doc.get("semantics", "mergekit")
+    if semantics not in SEMANTICS:
+        raise ConfigError(
+            f"{where}: 'semantics' must be one of {list(SEMANTICS)}, got {semantics!r}"
+        )
+    base_spec = doc.get("base_model")
+    base = None if base_spec is None else _path(base_spec, root, f"{where}: base_model")
     rules = doc.get("rules") or []
     if not isinstance(rules, list):
         raise ConfigError(f"{where}: 'rules' must be a list of {{match, merge_method, parameters}}")
+    parsed_rules = [_rule(r, f"{where}: rules[{i}]") for i, r in enumerate(rules)]
+    params = _params(doc.get("parameters"), where)
+    if semantics == "mergekit":
+        compute = _compute_dtype(doc.get("dtype"), where)
+        method = _mergekit_name(method)
+        if method.startswith("mergekit."):
+            params = {**params, "dtype": compute}
+        for r in parsed_rules:
+            r["strategy"] = _mergekit_name(r["strategy"])
+            if isinstance(r["strategy"], str) and r["strategy"].startswith("mergekit."):
+                r["params"] = {**r["params"], "dtype": compute}
+        inputs = _mergekit_inputs(inputs, base, method)
     try:
-        schema = ModelMergeSchema(
-            [_rule(r, f"{where}: rules[{i}]") for i, r in enumerate(rules)],
-            default=method,
-            params=_params(doc.get("parameters"), where),
-        )
+        schema = ModelMergeSchema(parsed_rules, default=method, params=params, semantics=semantics)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     dtype = doc.get("out_dtype", doc.get("dtype"))
@@ -158,11 +180,45 @@ def parse_config(doc: Any, root: Path, where: str = "config") -> MergeConfig:
     return MergeConfig(
         schema,
         tuple(inputs),
-        None if base is None else _path(base, root, f"{where}: base_model"),
+        base,
         None if dtype is None else str(dtype),
         None if lora.get("rank") is None else int(lora["rank"]),
         None if lora.get("energy") is None else float(lora["energy"]),
     )
+
+
+def _mergekit_name(method: Any) -> Any:
+    """mergekit's meaning of a method name: `mergekit.<name>` where crdtd has it, else as is."""
+    if isinstance(method, str) and f"mergekit.{method}" in registry.names():
+        return f"mergekit.{method}"
+    return method
+
+
+def _compute_dtype(value: Any, where: str) -> str:
+    """The `dtype` key as a `mergekit.*` strategy's compute dtype (empty: the inputs')."""
+    if value is None:
+        return ""
+    try:
+        dtype = parse_dtype(str(value))
+    except InputReadError as err:
+        raise ConfigError(f"{where}: 'dtype': {err}") from None
+    return str(dtype).removeprefix("torch.")
+
+
+def _mergekit_inputs(
+    inputs: list[Contribution], base: Path | None, method: str
+) -> list[Contribution]:
+    """mergekit's inputs: a base listed among `models` is the base, not a fine-tune, for every
+    method that uses a base; methods that ignore a base (linear) merge it as one more input."""
+    if base is None:
+        return inputs
+    same = [Path(c.weights).resolve() == base.resolve() for c in inputs]  # type: ignore[arg-type]
+    uses_base = method in registry.names() and registry.get(method).needs_base
+    if uses_base:
+        return [c for c, s in zip(inputs, same) if not s]
+    if method == "mergekit.linear" and not any(same):
+        return [*inputs, Contribution(base, {}, {}, "base_model")]
+    return inputs
 
 
 def _rule(item: Any, where: str) -> dict[str, Any]:

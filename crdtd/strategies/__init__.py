@@ -7,6 +7,7 @@ from crdtd.strategies import (  # noqa: F401  (imported for their @register side
     adaptive,
     arcee_fusion,
     linear,
+    mergekit,
     model_stock,
     nearswap,
     ram,

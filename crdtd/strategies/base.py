@@ -109,6 +109,7 @@ class TensorMerge:
     extras: tuple[Mapping[str, torch.Tensor], ...] = ()
     offset: int = 0
     state: Any = None
+    input_dtype: torch.dtype = torch.float32
 
     @property
     def k(self) -> int:
