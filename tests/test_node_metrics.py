@@ -13,6 +13,8 @@ import pytest
 from crdtd import errors
 from crdtd.node.metrics import (
     REJECT_REASONS,
+    REPAIR_RESULTS,
+    SCRUB_RESULTS,
     NodeMetrics,
     PeerSnapshot,
     StateSnapshot,
@@ -81,7 +83,7 @@ def test_labels_take_bounded_values_only() -> None:
         for pair in re.findall(r'(\w+)="([^"]*)"', key):
             labels.setdefault(pair[0], set()).add(pair[1])
     assert labels["direction"] <= {"inbound", "outbound", "sent", "received"}
-    assert labels["result"] <= {"ok", "error", "refused"}
+    assert labels["result"] <= {"ok", "error", "refused", *SCRUB_RESULTS, *REPAIR_RESULTS}
     assert labels["reason"] <= set(REJECT_REASONS)
     assert labels["peer"] == {"site-b", "site-c"}
     assert not {"id", "entry", "entry_id", "payload", "digest"} & set(labels)

@@ -33,7 +33,7 @@ from crdtd.errors import ConfigError, CrdtdError, StrategyError, echo
 from crdtd.trust.gating import FederationPolicy, NamespacePolicy
 from crdtd.trust.scores import SCALE
 
-DAEMON_SECTIONS = ("log", "limits", "auth", "materialise", "trust", "namespaces")
+DAEMON_SECTIONS = ("log", "limits", "auth", "materialise", "scrub", "trust", "namespaces")
 TOKEN_FILE = "client.token"
 OUTPUT_DIR = "materialised"
 
@@ -69,6 +69,11 @@ DAEMON_SCHEMA: dict[str, dict[str, Field]] = {
     "materialise": {
         "output_dir": Field("str", "", "where out_path may write; default DATA_DIR/materialised"),
         "allow_any_path": Field("bool", False, "let out_path name any path on this host"),
+    },
+    "scrub": {
+        "enabled": Field("bool", True, "re-hash stored chunks in the background, repair bad ones"),
+        "interval_ms": Field("int", 3_600_000, "time between the starts of two scrub passes"),
+        "rate": Field("size", "32MiB", "chunk bytes re-hashed per second at most"),
     },
 }
 
@@ -170,6 +175,9 @@ class DaemonConfig:
     token_file: Path = Path(TOKEN_FILE)
     client_tls: bool = False
     health_port: int = 0
+    scrub_enabled: bool = True
+    scrub_interval_ms: int = 3_600_000
+    scrub_rate: int = 32 << 20
     output_dir: Path = Path(OUTPUT_DIR)
     allow_any_path: bool = False
     trust: FederationPolicy = field(default_factory=FederationPolicy)
@@ -468,6 +476,9 @@ def load_daemon_config(
         max_concurrent_pushes=limits["max_concurrent_pushes"],
         max_concurrent_materialise=limits["max_concurrent_materialise"],
         drain_timeout_ms=limits["drain_timeout_ms"],
+        scrub_enabled=values["scrub"]["enabled"],
+        scrub_interval_ms=values["scrub"]["interval_ms"],
+        scrub_rate=values["scrub"]["rate"],
         auth_mode=auth["mode"],
         token_file=token_file,
         client_tls=client_tls,

@@ -33,6 +33,7 @@ from crdtd.node.core import NodeCore
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.logs import event, get_logger, setup_logging
 from crdtd.node.metrics import NodeMetrics, serve_metrics
+from crdtd.node.scrub import ScrubTask
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc
 from crdtd.sync.guard import RequestGuard
 
@@ -62,6 +63,7 @@ class Daemon:
         self.metrics_port = 0
         self._lock_fd: int | None = None
         self._stopping = False
+        self.scrub: ScrubTask | None = None
         self._peers_now: list[Any] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class Daemon:
             self.core = await asyncio.to_thread(NodeCore.open, cfg, self.metrics, self.events)
             await self._start_client()
             self.sync = await _start_sync(self.core, self.events, self.metrics)
+            self._start_scrub()
             await self._start_metrics()
         except BaseException:
             await self.stop()
@@ -159,6 +162,18 @@ class Daemon:
             return ""
         return f"{self.config.client_address.rpartition(':')[0]}:{self.health_port}"
 
+    def _start_scrub(self) -> None:
+        """The background scrub ([scrub]); it repairs from peers when sync runs."""
+        if not self.config.scrub_enabled or self.core is None:
+            return
+        sync = self.sync
+        self.scrub = ScrubTask(
+            self.core,
+            peers=sync.repair_peers if sync is not None else list,
+            fetch=sync.fetch_chunks if sync is not None else None,
+        )
+        self.scrub.start()
+
     async def _start_metrics(self) -> None:
         cfg = self.config
         if not cfg.node.metrics_port:
@@ -199,6 +214,8 @@ class Daemon:
             await self.client_server.stop(grace=drain)
         if self.health_server is not None:
             await self.health_server.stop(grace=0.5)
+        if self.scrub is not None:
+            await self.scrub.stop()
         if self.sync is not None:
             with suppress(Exception):
                 await self.sync.stop(grace=max(0.5, drain - (time.monotonic() - started)))

@@ -32,6 +32,8 @@ ENTRY_STATES = ("live", "erased", "quarantined", "held")
 DIRECTIONS = ("inbound", "outbound")
 BYTE_DIRECTIONS = ("sent", "received")
 RESULTS = ("ok", "error", "refused")
+SCRUB_RESULTS = ("ok", "corrupt", "missing")
+REPAIR_RESULTS = ("repaired", "failed")
 DIMENSIONS = ("integrity", "causality", "consistency", "gossip", "model", "overall")
 REJECT_REASONS = (
     "malformed",
@@ -244,6 +246,29 @@ class NodeMetrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        self.scrub_passes = Counter(
+            "crdtd_scrub_passes_total", "Completed scrub passes over the needed chunks", registry=r
+        )
+        self.scrub_bytes = Counter(
+            "crdtd_scrub_bytes_total", "Chunk bytes re-hashed by the scrub", registry=r
+        )
+        self.scrub_chunks = Counter(
+            "crdtd_scrub_chunks_total",
+            "Chunks the scrub checked, by result (ok, corrupt: quarantined, missing)",
+            ["result"],
+            registry=r,
+        )
+        self.scrub_repairs = Counter(
+            "crdtd_scrub_repairs_total",
+            "Corrupt or missing chunks fetched again from a peer and verified (repaired), or "
+            "found on no reachable peer this pass (failed)",
+            ["result"],
+            registry=r,
+        )
+        for res in SCRUB_RESULTS:
+            self.scrub_chunks.labels(res)
+        for res in REPAIR_RESULTS:
+            self.scrub_repairs.labels(res)
         for d in DIRECTIONS:
             for res in RESULTS:
                 self.sync_sessions.labels(d, res)

@@ -199,6 +199,20 @@ class SyncHandle:
             )
         return out
 
+    def repair_peers(self) -> list[str]:
+        """Addresses worth asking for a chunk to repair the store: peers not dead and not
+        revoked, in address order."""
+        state = self.node.state
+        return [
+            r.address
+            for r in self.node.table.records()
+            if r.state is not PeerState.DEAD and not (r.key_id and state.is_revoked(r.key_id))
+        ]
+
+    async def fetch_chunks(self, address: str, wanted: dict[bytes, int]) -> set[bytes]:
+        """Fetch and store (verified) chunks from one peer (SyncNode.fetch_chunks)."""
+        return await self.node.fetch_chunks(address, wanted)
+
     async def stop(self, grace: float = 1.0) -> None:
         await self.node.stop(grace=grace)
 

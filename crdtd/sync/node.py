@@ -17,11 +17,11 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from crdtd.errors import CrdtdError, PeerRefusedError
+from crdtd.errors import CrdtdError, PeerRefusedError, ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import ApplyResult, E4State
 from crdtd.state.entry import Entry
@@ -186,6 +186,21 @@ class SyncNode:
             log.warning("peer %s refused: %s", address, exc)
         if self.observer is not None:
             self.observer.session_done(address, None, exc)
+
+    async def fetch_chunks(self, address: str, wanted: Mapping[bytes, int]) -> set[bytes]:
+        """Fetch chunks by digest (-> size) from the peer at `address` with FetchChunks; each
+        is verified against its digest and stored. Returns the digests stored: a peer that
+        lacks some skips them, and a copy that does not hash to its digest fails the call
+        (ProtocolError) keeping the chunks stored before it. Used to repair the store."""
+        conn = self._connection(address)
+        try:
+            peer = await conn.ensure()
+            pieces = conn.client.fetch_chunks(pb.FetchChunksRequest(digests=sorted(wanted)))
+            return await self.local.receiver.store_chunks(pieces, dict(wanted), peer.short)
+        except CrdtdError as exc:
+            if not isinstance(exc, ProtocolError):  # a bad copy is not an unreachable peer
+                await self._failed(address, conn, exc)
+            raise
 
     async def ping(self, address: str) -> bool:
         """Probe a peer: handshake if needed and compare roots; True when in sync.
