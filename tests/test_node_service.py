@@ -295,6 +295,7 @@ def test_metrics_endpoint_exports_the_state_root_fingerprint(
     assert values['crdtd_entries{kind="membership",state="live"}'] >= 1
     assert "crdtd_build_info{" in text
     assert values['crdtd_client_requests_total{code="OK",method="Status"}'] >= 1
+    assert values["crdtd_gossip_rounds_total"] >= 1  # rounds run even with no peer yet
 
 
 def test_mutual_tls_client_mode_refuses_callers_without_a_certificate(tmp_path: Path) -> None:

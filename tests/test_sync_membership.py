@@ -9,6 +9,7 @@ from crdtd.sync.config import SyncConfig
 from crdtd.sync.gossip import Gossiper
 from crdtd.sync.handshake import PeerIdentity
 from crdtd.sync.membership import PeerState, PeerTable, is_loopback
+from crdtd.sync.protocol import GossipProtocol
 
 CFG = SyncConfig(probe_interval=1.0, suspicion_mult=4, backoff_base=1.0, backoff_max=8.0)
 
@@ -90,26 +91,26 @@ def test_plain_text_tables_only_accept_loopback_peers() -> None:
     assert is_loopback("[::1]:7000") and not is_loopback("example.org:7000")
 
 
+def protocol(n: int = 4, seed: int = 1) -> GossipProtocol:
+    p = GossipProtocol(CFG, random.Random(seed), "127.0.0.1:7000", b"\x00" * 32)
+    p.add_peers([f"127.0.0.1:{7000 + i}" for i in range(1, n + 1)], now=0.0)
+    return p
+
+
 def test_gossip_picks_fanout_live_peers_reproducibly_from_a_seed() -> None:
-    async def picks(seed: int) -> list[list[str]]:
-        t = table(n=10, seed=seed)
-        t.get("127.0.0.1:7003").state = PeerState.DEAD
-        t.get("127.0.0.1:7003").retry_at = 1e12
-        done: list[str] = []
-
-        async def sync(address: str) -> None:
-            done.append(address)
-
-        g = Gossiper(t, sync, sync, sync, CFG, random.Random(seed), clock=lambda: 0.0)
+    def picks(seed: int) -> list[list[str]]:
+        p = protocol(n=10, seed=seed)
+        p.table.failure("127.0.0.1:7003", now=0.0)
+        p.table.failure("127.0.0.1:7003", now=1e3)  # dead, backing off
         rounds = []
         for _ in range(5):
-            tasks = g.round()
-            await asyncio.gather(*tasks)
-            rounds.append(sorted(done))
-            done.clear()
+            chosen = sorted(a.address for a in p.round(now=1e3))
+            for address in chosen:
+                p.sync_ended(address, now=1e3)
+            rounds.append(chosen)
         return rounds
 
-    first, again, other = asyncio.run(picks(7)), asyncio.run(picks(7)), asyncio.run(picks(8))
+    first, again, other = picks(7), picks(7), picks(8)
     assert first == again and first != other
     for chosen in first:
         assert len(chosen) == CFG.fanout and "127.0.0.1:7003" not in chosen
@@ -117,7 +118,6 @@ def test_gossip_picks_fanout_live_peers_reproducibly_from_a_seed() -> None:
 
 def test_a_nudge_during_a_session_queues_exactly_one_more() -> None:
     async def scenario() -> int:
-        t = table(n=1)
         gate = asyncio.Event()
         calls = 0
 
@@ -126,7 +126,7 @@ def test_a_nudge_during_a_session_queues_exactly_one_more() -> None:
             calls += 1
             await gate.wait()
 
-        g = Gossiper(t, sync, sync, sync, CFG, random.Random(0), clock=lambda: 0.0)
+        g = Gossiper(protocol(n=1), sync, sync, sync, clock=lambda: 0.0)
         first = g.start_sync("127.0.0.1:7001")
         await asyncio.sleep(0)
         for _ in range(5):

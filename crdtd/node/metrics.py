@@ -211,6 +211,11 @@ class NodeMetrics:
             buckets=SYNC_BUCKETS,
             registry=r,
         )
+        self.gossip_rounds = Counter(
+            "crdtd_gossip_rounds_total",
+            "Gossip rounds run (each syncs with `fanout` random peers)",
+            registry=r,
+        )
         self.entries_applied = Counter(
             "crdtd_entries_applied_total",
             "Entries accepted into the state, by kind and source",

@@ -124,6 +124,9 @@ class _Observer:
         self.node: _DaemonSyncNode | None = None
         self._down: set[str] = set()
 
+    def round_done(self) -> None:
+        self.metrics.gossip_rounds.inc()
+
     def session_done(
         self, address: str, result: SessionResult | None, error: BaseException | None
     ) -> None:

@@ -1,81 +1,76 @@
-"""Gossip scheduling: which peers to sync with, and when.
+"""Gossip on the event loop: perform a GossipProtocol's actions as asyncio tasks.
 
-Every `gossip_interval` a round picks `fanout` peers at random (a seeded `random.Random`,
-from the sorted candidate list, so a seed replays the same choices) and starts an
-anti-entropy session with each, plus one retry of a dead peer whose backoff expired. Every
-`probe_interval` one random peer is probed (a root comparison) so liveness is known for
-peers gossip has not picked lately; every `push_pull_interval` one random known peer, dead
-or alive, gets a full session. A push-notify (`nudge`) starts a session with the notifier
-at once. The scheduler never runs two sessions with one peer at a time; a nudge that lands
-during a session queues exactly one more.
+Every decision (which peers a round picks, whom to probe, when a nudge queues another
+session, whom to notify) is made by `crdtd.sync.protocol.GossipProtocol`; this adapter runs
+its timers on the event loop (one task sleeping until `next_deadline`) and turns each
+`Action` into a task: SYNC -> `sync(address)` then `sync_ended`, PROBE -> `ping(address)`,
+NOTIFY -> `notify(address)`. The callees (SyncNode's methods) report outcomes back to the
+protocol; a failing callee never stops the scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from crdtd.sync.config import SyncConfig
 from crdtd.sync.membership import PeerTable
+from crdtd.sync.protocol import Act, Action, GossipProtocol
 
 log = logging.getLogger("crdtd.sync.gossip")
 
 
 class Gossiper:
-    """Drives sessions, probes and notifies over a PeerTable."""
+    """Runs a GossipProtocol's timers and actions on the asyncio event loop."""
 
     def __init__(
         self,
-        table: PeerTable,
+        protocol: GossipProtocol,
         sync: Callable[[str], Awaitable[object]],
         ping: Callable[[str], Awaitable[object]],
         notify: Callable[[str], Awaitable[object]],
-        config: SyncConfig,
-        rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
-        self.table = table
+        self.protocol = protocol
         self.sync = sync
         self.ping = ping
         self.notify = notify
-        self.config = config
-        self.rng = rng
         self.clock = clock
-        self.rounds = 0
+        self.on_round = on_round
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._again: set[str] = set()
-        self._last_nudge: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._loops: list[asyncio.Task[None]] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
-    # -- choosing ----------------------------------------------------------------------------
+    @property
+    def table(self) -> PeerTable:
+        """The protocol's peer table."""
+        return self.protocol.table
 
-    def pick(self, k: int, exclude: Iterable[str] = ()) -> list[str]:
-        """Up to k random candidates (alive or suspect, not backing off), none in `exclude`."""
-        skip = set(exclude)
-        pool = [a for a in self.table.candidates(self.clock()) if a not in skip]
-        return self.rng.sample(pool, min(k, len(pool)))
+    @property
+    def rounds(self) -> int:
+        """Gossip rounds run so far."""
+        return self.protocol.rounds
 
-    # -- actions -----------------------------------------------------------------------------
+    # -- performing actions ------------------------------------------------------------------
 
-    def round(self) -> list[asyncio.Task[None]]:
-        """One gossip round: sessions with `fanout` random peers and one due dead peer."""
-        self.rounds += 1
-        targets = self.pick(self.config.fanout)
-        targets.extend(self.table.due_dead(self.clock())[:1])
-        return [self.start_sync(a) for a in dict.fromkeys(targets)]
-
-    def start_sync(self, address: str) -> asyncio.Task[None]:
-        """A session with `address`, or the one already running."""
-        task = self._inflight.get(address)
-        if task is not None and not task.done():
-            return task
-        task = asyncio.create_task(self._sync(address))
-        self._inflight[address] = task
-        return task
+    def run(self, actions: Sequence[Action]) -> list[asyncio.Task[None]]:
+        """Start a task per action; returns them (sessions already running are not
+        restarted: the protocol only asks for a session when none is in flight)."""
+        tasks = []
+        for action in actions:
+            if action.act is Act.SYNC:
+                task = asyncio.create_task(self._sync(action.address))
+                self._inflight[action.address] = task
+            elif action.act is Act.PROBE:
+                task = self._spawn(self.ping, action.address, "probe")
+            else:
+                task = self._spawn(self.notify, action.address, "notify")
+            tasks.append(task)
+        return tasks
 
     async def _sync(self, address: str) -> None:
         try:
@@ -83,46 +78,7 @@ class Gossiper:
         finally:
             if self._inflight.get(address) is asyncio.current_task():
                 del self._inflight[address]
-            if address in self._again:
-                self._again.discard(address)
-                self.start_sync(address)
-
-    def nudge(self, address: str) -> bool:
-        """A peer notified us of new entries: sync with it now (rate-limited per peer)."""
-        now = self.clock()
-        last = self._last_nudge.get(address)
-        running = self._inflight.get(address)
-        if running is not None and not running.done():
-            self._again.add(address)
-            return True
-        if last is not None and now - last < self.config.notify_min_interval:
-            self._again.add(address)
-            return True
-        self._last_nudge[address] = now
-        self.start_sync(address)
-        return True
-
-    def probe_once(self) -> asyncio.Task[None] | None:
-        """Probe one random peer (candidates and dead peers due a retry)."""
-        now = self.clock()
-        pool = sorted(set(self.table.candidates(now)) | set(self.table.due_dead(now)))
-        if not pool:
-            return None
-        address = self.rng.choice(pool)
-        return self._spawn(self.ping, address, "probe")
-
-    def push_pull_once(self) -> asyncio.Task[None] | None:
-        """A full session with one random known peer, whatever its state."""
-        pool = [r.address for r in self.table.records()]
-        if not pool:
-            return None
-        return self.start_sync(self.rng.choice(pool))
-
-    def notify_peers(self, exclude: Iterable[str] = ()) -> list[asyncio.Task[None]]:
-        """Tell `fanout` random live peers we have new entries (push-notify)."""
-        return [
-            self._spawn(self.notify, a, "notify") for a in self.pick(self.config.fanout, exclude)
-        ]
+            self.run(self.protocol.sync_ended(address, self.clock()))
 
     def _spawn(
         self, action: Callable[[str], Awaitable[object]], address: str, what: str
@@ -141,35 +97,92 @@ class Gossiper:
         except Exception as exc:  # the callee recorded the failure; keep the scheduler alive
             log.debug("%s %s failed: %s", what, address, exc)
 
-    # -- loops -------------------------------------------------------------------------------
+    # -- asking the protocol -----------------------------------------------------------------
+
+    def pick(self, k: int, exclude: Iterable[str] = ()) -> list[str]:
+        """Up to k random candidates (alive or suspect, not backing off), none in `exclude`."""
+        return self.protocol.pick(k, self.clock(), exclude)
+
+    def round(self) -> list[asyncio.Task[None]]:
+        """One gossip round now (sessions with `fanout` random peers and one due dead peer)."""
+        tasks = self.run(self.protocol.round(self.clock()))
+        if self.on_round is not None:
+            self.on_round()
+        return tasks
+
+    def start_sync(self, address: str) -> asyncio.Task[None] | None:
+        """A session with `address` now, or the one already running."""
+        running = self._inflight.get(address)
+        if running is not None and not running.done():
+            return running
+        tasks = self.run(self.protocol.sync(address, "asked"))
+        return tasks[0] if tasks else self._inflight.get(address)
+
+    def nudge(self, address: str) -> bool:
+        """A peer at `address` notified us of new entries: sync with it now (rate-limited
+        per peer); False when we do not know that address (we will not sync)."""
+        will_sync, actions = self.protocol.notified(address, self.clock())
+        self.run(actions)
+        deadline = self.protocol.next_deadline()
+        if self._timer is not None:
+            self._wake.set()  # a deferred nudge may be due before the next timer
+        elif deadline is not None:  # no timer task: fire the deferred nudge on its own
+            delay = max(0.0, deadline - self.clock())
+            asyncio.get_running_loop().call_later(delay, self._fire_deferred)
+        return will_sync
+
+    def _fire_deferred(self) -> None:
+        if self._timer is None:
+            self.run(self.protocol.tick(self.clock()))
+
+    def probe_once(self) -> asyncio.Task[None] | None:
+        """Probe one peer now (the longest suspected, else a random one)."""
+        tasks = self.run(self.protocol.probe(self.clock()))
+        return tasks[0] if tasks else None
+
+    def push_pull_once(self) -> asyncio.Task[None] | None:
+        """A full session with one random known peer, whatever its state."""
+        tasks = self.run(self.protocol.push_pull(self.clock()))
+        return tasks[0] if tasks else None
+
+    def notify_peers(self, exclude: Iterable[str] = ()) -> list[asyncio.Task[None]]:
+        """Tell `fanout` random live peers we have new entries (push-notify)."""
+        return self.run(self.protocol.notify_peers(self.clock(), exclude))
+
+    # -- timers ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the gossip, probe and push-pull loops in the background."""
-        if self._loops:
+        """Arm the protocol's timers and run them in the background."""
+        if self._timer is not None:
             return
-        self._loops = [
-            asyncio.create_task(self._every(self.config.gossip_interval, self.round)),
-            asyncio.create_task(self._every(self.config.probe_interval, self.probe_once)),
-            asyncio.create_task(self._every(self.config.push_pull_interval, self.push_pull_once)),
-        ]
+        self.protocol.start(self.clock())
+        self._timer = asyncio.create_task(self._timers())
 
-    async def _every(self, interval: float, action: Callable[[], object]) -> None:
-        jitter = self.rng.random() * interval
-        await asyncio.sleep(jitter)
+    async def _timers(self) -> None:
         while True:
+            deadline = self.protocol.next_deadline()
+            delay = 1.0 if deadline is None else max(0.0, deadline - self.clock())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
             try:
-                action()
+                rounds = self.protocol.rounds
+                self.run(self.protocol.tick(self.clock()))
+                if self.on_round is not None:
+                    for _ in range(self.protocol.rounds - rounds):
+                        self.on_round()
             except Exception as exc:
                 log.warning("gossip action failed: %s", exc)
-            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
-        """Cancel the loops and every session, probe and notify in flight."""
-        tasks = [*self._loops, *self._inflight.values(), *self._background]
-        self._loops = []
+        """Cancel the timers and every session, probe and notify in flight."""
+        tasks = [*self._inflight.values(), *self._background]
+        if self._timer is not None:
+            tasks.append(self._timer)
+            self._timer = None
+        self.protocol.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
         self._background.clear()
-        self._again.clear()

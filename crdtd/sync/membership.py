@@ -2,22 +2,23 @@
 
 Pure bookkeeping driven by a clock value passed in (no I/O, no wall clock): peers start from
 the configured bootstrap addresses and grow by peer exchange (every handshake carries a
-list); a failed contact makes an alive peer *suspect*; a suspect peer that stays silent for
-the suspicion timeout is *dead* and is retried with exponential backoff (seeded jitter), and
-any successful contact re-admits it as alive. memberlist's states, without its UDP probes:
-every session is a probe.
+list); a failed contact makes an alive peer *suspect*; a suspect peer whose contacts keep
+failing for the suspicion timeout is *dead* and is retried with exponential backoff (seeded
+jitter), and any successful contact re-admits it as alive. memberlist's states, without its
+UDP probes: every session is a probe. The decisions that use this table (whom to pick,
+probe, notify) live in `crdtd.sync.protocol`.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from crdtd.crypto.node_config import is_loopback_host
 from crdtd.sync.config import SyncConfig
-from crdtd.sync.handshake import PeerIdentity
 
 
 class PeerState(enum.Enum):
@@ -28,7 +29,20 @@ class PeerState(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass
+class Introduction(Protocol):
+    """What a verified handshake tells us about a peer (crdtd.sync.handshake.PeerIdentity)."""
+
+    @property
+    def key_id(self) -> bytes: ...
+
+    @property
+    def advertise(self) -> str: ...
+
+    @property
+    def peers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(slots=True)
 class PeerRecord:
     """One known peer address and what we know about it."""
 
@@ -57,7 +71,11 @@ def is_loopback(address: str) -> bool:
 
 
 class PeerTable:
-    """Known peers by address, with alive/suspect/dead states and retry times."""
+    """Known peers by address, with alive/suspect/dead states and retry times.
+
+    Indexes (sorted addresses, key id -> address, dead and suspect sets) keep every query
+    cheap at a thousand peers: the simulator runs a thousand of these tables.
+    """
 
     def __init__(
         self,
@@ -73,6 +91,10 @@ class PeerTable:
         self.own_key_id = own_key_id
         self.loopback_only = loopback_only
         self._peers: dict[str, PeerRecord] = {}
+        self._order: list[str] | None = []
+        self._by_key: dict[bytes, set[str]] = {}
+        self._dead: set[str] = set()
+        self._suspect: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -81,46 +103,75 @@ class PeerTable:
         """The record for `address`, if known."""
         return self._peers.get(address)
 
+    def addresses(self) -> list[str]:
+        """Every known address, sorted (cached until the set of peers changes)."""
+        if self._order is None:
+            self._order = sorted(self._peers)
+        return self._order
+
     def records(self) -> list[PeerRecord]:
         """Every known peer, by address."""
-        return [self._peers[a] for a in sorted(self._peers)]
+        return [self._peers[a] for a in self.addresses()]
 
     def add(
         self, address: str, key_id: bytes | None = None, source: str = "exchange", now: float = 0.0
     ) -> PeerRecord | None:
         """Learn an address (ignored when it is ours, malformed, or not allowed here)."""
-        if not valid_address(address) or address == self.own_address:
-            return None
-        if key_id is not None and key_id == self.own_key_id:
-            return None
-        if self.loopback_only and not is_loopback(address):
-            return None
         rec = self._peers.get(address)
         if rec is None:
+            if not valid_address(address) or address == self.own_address:
+                return None
+            if key_id is not None and key_id == self.own_key_id:
+                return None
+            if self.loopback_only and not is_loopback(address):
+                return None
             rec = PeerRecord(address, key_id, source=source, retry_at=now)
             self._peers[address] = rec
+            self._order = None
+            if key_id is not None:
+                self._by_key.setdefault(key_id, set()).add(address)
         elif key_id is not None and rec.key_id is None:
             rec.key_id = key_id
+            self._by_key.setdefault(key_id, set()).add(address)
         return rec
 
-    def learn(self, peer: PeerIdentity, now: float) -> None:
+    def learn(self, peer: Introduction, now: float) -> None:
         """Peer exchange: a verified peer's own address and the peers it listed."""
         if peer.advertise:
             self.add(peer.advertise, peer.key_id, "inbound", now)
         for address, key_id in peer.peers:
             self.add(address, key_id, "exchange", now)
 
+    def is_candidate(self, address: str, now: float) -> bool:
+        """True when gossip may pick `address` now (alive or suspect, not waiting)."""
+        rec = self._peers.get(address)
+        return rec is not None and rec.state is not PeerState.DEAD and rec.retry_at <= now
+
     def candidates(self, now: float) -> list[str]:
         """Addresses gossip may pick now: alive or suspect and not waiting for a retry."""
+        peers = self._peers
         return [
-            r.address for r in self.records() if r.state is not PeerState.DEAD and r.retry_at <= now
+            a
+            for a in self.addresses()
+            if peers[a].state is not PeerState.DEAD and peers[a].retry_at <= now
         ]
 
     def due_dead(self, now: float) -> list[str]:
-        """Dead peers whose backoff has expired (to try re-admitting them)."""
-        return [
-            r.address for r in self.records() if r.state is PeerState.DEAD and r.retry_at <= now
+        """Dead peers whose backoff has expired (to try re-admitting them), by address."""
+        peers = self._peers
+        return sorted(
+            a for a in self._dead if peers[a].state is PeerState.DEAD and peers[a].retry_at <= now
+        )
+
+    def due_suspects(self, now: float) -> list[str]:
+        """Suspect peers due another contact, longest suspected first (to confirm or clear)."""
+        peers = self._peers
+        due = [
+            a
+            for a in self._suspect
+            if peers[a].state is PeerState.SUSPECT and peers[a].retry_at <= now
         ]
+        return sorted(due, key=lambda a: (peers[a].suspect_since or 0.0, a))
 
     def alive(self) -> list[str]:
         """Addresses currently believed alive."""
@@ -142,11 +193,15 @@ class PeerTable:
         if rec is None:
             return
         if key_id is not None:
+            if rec.key_id is not None and rec.key_id != key_id:
+                self._by_key.get(rec.key_id, set()).discard(address)
             rec.key_id = key_id
-            for other in list(self._peers.values()):
-                if other is not rec and other.key_id == key_id:
-                    del self._peers[other.address]  # the node moved to this address
+            for other in sorted(self._by_key.get(key_id, set()) - {address}):
+                self._drop(other)  # the node moved to this address
+            self._by_key[key_id] = {address}
         rec.state = PeerState.ALIVE
+        self._dead.discard(address)
+        self._suspect.discard(address)
         rec.failures = 0
         rec.suspect_since = None
         rec.retry_at = now
@@ -164,6 +219,7 @@ class PeerTable:
         rec.last_error = error
         if rec.state is PeerState.ALIVE:
             rec.state = PeerState.SUSPECT
+            self._suspect.add(address)
             rec.suspect_since = now
             rec.retry_at = now + self.config.probe_interval
             return
@@ -173,6 +229,8 @@ class PeerTable:
                 rec.retry_at = now + self.config.probe_interval
                 return
             rec.state = PeerState.DEAD
+        self._suspect.discard(address)
+        self._dead.add(address)
         rec.retry_at = now + self.backoff(rec.failures)
 
     def backoff(self, failures: int) -> float:
@@ -183,4 +241,18 @@ class PeerTable:
     def forget(self, addresses: Iterable[str]) -> None:
         """Drop addresses (e.g. peers that turned out to be revoked)."""
         for a in addresses:
-            self._peers.pop(a, None)
+            self._drop(a)
+
+    def _drop(self, address: str) -> None:
+        rec = self._peers.pop(address, None)
+        if rec is None:
+            return
+        self._order = None
+        self._dead.discard(address)
+        self._suspect.discard(address)
+        if rec.key_id is not None:
+            same = self._by_key.get(rec.key_id)
+            if same is not None:
+                same.discard(address)
+                if not same:
+                    del self._by_key[rec.key_id]

@@ -1,8 +1,11 @@
 """SyncNode: one node's sync machinery wired together (state, Peer service, gossip).
 
 It owns the answering side (LocalPeer served through a Transport), the calling side
-(one Connection per peer address, AntiEntropySession), the PeerTable and the Gossiper.
-The daemon builds one of these; tests and simulations build many in one process.
+(one Connection per peer address, AntiEntropySession), the gossip state machine
+(`GossipProtocol`, with the PeerTable) and the Gossiper that performs its actions. Every
+outcome (a session, a probe, a notify, a handshake or push from a peer) is reported to the
+protocol, which answers with what to do next; this class only does the I/O.
+The daemon builds one of these; tests build many in one process.
 
 Two hooks connect it to trust: `relay_filter(entry)` False keeps an entry out of what this
 node serves and offers (the daemon passes `crdtd.trust.should_relay`), and
@@ -31,6 +34,7 @@ from crdtd.sync.gossip import Gossiper
 from crdtd.sync.handshake import Identity, PeerIdentity
 from crdtd.sync.membership import PeerTable
 from crdtd.sync.peer import LocalPeer
+from crdtd.sync.protocol import GossipProtocol
 from crdtd.sync.receive import Misbehaviour
 from crdtd.sync.session import AntiEntropySession, Connection, SessionResult
 from crdtd.sync.transport import Listener, Transport
@@ -44,6 +48,9 @@ class SyncObserver(Protocol):
     def session_done(
         self, address: str, result: SessionResult | None, error: BaseException | None
     ) -> None: ...
+
+    def round_done(self) -> None:
+        """A gossip round ran (counted by the daemon's metrics)."""
 
 
 class SyncNode:
@@ -73,33 +80,42 @@ class SyncNode:
         if seed is None:
             seed = int.from_bytes(hashlib.sha256(b"gossip" + identity.key_id).digest()[:8], "big")
         self.rng = random.Random(seed)
-        self.table = PeerTable(
+        self.protocol = GossipProtocol(
             self.config,
             self.rng,
             identity.advertise,
             identity.key_id,
             loopback_only=loopback_only,
         )
-        for address in bootstrap:
-            self.table.add(address, None, "bootstrap", clock())
+        self.protocol.add_peers(bootstrap, clock())
         self.local = LocalPeer(
             state,
             identity,
             self.config,
             events=self,
-            known_peers=self.table.exchange_list,
+            known_peers=self.protocol.exchange,
             clock=clock,
             relay_filter=relay_filter,
         )
         self.session = AntiEntropySession(state, self.config, relay_filter=relay_filter)
         self.gossip = Gossiper(
-            self.table, self.sync_with, self.ping, self.notify, self.config, self.rng, clock
+            self.protocol,
+            self.sync_with,
+            self.ping,
+            self.notify,
+            clock,
+            on_round=observer.round_done if observer is not None else None,
         )
         self.listener: Listener | None = None
         self.sessions_ok = 0
         self.sessions_failed = 0
         self._conns: dict[str, Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def table(self) -> PeerTable:
+        """Known peers and their liveness (owned by the protocol)."""
+        return self.protocol.table
 
     @property
     def address(self) -> str:
@@ -121,8 +137,7 @@ class SyncNode:
     def _set_advertise(self, address: str) -> None:
         self.identity = replace(self.identity, advertise=address)
         self.local.handshakes.identity = self.identity
-        self.table.own_address = address
-        self.table.forget([address])
+        self.protocol.set_address(address)
         for conn in self._conns.values():
             conn.identity = self.identity
 
@@ -145,7 +160,7 @@ class SyncNode:
                 self.identity,
                 self.state,
                 self.config,
-                self.table.exchange_list,
+                self.protocol.exchange,
                 self.clock,
             )
             self._conns[address] = conn
@@ -162,14 +177,14 @@ class SyncNode:
                 await self._failed(address, conn, exc)
                 raise
             self.sessions_ok += 1
-            self.table.success(address, result.peer.key_id, self.clock(), result.in_sync)
-            self.table.learn(result.peer, self.clock())
+            then = self.protocol.session_ok(
+                address, result.peer, self.clock(), result.in_sync, bool(result.pulled)
+            )
             if self.observer is not None:
                 self.observer.session_done(address, result, None)
             if result.misbehaviour:
                 self.misbehaved(result.peer, result.misbehaviour)
-        if result.pulled:
-            self.gossip.notify_peers(exclude=[address])
+        self.gossip.run(then)
         return result
 
     async def _failed(self, address: str, conn: Connection, exc: BaseException) -> None:
@@ -181,7 +196,7 @@ class SyncNode:
         forget = getattr(self.transport, "forget", None)
         if forget is not None:
             await forget(address)
-        self.table.failure(address, self.clock(), str(exc))
+        self.protocol.contact_failed(address, self.clock(), str(exc))
         if isinstance(exc, PeerRefusedError):
             log.warning("peer %s refused: %s", address, exc)
         if self.observer is not None:
@@ -228,9 +243,7 @@ class SyncNode:
             return False
         nodes = reply.merkle.nodes
         in_sync = len(nodes) == 1 and nodes[0].WhichOneof("summary") == "equal"
-        self.table.success(address, peer.key_id, self.clock(), in_sync)
-        if not in_sync:
-            self.gossip.start_sync(address)
+        self.gossip.run(self.protocol.probe_ok(address, peer.key_id, self.clock(), in_sync))
         return in_sync
 
     async def notify(self, address: str) -> bool:
@@ -251,22 +264,19 @@ class SyncNode:
     ) -> ApplyResult:
         """Apply an entry created here, then push-notify peers so it spreads at once."""
         result = await asyncio.to_thread(self.state.apply, entry, payload_source)
-        self.gossip.notify_peers()
+        self.gossip.run(self.protocol.wrote(self.clock()))
         return result
 
     # -- PeerEvents (called by LocalPeer) ----------------------------------------------------
 
     def peer_seen(self, peer: PeerIdentity) -> None:
-        self.table.learn(peer, self.clock())
+        self.protocol.peer_seen(peer, self.clock())
 
     def notified(self, peer: PeerIdentity, root: bytes) -> bool:
-        if not peer.advertise or self.table.get(peer.advertise) is None:
-            return False
         return self.gossip.nudge(peer.advertise)
 
     def received(self, ids: Sequence[bytes], peer: PeerIdentity) -> None:
-        exclude = [peer.advertise] if peer.advertise else []
-        self.gossip.notify_peers(exclude=exclude)
+        self.gossip.run(self.protocol.received(peer.advertise, self.clock()))
 
     def misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
         if self.on_misbehaviour is None:
