@@ -98,10 +98,10 @@ def test_a_notify_from_an_unknown_address_is_not_followed() -> None:
 
 def test_entries_pulled_from_a_peer_are_announced_to_others_not_back_to_it() -> None:
     p = protocol(n=4)
-    actions = p.session_ok(addr(1), Peer(key(1), addr(1)), now=1.0, in_sync=False, pulled=True)
+    actions = p.session_ok(addr(1), key(1), now=1.0, in_sync=False, pulled=True)
     assert len(actions) == CFG.fanout and all(a.act is Act.NOTIFY for a in actions)
     assert addr(1) not in {a.address for a in actions}
-    assert p.session_ok(addr(2), Peer(key(2)), now=1.0, in_sync=True, pulled=False) == []
+    assert p.session_ok(addr(2), key(2), now=1.0, in_sync=True, pulled=False) == []
     assert addr(1) not in {a.address for a in p.received(addr(1), now=1.0)}
 
 
@@ -189,5 +189,5 @@ def test_learning_peers_never_adds_ourselves_and_a_moved_node_keeps_one_record()
     p = protocol(n=2)
     p.peer_seen(Peer(key(5), addr(5), ((addr(0), key(0)), (addr(6), key(6)))), now=0.0)
     assert addr(0) not in p.table.addresses() and addr(6) in p.table.addresses()
-    p.session_ok("10.0.1.5:7000", Peer(key(5)), now=1.0, in_sync=True, pulled=False)
+    p.session_ok("10.0.1.5:7000", key(5), now=1.0, in_sync=True, pulled=False)
     assert addr(5) not in p.table.addresses() and "10.0.1.5:7000" in p.table.addresses()

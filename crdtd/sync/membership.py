@@ -103,6 +103,11 @@ class PeerTable:
         """The record for `address`, if known."""
         return self._peers.get(address)
 
+    def key_of(self, address: str) -> bytes:
+        """The key id known for `address` (b"" when none is)."""
+        rec = self._peers.get(address)
+        return b"" if rec is None or rec.key_id is None else rec.key_id
+
     def addresses(self) -> list[str]:
         """Every known address, sorted (cached until the set of peers changes)."""
         if self._order is None:

@@ -171,6 +171,7 @@ class SyncNode:
         lock = self._locks.setdefault(address, asyncio.Lock())
         async with lock:
             conn = self._connection(address)
+            known = conn.peer
             try:
                 result = await self.session.run(conn)
             except BaseException as exc:
@@ -178,8 +179,10 @@ class SyncNode:
                 raise
             self.sessions_ok += 1
             then = self.protocol.session_ok(
-                address, result.peer, self.clock(), result.in_sync, bool(result.pulled)
+                address, result.peer.key_id, self.clock(), result.in_sync, bool(result.pulled)
             )
+            if result.peer is not known:  # this session ran a handshake: its peer list is new
+                self.protocol.peer_seen(result.peer, self.clock())
             if self.observer is not None:
                 self.observer.session_done(address, result, None)
             if result.misbehaviour:
@@ -223,6 +226,7 @@ class SyncNode:
         A differing root starts a session; a failure or timeout counts against the peer.
         """
         conn = self._connection(address)
+        known = conn.peer
         root = self.state.merkle_root()
         request = pb.DigestRequest(
             merkle=pb.MerkleProbes(
@@ -243,18 +247,23 @@ class SyncNode:
             return False
         nodes = reply.merkle.nodes
         in_sync = len(nodes) == 1 and nodes[0].WhichOneof("summary") == "equal"
+        if peer is not known:
+            self.protocol.peer_seen(peer, self.clock())
         self.gossip.run(self.protocol.probe_ok(address, peer.key_id, self.clock(), in_sync))
         return in_sync
 
     async def notify(self, address: str) -> bool:
         """Tell a peer we have new entries (it replies whether it will sync with us)."""
         conn = self._connection(address)
+        known = conn.peer
         try:
-            await conn.ensure()
+            peer = await conn.ensure()
             reply = await conn.client.notify(pb.NotifyRequest(root=self.state.merkle_root()))
         except CrdtdError as exc:
             await self._failed(address, conn, exc)
             return False
+        if peer is not known:
+            self.protocol.peer_seen(peer, self.clock())
         return bool(reply.will_sync)
 
     # -- local writes ------------------------------------------------------------------------

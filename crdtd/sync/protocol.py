@@ -32,7 +32,8 @@ Decisions, with memberlist's LAN defaults (`SyncConfig`):
 - a session that pulled entries, entries pushed to us, and local writes notify `fanout`
   random live peers (never the one the entries came from);
 - peer exchange: a handshake lists a random sample of up to `max_peers_exchanged` known
-  live peers, so membership spreads over the whole federation, not the lowest addresses.
+  live peers, so membership spreads over the whole federation, not the lowest addresses;
+  both sides learn from it once, when it completes (`peer_seen`).
 
 All randomness comes from one seeded `random.Random`, so a seed replays the same choices.
 """
@@ -111,11 +112,14 @@ class GossipProtocol:
 
     def exchange(self) -> list[tuple[str, bytes]]:
         """Peers to list in a handshake: a random sample of known live peers with key ids."""
-        known = self.table.exchange_list()
-        k = self.config.max_peers_exchanged
-        if len(known) <= k:
-            return known
-        return sorted(self.rng.sample(known, k))
+        table = self.table
+
+        def listable(address: str) -> bool:
+            rec = table.get(address)
+            return rec is not None and rec.state is not PeerState.DEAD and rec.key_id is not None
+
+        chosen = self._sample(self.config.max_peers_exchanged, listable)
+        return [(a, table.key_of(a)) for a in sorted(chosen)]
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -279,12 +283,11 @@ class GossipProtocol:
     # -- outcomes ----------------------------------------------------------------------------
 
     def session_ok(
-        self, address: str, peer: Introduction, now: float, in_sync: bool, pulled: bool
+        self, address: str, key_id: bytes, now: float, in_sync: bool, pulled: bool
     ) -> list[Action]:
-        """A session we started succeeded: the peer is alive, its peer list is news, and
-        entries we pulled are announced to others."""
-        self.table.success(address, peer.key_id, now, in_sync)
-        self.table.learn(peer, now)
+        """A session we started succeeded: the peer is alive, and entries we pulled are
+        announced to others."""
+        self.table.success(address, key_id, now, in_sync)
         return self.notify_peers(now, exclude=[address]) if pulled else []
 
     def probe_ok(self, address: str, key_id: bytes, now: float, in_sync: bool) -> list[Action]:
@@ -299,7 +302,8 @@ class GossipProtocol:
     # -- what peers and the node did ---------------------------------------------------------
 
     def peer_seen(self, peer: Introduction, now: float) -> None:
-        """A peer completed a handshake with us: its address and peer list are news."""
+        """A handshake completed (either side started it): the peer's address and the peers
+        it listed are news."""
         self.table.learn(peer, now)
 
     def notified(self, address: str, now: float) -> tuple[bool, list[Action]]:
