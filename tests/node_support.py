@@ -58,9 +58,11 @@ def federation(
     n: int,
     namespaces: dict[str, dict[str, Any]] | None = None,
     fast_gossip: bool = True,
+    gossip: dict[str, int] | None = None,
     **sections: dict[str, Any] | None,
 ) -> list[Path]:
-    """A federation of `n` nodes under root/fed; returns their config paths."""
+    """A federation of `n` nodes under root/fed; returns their config paths. `gossip`
+    overrides `[gossip]` keys (after FAST_GOSSIP when `fast_gossip`)."""
     d = root / "fed"
     fed.init(d, federation_id="test-fed")
     paths = []
@@ -69,6 +71,8 @@ def federation(
         text = cfg.path.read_text()
         if fast_gossip:
             text = _gossip(text, FAST_GOSSIP)
+        if gossip:
+            text = _gossip(text, gossip)
         sections.setdefault("limits", {"max_payload": "8MiB", "drain_timeout_ms": 3000})
         given = {k: v for k, v in sections.items() if v is not None}
         text += "\n" + render_daemon_sections(
@@ -93,14 +97,19 @@ def checkpoint(path: Path, value: float, seed: int = 0, shape: tuple[int, int] =
 class Daemon:
     """A `crdtd start` subprocess for one node config."""
 
-    def __init__(self, config: Path, log_format: str = "json") -> None:
+    def __init__(
+        self, config: Path, log_format: str = "json", env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
+        self.env = env or {}
         self.log_path = config.with_suffix(".log")
         self.log_format = log_format
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0  # where this run's lines start in the (appended) log file
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> Daemon:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -129,7 +138,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            if "daemon.started" in self.log():
+            if "daemon.started" in self.log_of_this_run():
                 with self.client(timeout=10) as c:
                     c.wait_ready(10)
                 return
@@ -138,6 +147,14 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_of_this_run(self) -> str:
+        """The log lines written since the last `start` (a restart appends to the file)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_from)
+            return f.read().decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
@@ -157,14 +174,15 @@ class Daemon:
 
 
 @contextmanager
-def running(configs: list[Path]) -> Iterator[list[Daemon]]:
-    """Start a daemon per config (in order), stop them all at the end."""
+def running(configs: list[Path], timeout: float = 60.0) -> Iterator[list[Daemon]]:
+    """Start a daemon per config (in order), stop them all at the end; `timeout` bounds
+    each node's wait for readiness (they start in parallel)."""
     daemons = [Daemon(c) for c in configs]
     try:
         for d in daemons:
             d.start(wait=False)
         for d in daemons:
-            d.wait_ready()
+            d.wait_ready(timeout)
         yield daemons
     finally:
         for d in daemons:
