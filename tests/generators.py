@@ -8,16 +8,21 @@ from hypothesis import strategies as st
 
 from crdtd.lattice import (
     DotContext,
+    FrequentItemsSketch,
     GCounter,
     GSet,
+    HllSketch,
+    KllSketch,
     LWWRegister,
     MVRegister,
     ORMap,
     ORSet,
     PNCounter,
     Product,
+    ThetaSketch,
     VersionVector,
 )
+from crdtd.lattice.sketches.theta import MAX_THETA
 
 NODES = ("a", "b", "c")
 node_ids = st.sampled_from(NODES)
@@ -78,6 +83,48 @@ def ormaps(draw: st.DrawFn) -> ORMap:
 
 products = st.builds(lambda a, b: Product(count=a, members=b), gcounters, orsets())
 
+# Sketches: small sizes so estimation mode, compaction and purging all happen.
+ids = st.integers(min_value=0, max_value=400)
+hll_sketches = st.lists(ids, max_size=150).map(lambda vs: HllSketch.of(vs, lg_k=4))
+built_theta_sketches = st.lists(ids, max_size=150).map(lambda vs: ThetaSketch.of(vs, lg_k=5))
+
+
+@st.composite
+def theta_states(draw: st.DrawFn) -> ThetaSketch:
+    """Any valid theta state, also ones no single stream produces (theta < 1, few hashes)."""
+    theta = draw(st.one_of(st.just(MAX_THETA), st.integers(min_value=1, max_value=MAX_THETA)))
+    hashes = draw(st.sets(st.integers(min_value=1, max_value=max(1, theta - 1)), max_size=32))
+    return ThetaSketch(5, theta, sorted(h for h in hashes if h < theta))
+
+
+theta_sketches = st.one_of(built_theta_sketches, theta_states())
+kll_sketches = st.lists(
+    st.lists(st.integers(-50, 50).map(float), min_size=1, max_size=80), max_size=3
+).map(lambda streams: _joined([KllSketch.of(s, k=8) for s in streams], KllSketch(k=8)))
+frequent_sketches = st.lists(
+    st.lists(st.sampled_from("abcdefghij"), min_size=1, max_size=60), max_size=3
+).map(
+    lambda streams: _joined(
+        [FrequentItemsSketch.of(s, lg_max_map_size=3) for s in streams],
+        FrequentItemsSketch(lg_max_map_size=3),
+    )
+)
+
+
+def _joined(values, empty):
+    out = empty
+    for v in values:
+        out = out.join(v)
+    return out
+
+
+SKETCHES = {
+    "HllSketch": hll_sketches,
+    "ThetaSketch": theta_sketches,
+    "KllSketch": kll_sketches,
+    "FrequentItemsSketch": frequent_sketches,
+}
+
 ALL_LATTICES = {
     "GCounter": gcounters,
     "PNCounter": pncounters,
@@ -88,4 +135,5 @@ ALL_LATTICES = {
     "ORSet": orsets(),
     "ORMap": ormaps(),
     "Product": products,
+    **SKETCHES,
 }

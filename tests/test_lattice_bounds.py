@@ -11,14 +11,18 @@ import pytest
 from crdtd.errors import CrdtdError, DecodeError, LatticeTypeError, LatticeValueError
 from crdtd.lattice import (
     DotContext,
+    FrequentItemsSketch,
     GCounter,
     GSet,
+    HllSketch,
+    KllSketch,
     LWWRegister,
     MVRegister,
     ORMap,
     ORSet,
     PNCounter,
     Product,
+    ThetaSketch,
     VersionVector,
     decode,
 )
@@ -163,6 +167,10 @@ SAMPLES = {
     "ORSet": ORSet().add(1, "a"),
     "ORMap": ORMap().update("k", "a", lambda v: GCounter({"a": 1})),
     "Product": Product(a=GCounter({"a": 1})),
+    "HllSketch": HllSketch.of([1]),
+    "ThetaSketch": ThetaSketch.of([1]),
+    "KllSketch": KllSketch.of([1.0]),
+    "FrequentItemsSketch": FrequentItemsSketch.of(["a"]),
 }
 
 

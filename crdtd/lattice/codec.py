@@ -110,11 +110,25 @@ def register_decoder(tag: str, fn: Callable[[list[Any]], T]) -> None:
     _DECODERS[tag] = fn
 
 
+_LAZY_TAGS = frozenset({"hll", "theta", "kll", "fi"})
+"""Tags of the sketch lattices, whose module (and DataSketches) loads on first decode."""
+
+
+def _load_sketches() -> None:
+    try:
+        import crdtd.lattice.sketches  # noqa: F401  (registers the sketch decoders)
+    except ImportError as exc:
+        raise DecodeError(f"sketch values need DataSketches: {exc}") from None
+
+
 def decode_obj(obj: Any, where: str = "lattice") -> Any:
     """Decode a tagged object tree `[tag, ...]` into its lattice value."""
     if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
         raise DecodeError(f"{where}: expected a tagged array [tag, ...], got {type(obj).__name__}")
     fn = _DECODERS.get(obj[0])
+    if fn is None and obj[0] in _LAZY_TAGS:
+        _load_sketches()
+        fn = _DECODERS.get(obj[0])
     if fn is None:
         raise DecodeError(f"{where}: unknown lattice tag {obj[0]!r}")
     return fn(obj)
@@ -163,7 +177,9 @@ def expect_sorted_unique(keys: list[bytes], where: str) -> None:
 
 def check_header(obj: list[Any], tag: str, n: int, where: str) -> list[Any]:
     """Validate `[tag, ...fields]` with exactly n fields after the tag."""
+    expect_list(obj, None, where)
+    if not obj or obj[0] != tag:
+        got = repr(obj[0])[:40] if obj else "nothing"
+        raise DecodeError(f"{where}: expected tag {tag!r}, got {got}")
     expect_list(obj, n + 1, where)
-    if obj[0] != tag:
-        raise DecodeError(f"{where}: expected tag {tag!r}, got {obj[0]!r}")
     return obj[1:]
