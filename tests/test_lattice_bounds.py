@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import msgpack
 import pytest
@@ -29,17 +28,11 @@ from crdtd.lattice import (
 from crdtd.lattice.codec import MAX_DEPTH
 
 
-def _timed_decode(data: bytes) -> tuple[object, float]:
-    start = time.process_time()
-    value = decode(data)
-    return value, time.process_time() - start
-
-
+@pytest.mark.timeout(30)  # the old decoder expanded the range: 10**7 took seconds, 2**62 hung
 @pytest.mark.parametrize("top", [10**7, 2**62, 2**63 - 1])
 def test_orset_context_claiming_a_huge_range_decodes_without_expanding_it(top):
     data = msgpack.packb(["ors", [], [["a", top, []]]])
-    value, seconds = _timed_decode(data)
-    assert seconds < 0.5  # a 16-byte input; the old decoder took seconds at 10**7
+    value = decode(data)
     assert value.context.contains(("a", top)) and not value.context.contains(("a", top + 1))
     assert value.to_bytes() == data
     if top < 2**63 - 1:
@@ -49,11 +42,10 @@ def test_orset_context_claiming_a_huge_range_decodes_without_expanding_it(top):
             value.add_delta("x", "a")
 
 
-def test_ormap_key_context_claiming_a_huge_range_decodes_quickly():
+@pytest.mark.timeout(30)
+def test_ormap_key_context_claiming_a_huge_range_decodes_without_expanding_it():
     data = msgpack.packb(["orm", ["ors", [], [["a", 2**62, [2**62 + 5]]]], []])
-    value, seconds = _timed_decode(data)
-    assert seconds < 0.5
-    assert value.to_bytes() == data
+    assert decode(data).to_bytes() == data
 
 
 def test_huge_contexts_join_and_compact_without_expanding():
@@ -210,11 +202,14 @@ def _mv_bytes(n: int) -> bytes:
     return msgpack.packb(["mv", sorted(writes, key=msgpack.packb)])
 
 
-def test_mv_register_with_too_many_concurrent_writes_is_refused_before_pruning():
-    start = time.process_time()
+def test_mv_register_with_too_many_concurrent_writes_is_refused_before_pruning(monkeypatch):
+    pruned = []
+    prune = MVRegister._prune
+    counted = staticmethod(lambda w: pruned.append(len(w)) or prune(w))
+    monkeypatch.setattr(MVRegister, "_prune", counted)
     with pytest.raises(DecodeError, match="more than 256"):
-        decode(_mv_bytes(5000))
-    assert time.process_time() - start < 0.5  # pruning 5000 writes took ~12 s
+        decode(_mv_bytes(5000))  # pruning 5000 writes (quadratic) took ~12 s
+    assert pruned == []
     assert decode(_mv_bytes(MVRegister.MAX_WRITES)).values == list(range(256))
 
 
