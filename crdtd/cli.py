@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("crdtd.crypto.cli", "pq", ("federation", "keygen", "tls")),
     ("crdtd.store.cli", "all", ("fsck",)),
     ("crdtd.model.cli", "model", ("merge",)),
+    ("crdtd.kinds.cli", "sketch", ("sketch",)),
     (
         "crdtd.node.cli",
         "model",
@@ -30,6 +31,7 @@ COMMAND_MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "status",
             "materialise",
             "sql",
+            "recall",
             "erase",
             "trust",
             "watch",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -32,6 +32,8 @@ from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7401"
+Recalled = list[tuple[float, dict[str, Any]]]
+Records = list[dict[str, Any]]
 # Payload kind a member-signed push declares for a file suffix (the node checks the bytes).
 SUFFIX_KINDS = {
     ".safetensors": "safetensors",
@@ -41,6 +43,9 @@ SUFFIX_KINDS = {
     ".feather": "arrow",
     ".ipc": "arrow",
     ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".sketch": "sketch",
 }
 PIECE = 1 << 20
 T = TypeVar("T")
@@ -640,6 +645,29 @@ class Client:
             input_set_digests=dict(result.input_set_digests),
             seconds=result.seconds,
         )
+
+    def recall(
+        self,
+        namespace: str,
+        query: str = "",
+        *,
+        k: int = 5,
+        embedding: Sequence[float] | None = None,
+    ) -> Recalled:
+        """The `k` memories of a memory namespace nearest the query, best first, as
+        (score, memory): by cosine similarity to `embedding` when given, else by keyword."""
+        r = self._call(
+            self.stub.Recall,
+            pb.RecallRequest(
+                namespace=namespace, query=query, k=k, embedding=list(embedding or [])
+            ),
+        )
+        return [(m.score, json.loads(m.record_json)) for m in r.memories]
+
+    def memories(self, namespace: str) -> Records:
+        """The merged memories of a memory namespace (rank order), streamed as JSON Lines."""
+        _, data, _ = self._materialise(namespace)
+        return [json.loads(line) for line in data.decode().splitlines() if line]
 
     def status(self) -> NodeStatus:
         """The node's identity, state root, entry counts and peers."""

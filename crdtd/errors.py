@@ -209,6 +209,14 @@ class WrongKindError(KindError):
     """A push carries a payload kind its namespace does not take (names both)."""
 
 
+class MemoryRecordError(KindError):
+    """A memory record is malformed (names the line and field: no id, wrong embedding size)."""
+
+
+class SketchContributionError(KindError):
+    """A sketch contribution is not a sketch, or of another type or size than its namespace's."""
+
+
 class TableContributionError(KindError):
     """A table contribution cannot be read or lacks what its namespace needs (names the line,
     column or key)."""

@@ -17,6 +17,8 @@ from crdtd.kinds.base import Excluded, Materialised, MaterialiseRequest, Namespa
 _MODULES = {
     "model": "crdtd.kinds.model",
     "table": "crdtd.kinds.table",
+    "sketch": "crdtd.kinds.sketch",
+    "memory": "crdtd.kinds.memory",
 }
 NAMES = tuple(_MODULES)
 

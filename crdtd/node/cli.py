@@ -344,6 +344,29 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recall(args: argparse.Namespace) -> int:
+    embedding = None
+    if args.embedding:
+        text = args.embedding
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        try:
+            embedding = [float(x) for x in json.loads(text)]
+        except (ValueError, TypeError):
+            raise ConfigError("--embedding: expected a JSON list of numbers (or @FILE)") from None
+    with client_for(args) as c:
+        hits = c.recall(args.namespace, args.query, k=args.k, embedding=embedding)
+    if args.json:
+        _print(args, "", [{"score": s, "memory": m} for s, m in hits])
+        return 0
+    for score, m in hits:
+        tags = f"  [{', '.join(m.get('tags') or [])}]" if m.get("tags") else ""
+        print(f"{score:8.4f}  {m['id']:<16} {m['author']:<16} {m['text']}{tags}")
+    if not hits:
+        print("(no memories match)", file=sys.stderr)
+    return 0
+
+
 def _write_rows(table: Any, fmt: str, out: str | None) -> None:
     """Query rows as a printed table, JSON lines, or a Parquet file."""
     import polars as pl
@@ -460,6 +483,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--out", default=None, metavar="PATH", help="write the rows here")
     client_options(p)
     p.set_defaults(func=_cmd_sql)
+
+    p = subparsers.add_parser("recall", help="the memories of a memory namespace nearest a query")
+    p.add_argument("namespace")
+    p.add_argument("query", nargs="?", default="")
+    p.add_argument("-k", type=int, default=5, help="memories to return (default 5)")
+    p.add_argument(
+        "--embedding", default="", help="the query's embedding: a JSON list, or @FILE holding one"
+    )
+    client_options(p)
+    p.set_defaults(func=_cmd_recall)
 
     p = subparsers.add_parser("erase", help="erase entries everywhere (right to be forgotten)")
     p.add_argument("ids", nargs="*", metavar="ID")

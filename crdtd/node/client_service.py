@@ -32,7 +32,7 @@ from crdtd.errors import (
     UnauthorizedError,
     echo,
 )
-from crdtd.kinds.base import provenance_beside
+from crdtd.kinds.base import canonical_json, provenance_beside
 from crdtd.node.core import EntryView, NodeCore, PeerView
 from crdtd.node.logs import event, get_logger
 from crdtd.node.materialise import (
@@ -488,6 +488,30 @@ class NodeService(pb_grpc.NodeServicer):
                 input_set_digests=done.digests,
                 seconds=done.seconds,
             )
+        )
+
+    @unary
+    async def Recall(
+        self, request: pb.RecallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecallReply:
+        from crdtd.kinds.memory import recall_node
+
+        async with self.merge_slots:
+            method, hits, digest = await asyncio.to_thread(
+                recall_node,
+                self.core,
+                request.namespace,
+                request.query,
+                request.k or 5,
+                list(request.embedding),
+            )
+        return pb.RecallReply(
+            memories=[
+                pb.RecalledMemory(score=score, record_json=canonical_json(rec))
+                for score, rec in hits
+            ],
+            method=method,
+            input_set_digest=digest,
         )
 
     def _out_path(self, text: str, default_name: str) -> Path:

@@ -236,6 +236,10 @@ def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
+    if kind == "count":
+        if type(value) is not int or not 0 <= value <= 1 << 40:
+            raise ConfigError(f"{where}: expected an integer >= 0, got {value!r}")
+        return value
     if kind == "names":
         if isinstance(value, str):
             value = [value]

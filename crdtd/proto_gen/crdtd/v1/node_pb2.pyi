@@ -424,3 +424,33 @@ class SqlChunk(_message.Message):
     data: bytes
     result: SqlResult
     def __init__(self, data: _Optional[bytes] = ..., result: _Optional[_Union[SqlResult, _Mapping]] = ...) -> None: ...
+
+class RecallRequest(_message.Message):
+    __slots__ = ("namespace", "query", "k", "embedding")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    query: str
+    k: int
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, namespace: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RecalledMemory(_message.Message):
+    __slots__ = ("score", "record_json")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    record_json: str
+    def __init__(self, score: _Optional[float] = ..., record_json: _Optional[str] = ...) -> None: ...
+
+class RecallReply(_message.Message):
+    __slots__ = ("memories", "method", "input_set_digest")
+    MEMORIES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    memories: _containers.RepeatedCompositeFieldContainer[RecalledMemory]
+    method: str
+    input_set_digest: str
+    def __init__(self, memories: _Optional[_Iterable[_Union[RecalledMemory, _Mapping]]] = ..., method: _Optional[str] = ..., input_set_digest: _Optional[str] = ...) -> None: ...

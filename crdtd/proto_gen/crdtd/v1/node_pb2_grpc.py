@@ -89,6 +89,11 @@ class NodeStub:
                 request_serializer=crdtd_dot_v1_dot_node__pb2.SqlRequest.SerializeToString,
                 response_deserializer=crdtd_dot_v1_dot_node__pb2.SqlChunk.FromString,
                 _registered_method=True)
+        self.Recall = channel.unary_unary(
+                '/crdtd.v1.Node/Recall',
+                request_serializer=crdtd_dot_v1_dot_node__pb2.RecallRequest.SerializeToString,
+                response_deserializer=crdtd_dot_v1_dot_node__pb2.RecallReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -168,6 +173,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Recall(self, request, context):
+        """The memories of a memory namespace nearest a query: by embedding similarity when the
+        request carries an embedding, else by keyword (BM25) ranking of the query text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +238,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Sql,
                     request_deserializer=crdtd_dot_v1_dot_node__pb2.SqlRequest.FromString,
                     response_serializer=crdtd_dot_v1_dot_node__pb2.SqlChunk.SerializeToString,
+            ),
+            'Recall': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recall,
+                    request_deserializer=crdtd_dot_v1_dot_node__pb2.RecallRequest.FromString,
+                    response_serializer=crdtd_dot_v1_dot_node__pb2.RecallReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +542,33 @@ class Node:
             '/crdtd.v1.Node/Sql',
             crdtd_dot_v1_dot_node__pb2.SqlRequest.SerializeToString,
             crdtd_dot_v1_dot_node__pb2.SqlChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtd.v1.Node/Recall',
+            crdtd_dot_v1_dot_node__pb2.RecallRequest.SerializeToString,
+            crdtd_dot_v1_dot_node__pb2.RecallReply.FromString,
             options,
             channel_credentials,
             insecure,
