@@ -196,3 +196,29 @@ def test_without_polars_dicts_still_merge_and_files_say_what_to_install(
         merge(tmp_path / "a.csv", key="id")
     with pytest.raises(OutputWriteError, match="needs polars"):
         merge([{"id": 1}], key="id", out=tmp_path / "a.csv")
+
+
+BIG = 2**53
+
+
+@pytest.mark.parametrize(
+    "convert", [lambda df: df, lambda df: df.to_pandas(), lambda df: df.to_arrow()]
+)
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["vectorised", "rows"])
+def test_integer_and_float_keys_are_refused_not_collapsed(convert: Any, threshold: int) -> None:
+    ints = convert(pl.DataFrame({"id": [BIG + 1], "v": [1]}))
+    floats = convert(pl.DataFrame({"id": [float(BIG)], "v": [2]}))
+    with pytest.raises(KeyTypeError, match=r"key column 'id' .*Int64.* float"):
+        merge(ints, floats, key="id", fast_threshold=threshold)
+
+
+def test_an_integer_value_a_float_column_cannot_hold_is_refused() -> None:
+    ints = pl.DataFrame({"id": [1, 2], "v": [3, BIG + 1]})
+    floats = pl.DataFrame({"id": [3], "v": [0.5]})
+    with pytest.raises(SchemaError, match=r"column 'v' is Int64 in input 0 .*row 1 holds 9007"):
+        merge(ints, floats, key="id")
+    small = pl.DataFrame({"id": [1], "v": [BIG]})
+    assert merge(small, floats, key="id").to_dicts() == [
+        {"id": 1, "v": float(BIG)},
+        {"id": 3, "v": 0.5},
+    ]

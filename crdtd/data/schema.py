@@ -1,7 +1,9 @@
 """Check columnar inputs against a merge spec and agree one output type per column.
 
 A column must hold one family of values in every input (integers and floats count as one
-numeric family, an all-null column fits any); within a family the widest type wins.
+numeric family, an all-null column fits any); within a family the widest type wins. No value
+changes on the way: a key column may not mix integers and floats (2**53 + 1 would become
+2**53), and an integer value column widened to float must hold only integers a float keeps.
 """
 
 from __future__ import annotations
@@ -137,10 +139,38 @@ def unify(frames: Sequence[tuple[str, pl.DataFrame]], spec: MergeSpec) -> Unifie
         raise SchemaError(f"the inputs' column types cannot be combined: {e}") from None
     if spec.tombstone is not None:
         merged[spec.tombstone] = pl.Boolean
+    for label, df in frames:
+        _check_exact_cast(df, label, merged, spec)
     columns = spec.column_order(names - set(spec.keys))
     dtypes = {c: merged.get(c, pl.Null) for c in columns}
     vectorisable = all(family(d) in SCALAR_FAMILIES for d in dtypes.values())
     return UnifiedSchema(columns, dtypes, vectorisable)
+
+
+def _check_exact_cast(
+    df: pl.DataFrame, label: str, merged: dict[str, Any], spec: MergeSpec
+) -> None:
+    """KeyTypeError for an integer key that would be compared as a float; SchemaError for an
+    integer value the unified float type cannot hold exactly."""
+    for c, dtype in df.schema.items():
+        target = merged.get(c)
+        if target is None or not dtype.is_integer() or not target.is_float():
+            continue
+        if c in spec.keys:
+            raise KeyTypeError(
+                f"key column {c!r} is {dtype} in {label} ({_first_value(df, c)}) but floating "
+                "point in another input; integer and float keys would be compared as floats "
+                "(2**53 + 1 would equal 2**53): convert the keys to one type"
+            )
+        s = df[c]
+        lossy = (s.cast(target).cast(dtype, strict=False) != s).fill_null(True) & s.is_not_null()
+        if lossy.any():
+            i = int(lossy.arg_max() or 0)
+            raise SchemaError(
+                f"column {c!r} is {dtype} in {label} but floating point in another input, and "
+                f"row {i} holds {s[i]!r}, which a {target} cannot hold exactly; cast the column "
+                "to one type"
+            )
 
 
 def cast_to(df: pl.DataFrame, schema: UnifiedSchema) -> pl.DataFrame:
