@@ -222,3 +222,28 @@ def test_an_integer_value_a_float_column_cannot_hold_is_refused() -> None:
         {"id": 1, "v": float(BIG)},
         {"id": 3, "v": 0.5},
     ]
+
+
+def test_csv_keys_keep_their_text_unless_a_type_is_declared(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,v\n01,1\n007,2\n")
+    (tmp_path / "b.csv").write_text("id,v\n1,3\n7,4\n")
+    files = (tmp_path / "a.csv", tmp_path / "b.csv")
+    assert [r["id"] for r in merge(*files, key="id")] == ["007", "01", "1", "7"]
+    assert [r["id"] for r in merge(*files, key="id", fast_threshold=0)] == ["007", "01", "1", "7"]
+    declared = merge(*files, key="id", csv_types={"id": int})
+    assert declared == [{"id": 1, "v": 3}, {"id": 7, "v": 4}]
+
+
+def test_csv_keys_read_as_text_do_not_silently_meet_typed_keys(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,v\n1,3\n")
+    with pytest.raises(KeyTypeError, match=r"key column 'id' is String in input .*a\.csv"):
+        merge(tmp_path / "a.csv", pl.DataFrame({"id": [1]}), key="id")
+    assert merge(tmp_path / "a.csv", [{"id": 1, "w": 2}], key="id", csv_types={"id": pl.Int64}) == [
+        {"id": 1, "v": 3, "w": 2}
+    ]
+
+
+def test_a_csv_type_that_is_not_a_type_is_a_schema_error(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,v\n1,3\n")
+    with pytest.raises(SchemaError, match=r"csv_types\['id'\] = 'integer' is not a column type"):
+        merge(tmp_path / "a.csv", key="id", csv_types={"id": "integer"})

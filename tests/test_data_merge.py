@@ -171,10 +171,11 @@ def test_files_merge_to_rows_or_to_an_out_file(tmp_path: Path, suffix: str) -> N
         {"id": 2, "name": "Bob"},
         {"id": 3, "name": "Carol"},
     ]
-    assert merge(str(pa_), pb_, key="id") == expected
+    typed = {"csv_types": {"id": int}} if suffix == ".csv" else {}  # CSV keys are text
+    assert merge(str(pa_), pb_, key="id", **typed) == expected
     out = tmp_path / f"merged{suffix}"
-    assert merge(pa_, pb_, key="id", out=out) == out
-    assert merge(out, key="id") == expected
+    assert merge(pa_, pb_, key="id", out=out, **typed) == out
+    assert merge(out, key="id", **typed) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([pa_.name, pb_.name, out.name])
 
 
@@ -182,13 +183,16 @@ def test_out_can_change_the_format(tmp_path: Path) -> None:
     src = tmp_path / "a.csv"
     src.write_text("id,name\n2,Bob\n1,Alice\n")
     out = merge(src, key="id", out=tmp_path / "a.parquet")
-    assert pl.read_parquet(out).to_dicts() == [{"id": 1, "name": "Alice"}, {"id": 2, "name": "Bob"}]
+    assert pl.read_parquet(out).to_dicts() == [
+        {"id": "1", "name": "Alice"},
+        {"id": "2", "name": "Bob"},
+    ]
 
 
 def test_an_empty_csv_column_fits_any_type(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("id,score\n1,\n2,\n")
     (tmp_path / "b.csv").write_text("id,score\n2,7\n")
-    assert merge(tmp_path / "a.csv", tmp_path / "b.csv", key="id") == [
+    assert merge(tmp_path / "a.csv", tmp_path / "b.csv", key="id", csv_types={"id": int}) == [
         {"id": 1, "score": None},
         {"id": 2, "score": 7},
     ]

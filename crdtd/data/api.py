@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from crdtd.data import frames as fr
-from crdtd.data.io import write_table
+from crdtd.data.io import csv_schema, is_csv, write_table
 from crdtd.data.records import RecordsResult, merge_records
 from crdtd.data.schema import cast_to, unify
 from crdtd.data.spec import MergeSpec
@@ -27,12 +27,14 @@ def merge(
     drop_deleted: bool = False,
     out: str | os.PathLike[str] | None = None,
     fast_threshold: int | None = None,
+    csv_types: Mapping[str, Any] | None = None,
 ) -> Any:
     """Join tables into one row per key; commutative, associative and idempotent.
 
     Each field resolves to the largest value under a total order on values, or, when
     `timestamp` names a column, the row versions with the newest timestamp win. The result
     has the type of the first input (a list of dicts for paths), or is written to `out`.
+    CSV key columns are read as text unless `csv_types` gives their type ({"id": int}).
     See docs/tabular.md for the full rules.
     """
     spec = MergeSpec.build(key, timestamp, tombstone, drop_deleted)
@@ -41,15 +43,16 @@ def merge(
     kinds = [fr.input_kind(t, i) for i, t in enumerate(tables)]
     labels = [fr.input_label(t, k, i) for i, (t, k) in enumerate(zip(tables, kinds))]
     threshold = FAST_PATH_MIN_ROWS if fast_threshold is None else fast_threshold
+    csv = csv_schema(spec.keys, csv_types) if any(is_csv(t) for t in tables) else None
 
     polars_frames = None
     if fr.RECORDS not in kinds:
-        converted = [fr.to_polars(t, k, lab) for t, k, lab in zip(tables, kinds, labels)]
+        converted = [fr.to_polars(t, k, lab, csv) for t, k, lab in zip(tables, kinds, labels)]
         if all(df is not None for df in converted):
             polars_frames = [df for df in converted if df is not None]
 
     if polars_frames is None:
-        inputs = [(lab, fr.to_records(t, k, lab)) for t, k, lab in zip(tables, kinds, labels)]
+        inputs = [(lab, fr.to_records(t, k, lab, csv)) for t, k, lab in zip(tables, kinds, labels)]
         return _finish_records(merge_records(inputs, spec), kinds[0], out)
 
     schema = unify(list(zip(labels, polars_frames)), spec)

@@ -82,11 +82,13 @@ def normalise_frame(df: pl.DataFrame) -> pl.DataFrame | None:
     return df.with_columns(exprs) if exprs else df
 
 
-def to_polars(obj: Any, kind: str, label: str) -> pl.DataFrame | None:
+def to_polars(
+    obj: Any, kind: str, label: str, csv_schema: Mapping[str, Any] | None = None
+) -> pl.DataFrame | None:
     """A columnar input as a normalised polars frame, or None if polars cannot represent it
     (or is not installed: then the row-by-row path serves pandas and arrow inputs)."""
     if kind == PATH:
-        return normalise_frame(read_table(obj))
+        return normalise_frame(read_table(obj, csv_schema))
     try:
         import polars as pl
     except ImportError:
@@ -119,12 +121,14 @@ def to_polars(obj: Any, kind: str, label: str) -> pl.DataFrame | None:
     return None
 
 
-def to_records(obj: Any, kind: str, label: str) -> Iterable[Mapping[str, Any]]:
+def to_records(
+    obj: Any, kind: str, label: str, csv_schema: Mapping[str, Any] | None = None
+) -> Iterable[Mapping[str, Any]]:
     """Any input as an iterable of row mappings for the row-by-row path."""
     if kind == RECORDS:
         return obj  # type: ignore[no-any-return]
     if kind == PATH:
-        return read_table(obj).to_dicts()
+        return read_table(obj, csv_schema).to_dicts()
     if kind == POLARS:
         return obj.to_dicts()  # type: ignore[no-any-return]
     if kind == ARROW:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtd.errors import InputReadError, OutputWriteError
+from crdtd.errors import InputReadError, OutputWriteError, SchemaError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -30,13 +31,47 @@ def require_polars(error: type[Exception], action: str) -> Any:
     return polars
 
 
+def is_csv(obj: Any) -> bool:
+    """Whether an input is a path to a CSV file."""
+    return isinstance(obj, (str, os.PathLike)) and table_format(Path(obj)) == "csv"
+
+
 def table_format(path: Path) -> str | None:
     """Format name for a path's suffix ('csv', 'jsonl', 'parquet'), or None if unknown."""
     return FORMATS.get(path.suffix.lower())
 
 
-def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """Read a table file into a polars DataFrame; InputReadError names the file and the cause."""
+def csv_schema(keys: Sequence[str], declared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Column types to read CSV files with: the declared ones, and text for every other key
+    column (inferring "01" and "1" as the number 1 would merge distinct keys)."""
+    out: dict[str, Any] = {}
+    if not declared and not keys:
+        return out
+    pl = require_polars(InputReadError, "reading CSV files")
+    for name, t in (declared or {}).items():
+        if not isinstance(name, str):
+            raise SchemaError(f"csv_types names columns by string, got {name!r}")
+        if isinstance(t, pl.DataType) or (isinstance(t, type) and issubclass(t, pl.DataType)):
+            out[name] = t
+            continue
+        try:
+            out[name] = pl.DataType.from_python(t)
+        except Exception:
+            raise SchemaError(
+                f"csv_types[{name!r}] = {t!r} is not a column type (use int, float, str, bool, "
+                "datetime.date, datetime.datetime or a polars type)"
+            ) from None
+    for k in keys:
+        out.setdefault(k, pl.String)
+    return out
+
+
+def read_table(
+    path: str | os.PathLike[str], csv_schema: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """Read a table file into a polars DataFrame; InputReadError names the file and the cause.
+
+    `csv_schema` gives the types of CSV columns (see `csv_schema`); others are inferred."""
     p = Path(path)
     pl = require_polars(InputReadError, f"reading {str(p)!r}")
     fmt = table_format(p)
@@ -49,7 +84,7 @@ def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
         raise InputReadError(f"cannot read {str(p)!r}: no such file")
     try:
         if fmt == "csv":
-            df = pl.read_csv(p, infer_schema_length=None)
+            df = pl.read_csv(p, infer_schema_length=None, schema_overrides=dict(csv_schema or {}))
             # An empty CSV column says nothing about its type: read it as all-null, not text.
             empty = [
                 c
