@@ -247,3 +247,16 @@ def test_a_csv_type_that_is_not_a_type_is_a_schema_error(tmp_path: Path) -> None
     (tmp_path / "a.csv").write_text("id,v\n1,3\n")
     with pytest.raises(SchemaError, match=r"csv_types\['id'\] = 'integer' is not a column type"):
         merge(tmp_path / "a.csv", key="id", csv_types={"id": "integer"})
+
+
+@pytest.mark.parametrize(
+    "value", [{1, 2}, frozenset({3}), [1, {2}]], ids=["set", "frozenset", "nested"]
+)
+def test_a_set_in_a_pandas_column_is_refused_like_in_a_list_of_dicts(value: Any) -> None:
+    frame = pd.DataFrame({"id": [1, 2], "v": [[0], value]})
+    with pytest.raises(
+        SchemaError, match=r"column 'v' in input 0, row 1 holds a .*no defined order"
+    ):
+        merge(frame, key="id")
+    with pytest.raises(SchemaError, match=r"column 'v' in input 0, row 1 .*no defined order"):
+        merge(frame.to_dict("records"), key="id")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from crdtd.data.io import read_table, require_polars
-from crdtd.data.resolve import value_rank
+from crdtd.data.resolve import UnsupportedValueError, value_rank
 from crdtd.errors import InputReadError, OutputWriteError, SchemaError
 
 if TYPE_CHECKING:
@@ -82,6 +82,48 @@ def normalise_frame(df: pl.DataFrame) -> pl.DataFrame | None:
     return df.with_columns(exprs) if exprs else df
 
 
+# What pandas.api.types.infer_dtype calls object columns of plain, ordered scalars.
+_SCALAR_OBJECTS = frozenset(
+    {
+        "empty",
+        "string",
+        "bytes",
+        "integer",
+        "floating",
+        "mixed-integer-float",
+        "decimal",
+        "boolean",
+        "datetime",
+        "datetime64",
+        "date",
+        "time",
+        "timedelta",
+        "timedelta64",
+    }
+)
+
+
+def _refuse_values_without_order(obj: pd.DataFrame, label: str) -> None:
+    """SchemaError for a value the total order does not cover (a set would otherwise become an
+    array on the way to polars), as the row-by-row path refuses it."""
+    import pandas as pd
+
+    for c in obj.columns:
+        col = obj[c]
+        if col.dtype != object or pd.api.types.infer_dtype(col, skipna=True) in _SCALAR_OBJECTS:
+            continue
+        for i, v in enumerate(col):
+            if v is None or v is pd.NA or v is pd.NaT or isinstance(v, float):
+                continue
+            try:
+                value_rank(v)
+            except UnsupportedValueError as e:
+                raise SchemaError(
+                    f"column {c!r} in {label}, row {i} holds a {type(v).__name__}, which has no "
+                    f"defined order: {e}"
+                ) from None
+
+
 def to_polars(
     obj: Any, kind: str, label: str, csv_schema: Mapping[str, Any] | None = None
 ) -> pl.DataFrame | None:
@@ -104,6 +146,7 @@ def to_polars(
         return normalise_frame(df) if isinstance(df, pl.DataFrame) else None
     if kind == PANDAS:
         _check_column_names(obj.columns, label)
+        _refuse_values_without_order(obj, label)
         try:
             df = pl.from_pandas(obj)
         except Exception:
