@@ -260,3 +260,23 @@ def test_a_set_in_a_pandas_column_is_refused_like_in_a_list_of_dicts(value: Any)
         merge(frame, key="id")
     with pytest.raises(SchemaError, match=r"column 'v' in input 0, row 1 .*no defined order"):
         merge(frame.to_dict("records"), key="id")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("id,v,w\n1,2,3\n2,3\n3,4,5\n", "line 3 has 2 fields but the header has 3"),
+        ("id,v\n1,2\n2,3\n3,4,5\n", "line 4 has 3 fields but the header has 2"),
+        ('id,v\n1,"a\nb"\n2,3,4\n', "line 3 has 3 fields but the header has 2"),
+    ],
+    ids=["too-few", "too-many", "quoted-line-break"],
+)
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["vectorised", "rows"])
+def test_a_csv_row_with_the_wrong_field_count_names_file_line_and_counts(
+    tmp_path: Path, text: str, fragment: str, threshold: int
+) -> None:
+    path = tmp_path / "ragged.csv"
+    path.write_text(text)
+    with pytest.raises(InputReadError, match="ragged.csv") as e:
+        merge(path, key="id", fast_threshold=threshold)
+    assert fragment in str(e.value)

@@ -84,6 +84,7 @@ def read_table(
         raise InputReadError(f"cannot read {str(p)!r}: no such file")
     try:
         if fmt == "csv":
+            _check_csv_fields(p, pl)
             df = pl.read_csv(p, infer_schema_length=None, schema_overrides=dict(csv_schema or {}))
             # An empty CSV column says nothing about its type: read it as all-null, not text.
             empty = [
@@ -95,8 +96,50 @@ def read_table(
         if fmt == "jsonl":
             return pl.read_ndjson(p, infer_schema_length=None)
         return pl.read_parquet(p)
+    except InputReadError:
+        raise
     except Exception as e:  # polars raises many types (ComputeError, OSError, ...)
         raise InputReadError(f"cannot read {str(p)!r} as {fmt}: {e}") from None
+
+
+def _check_csv_fields(p: Path, pl: Any) -> None:
+    """InputReadError naming the line of the first CSV row whose field count differs from the
+    header's (polars pads short rows with nulls silently and refuses long ones without a line).
+
+    Only the row structure is checked here, by pyarrow's parser (one column kept, as bytes);
+    anything else it objects to is left for polars to judge."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    header = pl.read_csv(p, n_rows=0).columns
+    if not header:
+        return
+    bad: list[tuple[int, int, int | None]] = []
+
+    def invalid(row: Any) -> str:
+        bad.append((row.expected_columns, row.actual_columns, row.number))
+        return "error"
+
+    try:
+        pacsv.read_csv(
+            p,
+            read_options=pacsv.ReadOptions(use_threads=False),  # so rows carry their number
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=header[:1], column_types={header[0]: pa.binary()}
+            ),
+        )
+    except Exception:
+        if not bad:
+            return
+    if bad:
+        expected, actual, line = bad[0]
+        where = f"line {line}" if line is not None else "a row"
+        raise InputReadError(
+            f"cannot read {str(p)!r} as csv: {where} has {actual} fields but the header has "
+            f"{expected} (lines counted from 1 with the header, a quoted line break inside a "
+            "field not counted)"
+        )
 
 
 def write_table(df: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
