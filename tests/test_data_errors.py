@@ -280,3 +280,15 @@ def test_a_csv_row_with_the_wrong_field_count_names_file_line_and_counts(
     with pytest.raises(InputReadError, match="ragged.csv") as e:
         merge(path, key="id", fast_threshold=threshold)
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "empty", [[], pl.DataFrame({"id": [1], "v": ["x"]}).head(0)], ids=["rows", "frame"]
+)
+def test_an_empty_result_written_as_json_lines_merges_again(tmp_path: Path, empty: Any) -> None:
+    out = merge(empty, key="id", out=tmp_path / "empty.jsonl")
+    assert merge(out, key="id") == []
+    assert merge(out, [{"id": 2, "v": "y"}], key="id") == [{"id": 2, "v": "y"}]
+    assert merge(out, pl.DataFrame({"id": [3]}), key="id", fast_threshold=0) == [{"id": 3}]
+    again = merge(out, out, key="id", out=tmp_path / "again.jsonl")
+    assert merge(again, key="id") == []

@@ -55,12 +55,13 @@ def merge(
         inputs = [(lab, fr.to_records(t, k, lab, csv)) for t, k, lab in zip(tables, kinds, labels)]
         return _finish_records(merge_records(inputs, spec), kinds[0], out)
 
-    schema = unify(list(zip(labels, polars_frames)), spec)
-    cast = [cast_to(df, schema) for df in polars_frames]
+    labelled = fr.drop_schemaless(list(zip(labels, polars_frames)), spec.keys)
+    schema = unify(labelled, spec)
+    cast = [cast_to(df, schema) for _, df in labelled]
     if schema.vectorisable and sum(df.height for df in cast) >= threshold:
         result = merge_frames(cast, spec, schema)
     else:
-        merged = merge_records([(lab, df.to_dicts()) for lab, df in zip(labels, cast)], spec)
+        merged = merge_records([(lab, df.to_dicts()) for (lab, _), df in zip(labelled, cast)], spec)
         result = fr.frame_with_schema(merged.rows, schema.dtypes)
     if out is not None:
         return write_table(result, out)

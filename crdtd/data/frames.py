@@ -9,7 +9,7 @@ converted back to the type of the first input.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from crdtd.data.io import read_table, require_polars
@@ -162,6 +162,17 @@ def to_polars(
         df = df.with_columns(pl.col(c).cast(pl.Null) for c in empty) if empty else df
         return normalise_frame(df)
     return None
+
+
+def drop_schemaless(
+    frames: list[tuple[str, pl.DataFrame]], keys: Sequence[str]
+) -> list[tuple[str, pl.DataFrame]]:
+    """The labelled frames without those that have no columns and no rows (an empty JSON Lines
+    file): they add nothing. If none is left, one empty frame of the key columns."""
+    import polars as pl
+
+    kept = [(lab, df) for lab, df in frames if df.width or df.height]
+    return kept or [(frames[0][0], pl.DataFrame(schema=dict.fromkeys(keys, pl.Null)))]
 
 
 def to_records(

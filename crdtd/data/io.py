@@ -94,12 +94,20 @@ def read_table(
             ]
             return df.with_columns(pl.col(c).cast(pl.Null) for c in empty) if empty else df
         if fmt == "jsonl":
+            if _blank(p):  # an empty table written as JSON Lines is an empty file
+                return pl.DataFrame()
             return pl.read_ndjson(p, infer_schema_length=None)
         return pl.read_parquet(p)
     except InputReadError:
         raise
     except Exception as e:  # polars raises many types (ComputeError, OSError, ...)
         raise InputReadError(f"cannot read {str(p)!r} as {fmt}: {e}") from None
+
+
+def _blank(p: Path) -> bool:
+    """Whether a file holds nothing but white space."""
+    with p.open("rb") as f:
+        return not f.read(1 << 16).strip() and not f.read(1)
 
 
 def _check_csv_fields(p: Path, pl: Any) -> None:
