@@ -100,8 +100,15 @@ def read_table(
         return pl.read_parquet(p)
     except InputReadError:
         raise
-    except Exception as e:  # polars raises many types (ComputeError, OSError, ...)
-        raise InputReadError(f"cannot read {str(p)!r} as {fmt}: {e}") from None
+    # polars raises many types (ComputeError, OSError, ...), and panics on some damaged files
+    except (Exception, pl.exceptions.PanicException) as e:
+        raise InputReadError(f"cannot read {str(p)!r} as {fmt}: {_brief(e)}") from None
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    """A library's error message, cut to `limit` characters (some quote whole inputs)."""
+    text = str(e)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _blank(p: Path) -> bool:
