@@ -277,7 +277,7 @@ def test_a_csv_row_with_the_wrong_field_count_names_file_line_and_counts(
 ) -> None:
     path = tmp_path / "ragged.csv"
     path.write_text(text)
-    with pytest.raises(InputReadError, match="ragged.csv") as e:
+    with pytest.raises(InputReadError, match=r"ragged\.csv") as e:
         merge(path, key="id", fast_threshold=threshold)
     assert fragment in str(e.value)
 
