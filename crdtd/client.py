@@ -353,10 +353,12 @@ class Client:
         base_id: bytes | None = None,
         payload_kind: str = "",
         key: NodeKey | None = None,
+        signed_entry: bytes = b"",
         progress: bool = False,
     ) -> PushResult:
         """Push a payload (file path or bytes); signed by the node, or by `key` (a member key)
-        when given. Returns once the node has made the entry durable."""
+        when given, or carried already signed in `signed_entry` (e.g. by the admin). Returns
+        once the node has made the entry durable."""
         data = payload if isinstance(payload, bytes) else None
         path = None if data is not None else Path(os.fspath(payload))  # type: ignore[arg-type]
         size = len(data) if data is not None else path.stat().st_size  # type: ignore[union-attr]
@@ -369,7 +371,9 @@ class Client:
                 pb.KeyValue(key=k, value=meta_to_pb(v)) for k, v in sorted((metadata or {}).items())
             ],
         )
-        if key is not None:
+        if signed_entry:
+            header.signed_entry = signed_entry
+        elif key is not None:
             suffix = path.suffix.lower() if path is not None else ""
             kind = payload_kind or SUFFIX_KINDS.get(suffix, "bytes")
             header.payload_kind = kind

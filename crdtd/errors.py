@@ -240,6 +240,10 @@ class CorruptionError(StorageError):
     """Stored bytes no longer match their digest."""
 
 
+class SealedPayloadError(CorruptionError):
+    """A sealed (encrypted) payload does not authenticate: tampered, cut, or another key."""
+
+
 class NotFoundError(StorageError, KeyError):
     """A requested entry, chunk or payload is not in the store."""
 
@@ -256,6 +260,11 @@ class TrustError(CrdtdError):
 
 class EvidenceError(TrustError, ValueError):
     """An evidence entry or its proof envelope is malformed (names the entry and field)."""
+
+
+class NamespaceKeyError(TrustError):
+    """This node holds no key for an encrypted namespace's payloads (it relays them but
+    cannot read them), or a key envelope is malformed."""
 
 
 class GatedAuthorError(TrustError):

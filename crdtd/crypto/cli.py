@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from crdtd.crypto import federation, pq
 from crdtd.crypto.keys import NodeKey
+from crdtd.state.entry import Kind
 
 
 def _print(args: argparse.Namespace, human: str, data: dict[str, object]) -> None:
@@ -65,12 +67,28 @@ def _cmd_add_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_admin_chain(client: Any, fed: federation.Federation) -> None:
+    """Submit every entry of the admin's chain to the node (duplicates are cheap): an admin
+    entry is applied only after its predecessors, and the node may not hold them all yet
+    (memberships of nodes it never met)."""
+    for e in fed.admin_entries():
+        if e.kind is Kind.CONTRIBUTION:
+            payload = fed.admin_payload(e)
+            if payload is not None:
+                client.push(
+                    e.namespace, payload, payload_kind=e.payload_kind, signed_entry=e.to_bytes()
+                )
+        else:
+            client.submit(e)
+
+
 def _cmd_revoke(args: argparse.Namespace) -> int:
     from crdtd.node.cli import client_for
 
     fed = federation.Federation.load(args.dir)
     entry = fed.revoke(args.node, reason=args.reason, successor=args.successor)
     with client_for(args) as c:
+        _send_admin_chain(c, fed)
         entry_id, status = c.submit(entry)
     body = entry.as_revocation()
     _print(
@@ -83,6 +101,33 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
             "successor": body.successor.hex() if body.successor else None,
             "reason": body.reason,
             "status": status,
+        },
+    )
+    return 0
+
+
+def _cmd_namespace_key(args: argparse.Namespace) -> int:
+    from crdtd.crypto.sealing import KEYS_PAYLOAD_KIND, KeyEnvelope
+    from crdtd.node.cli import client_for
+
+    fed = federation.Federation.load(args.dir)
+    members = [m for m in args.members.split(",") if m]
+    entry, envelope = fed.namespace_key(args.namespace, members)
+    with client_for(args) as c:
+        _send_admin_chain(c, fed)
+        r = c.push(
+            args.namespace, envelope, payload_kind=KEYS_PAYLOAD_KIND, signed_entry=entry.to_bytes()
+        )
+    epoch = KeyEnvelope.epoch_of(entry)
+    _print(
+        args,
+        f"namespace {args.namespace}: key epoch {epoch} for {', '.join(members)} "
+        f"(envelope {r.entry_id.hex()[:16]}); later contributions are sealed with it",
+        {
+            "namespace": args.namespace,
+            "epoch": epoch,
+            "members": members,
+            "entry_id": r.entry_id.hex(),
         },
     )
     return 0
@@ -152,6 +197,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     client_options(p)
     p.set_defaults(func=_cmd_revoke)
+
+    p = fed_sub.add_parser(
+        "namespace-key",
+        help="give an encrypted namespace a new key, wrapped for the named members only",
+    )
+    p.add_argument("namespace")
+    p.add_argument(
+        "--members", required=True, help="comma-separated node names or key ids that may read"
+    )
+    p.add_argument("--dir", type=Path, required=True, help="federation directory (admin key)")
+    client_options(p)
+    p.set_defaults(func=_cmd_namespace_key)
 
     p = fed_sub.add_parser("pq-info", help="show which ML-DSA-65 backend is active")
     p.add_argument("--json", action="store_true", help="machine-readable output")

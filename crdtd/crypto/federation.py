@@ -30,7 +30,7 @@ from crdtd.crypto.schemes import ED25519, HYBRID, PublicKeys, SignaturePolicy
 from crdtd.crypto.toml_io import read_toml, render_table
 from crdtd.crypto.x509 import FederationCA
 from crdtd.errors import ConfigError, CrdtdError
-from crdtd.state.entry import Entry, make_membership, make_revocation
+from crdtd.state.entry import Entry, Kind, make_contribution, make_membership, make_revocation
 
 FEDERATION_FILE = "federation.toml"
 ADMIN_KEY = "admin.key"
@@ -249,6 +249,62 @@ class Federation:
                 admin, seq, prev, key_id, successor=heir, reason=reason, policy=self.policy
             )
         )
+
+    def namespace_key(self, namespace: str, members: list[str]) -> tuple[Entry, bytes]:
+        """A fresh key for encrypted `namespace`, wrapped for `members` (node names or key
+        ids) in the next epoch's envelope (crdtd.crypto.sealing), signed by the admin as a
+        contribution of payload kind `crdtd-keys`. Returns (entry, envelope bytes); push both
+        to a node. Every later contribution is sealed with the newest epoch's key, so leaving
+        a member out rotates it away from that member."""
+        from crdtd.crypto.sealing import KEYS_PAYLOAD_KIND, KeyEnvelope, new_namespace_key
+        from crdtd.store.chunks import BytesSource
+
+        publics: dict[bytes, bytes] = {}
+        epoch = 0
+        for e in self.admin_entries():
+            if e.kind is Kind.MEMBERSHIP:
+                body = e.as_membership()
+                publics[body.member] = body.public_keys.ed25519
+            elif (
+                e.kind is Kind.CONTRIBUTION
+                and e.payload_kind == KEYS_PAYLOAD_KIND
+                and e.namespace == namespace
+            ):
+                epoch = max(epoch, KeyEnvelope.epoch_of(e))
+        chosen: dict[bytes, bytes] = {}
+        for who in members:
+            kid = self.member_key_id(who)
+            if kid not in publics:
+                raise ConfigError(f"{who!r} has no membership signed in {self.directory}")
+            chosen[kid] = publics[kid]
+        if not chosen:
+            raise ConfigError(f"namespace {namespace!r}: name at least one member")
+        env = KeyEnvelope.seal(namespace, epoch + 1, new_namespace_key(), chosen)
+        envelope = env.to_bytes()
+        manifest = BytesSource(envelope).manifest
+        entry = self.sign_admin_entry(
+            lambda admin, seq, prev: make_contribution(
+                admin,
+                seq,
+                prev,
+                namespace,
+                manifest.digest,
+                manifest.size,
+                payload_kind=KEYS_PAYLOAD_KIND,
+                metadata={"epoch": env.epoch, "key_id": env.key_id.hex()},
+                policy=self.policy,
+            )
+        )
+        self._payload_path(entry).write_bytes(envelope)
+        return entry, envelope
+
+    def _payload_path(self, entry: Entry) -> Path:
+        return self.directory / ADMIN_ENTRIES / f"{entry.seq:08d}-contribution.payload"
+
+    def admin_payload(self, entry: Entry) -> bytes | None:
+        """The payload of a contribution the admin signed (a key envelope), if kept here."""
+        path = self._payload_path(entry)
+        return path.read_bytes() if path.is_file() else None
 
     def admin_entries(self) -> list[Entry]:
         """Every entry the admin has signed, in chain order."""

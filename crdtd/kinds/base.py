@@ -22,13 +22,14 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crdtd.crypto.node_config import Field
-from crdtd.errors import MergeError, WrongKindError, echo
+from crdtd.crypto.sealing import SEALED_META, open_sealed
+from crdtd.errors import MergeError, NamespaceKeyError, WrongKindError, echo
 from crdtd.state.entry import Entry
 from crdtd.trust.gating import Exclusion, gate
 
@@ -149,19 +150,33 @@ def provenance_beside(output: Path, provenance: Path) -> Path:
     return output.with_name(f"{output.name}.provenance{provenance.suffix}")
 
 
+def payload_pieces(store: Any, e: Entry) -> Iterator[bytes]:
+    """A contribution's payload, piece by piece from the store; a sealed one (encrypted
+    namespace) is opened with the key the store's node holds (`store.namespace_key`), or
+    NamespaceKeyError when it holds none: such a node relays the bytes but cannot read them."""
+    manifest = store.get_manifest(e.body.payload_digest)  # type: ignore[union-attr]
+    pieces = (store.read_chunk(ref.digest) for ref in manifest.chunks)
+    if SEALED_META not in e.body.metadata:  # type: ignore[union-attr]
+        return pieces
+    key_for = getattr(store, "namespace_key", None) or _no_keys
+    return open_sealed(pieces, key_for, f"entry {e.id.hex()}")
+
+
+def _no_keys(key_id: bytes) -> bytes:
+    raise NamespaceKeyError(f"this node holds no namespace keys (key {key_id.hex()[:16]})")
+
+
 def write_payload(store: Any, e: Entry, path: Path) -> Path:
     """Write a contribution's payload (chunk by chunk, from the store) to `path`."""
-    manifest = store.get_manifest(e.body.payload_digest)  # type: ignore[union-attr]
     with path.open("wb") as out:
-        for ref in manifest.chunks:
-            out.write(store.read_chunk(ref.digest))
+        for piece in payload_pieces(store, e):
+            out.write(piece)
     return path
 
 
 def read_payload(store: Any, e: Entry) -> bytes:
     """A contribution's payload in memory (small payloads: sketches, memory files)."""
-    manifest = store.get_manifest(e.body.payload_digest)  # type: ignore[union-attr]
-    return b"".join(store.read_chunk(ref.digest) for ref in manifest.chunks)
+    return b"".join(payload_pieces(store, e))
 
 
 def excluded_of(items: tuple[Exclusion, ...], candidates: list[Entry]) -> tuple[Excluded, ...]:

@@ -86,6 +86,9 @@ NAMESPACE_SCHEMA: dict[str, Field] = {
         "float", -1.0, "trust (0..1) an author needs; default [trust.default]"
     ),
     "trust_dimensions": Field("list", [], "dimensions counted; default all five"),
+    "encrypted": Field(
+        "bool", False, "payloads sealed with a key only the admin's named members hold"
+    ),
 }
 
 
@@ -129,6 +132,7 @@ class NamespaceConfig:
     dtype: str | None = None
     kind: str = "model"
     settings: Any = None  # the kind's settings object (None for model: the fields above)
+    encrypted: bool = False  # payloads sealed (crdtd.crypto.sealing); keys from the admin
 
     @property
     def strategy(self) -> str:
@@ -150,6 +154,8 @@ class NamespaceConfig:
         from dataclasses import asdict, is_dataclass
 
         out: dict[str, Any] = {"kind": self.kind, "trust_threshold": self.trust_threshold}
+        if self.encrypted:
+            out["encrypted"] = True
         if self.kind == "model":
             out.update(
                 strategy=self.strategy, params=dict(self.params), payload_kind=self.payload_kind
@@ -347,7 +353,8 @@ def _namespaces(
                 continue
             v[key] = _value(spec, table[key], key_location(path, section, key), key, path.parent)
         if kind_name != "model":
-            out[name] = _kind_namespace(path, section, name, kind_name, v, default)
+            ns = _kind_namespace(path, section, name, kind_name, v, default)
+            out[name] = replace(ns, encrypted=v["encrypted"])
             continue
         threshold = _threshold(path, section, v["trust_threshold"], default.threshold)
         base = None
@@ -388,6 +395,7 @@ def _namespaces(
             payload_kind=v["payload_kind"],
             base=base,
             dtype=v["dtype"] or None,
+            encrypted=v["encrypted"],
         )
     return out
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from crdtd import kinds
 from crdtd.crypto.keys import NodeKey
+from crdtd.crypto.sealing import KEYS_PAYLOAD_KIND, SEALED_META, KeyEnvelope, seal_file
 from crdtd.errors import (
     ConfigError,
     CrdtdError,
@@ -27,11 +28,13 @@ from crdtd.errors import (
     UnauthorizedError,
     UnknownNamespaceError,
     ValidationError,
+    WrongKindError,
     echo,
 )
 from crdtd.kinds.base import ViewCache, check_payload_kind
 from crdtd.node.config import DaemonConfig, NamespaceConfig
 from crdtd.node.events import EventBus, NodeEvent
+from crdtd.node.keys import NamespaceKeys
 from crdtd.node.metrics import KINDS, NodeMetrics, StateSnapshot
 from crdtd.node.observe import (
     EvidencePublisher,
@@ -123,6 +126,8 @@ class NodeCore:
             namespaces={name: ns.policy for name, ns in config.namespaces.items()},
         )
         self.evidence = EvidencePublisher(self)
+        self.keys = NamespaceKeys(self)
+        state.store.namespace_key = self.keys.key_for
         self.views = ViewCache()
         self._models_seen: dict[str, tuple[bytes, ...]] = {}
         self._models_lock = threading.Lock()
@@ -188,7 +193,12 @@ class NodeCore:
         from crdtd.errors import OversizedPayloadError
 
         ns = self.namespace(namespace)
-        check_payload_kind(ns, payload_kind, kinds.get(ns.kind).takes(ns))
+        if payload_kind == KEYS_PAYLOAD_KIND and not ns.encrypted:
+            raise WrongKindError(
+                f"namespace {echo(namespace)} is not encrypted: it takes no key envelopes"
+            )
+        if payload_kind != KEYS_PAYLOAD_KIND:
+            check_payload_kind(ns, payload_kind, kinds.get(ns.kind).takes(ns))
         if size > self.config.max_payload:
             raise OversizedPayloadError(
                 f"payload of {size} bytes exceeds this node's maximum of "
@@ -212,11 +222,68 @@ class NodeCore:
         bytes first and names their payload kind."""
         size = path.stat().st_size
         ns = self.check_push_header(namespace, payload_kind, size)
+        if payload_kind == KEYS_PAYLOAD_KIND:
+            return self._push_envelope(path, ns, signed_entry)
         try:
             kind = kinds.get(ns.kind).check_push(ns, payload_kind, path)
+            if ns.encrypted:
+                metadata = self._seal(path, ns, metadata, signed_entry)
+                path = path.with_name(path.name + ".sealed")
         except CrdtdError as exc:
             self.metrics.rejected(exc)
             raise
+        try:
+            return self._push_checked(path, namespace, kind, metadata, base_id, signed_entry)
+        finally:
+            if ns.encrypted:
+                path.unlink(missing_ok=True)
+
+    def _seal(
+        self,
+        path: Path,
+        ns: NamespaceConfig,
+        metadata: Mapping[str, Any] | None,
+        signed_entry: bytes,
+    ) -> dict[str, Any]:
+        """Encrypt the checked plaintext at `path` into `path.sealed` with the namespace's
+        newest key; returns the metadata naming that key."""
+        if signed_entry:
+            raise UnauthorizedError(
+                f"namespace {echo(ns.name)} is encrypted: the node seals pushes itself, so "
+                "they cannot come signed by the client"
+            )
+        if SEALED_META in (metadata or {}):
+            raise MalformedEntryError(f"metadata key {SEALED_META!r} is reserved")
+        key, env = self.keys.sealing_key(ns.name)
+        seal_file(path, path.with_name(path.name + ".sealed"), key)
+        return {**(metadata or {}), SEALED_META: env.key_id.hex()}
+
+    def _push_envelope(self, path: Path, ns: NamespaceConfig, signed_entry: bytes) -> PushOutcome:
+        """A key envelope: it must come signed by the federation admin and name this
+        namespace (every node checks the same when it builds its keys)."""
+        entry = Entry.from_bytes(signed_entry) if signed_entry else None
+        if entry is None or entry.author != self.state.admin.key_id:
+            raise UnauthorizedError(
+                f"namespace {echo(ns.name)}: a key envelope must be signed by the federation "
+                "admin (crdtd federation namespace-key)"
+            )
+        env = KeyEnvelope.from_bytes(path.read_bytes())
+        if env.namespace != ns.name:
+            raise MalformedEntryError(
+                f"key envelope for namespace {echo(env.namespace)} pushed to {echo(ns.name)}"
+            )
+        return self._push_checked(path, ns.name, KEYS_PAYLOAD_KIND, None, None, signed_entry)
+
+    def _push_checked(
+        self,
+        path: Path,
+        namespace: str,
+        kind: str,
+        metadata: Mapping[str, Any] | None,
+        base_id: bytes | None,
+        signed_entry: bytes,
+    ) -> PushOutcome:
+        size = path.stat().st_size
         source = FileSource(path)
         manifest: Manifest = source.manifest
         try:
@@ -433,8 +500,9 @@ class NodeCore:
 
     def relayable(self, entry: Entry) -> bool:
         """`crdtd.trust.should_relay` under this node's assessment and namespace policies:
-        False for a contribution of a revoked author or one gated in its namespace."""
-        if entry.kind is not Kind.CONTRIBUTION:
+        False for a contribution of a revoked author or one gated in its namespace. The
+        admin's contributions (key envelopes) are always relayed."""
+        if entry.kind is not Kind.CONTRIBUTION or entry.author == self.state.admin.key_id:
             return True
         a = self.assessment()
         return should_relay(entry, a.scores, a.revocations, self._relay_policy)

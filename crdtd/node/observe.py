@@ -214,8 +214,8 @@ def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> li
     out: list[Observation] = []
     for name in sorted(by_ns):
         ns = core.config.namespace(name)
-        if ns is None or ns.payload_kind != "safetensors":
-            continue
+        if ns is None or ns.payload_kind != "safetensors" or ns.encrypted:
+            continue  # an encrypted namespace's tensors are not read for trust
         entries = by_ns[name]
         base_id = ns.base or _common_base(entries)
         entries = [e for e in entries if e.id != base_id]

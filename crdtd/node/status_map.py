@@ -40,6 +40,7 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
     # trust
     e.TrustError: grpc.StatusCode.FAILED_PRECONDITION,
     e.GatedAuthorError: grpc.StatusCode.PERMISSION_DENIED,
+    e.NamespaceKeyError: grpc.StatusCode.PERMISSION_DENIED,
     # peers and clients
     e.PeerError: grpc.StatusCode.UNAVAILABLE,
     e.HandshakeError: grpc.StatusCode.UNAUTHENTICATED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +71,9 @@ class NodeStore:
         self._after_commit: list[bytes] = []
         self._erased_inline = False
         self._closed = False
+        self.namespace_key: Callable[[bytes], bytes] | None = None
+        """Finds the key of a sealed payload by its id (set by the daemon, which holds the
+        encrypted namespaces' keys); None: this store's owner reads no sealed payload."""
 
     @classmethod
     def open(cls, data_dir: Path | str, maintenance: bool = True) -> NodeStore:
