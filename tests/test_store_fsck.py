@@ -6,15 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save
 
-from crdtd.state import E4State
-from crdtd.state.testing import Federation
 from crdtd.store import cli
-from crdtd.store.chunks import BytesSource
 from crdtd.store.store import DB_NAME, NodeStore
+from tests.store_support import small_store
 
 
 def run_fsck(data_dir: Path, *extra: str) -> int:
@@ -26,18 +22,7 @@ def run_fsck(data_dir: Path, *extra: str) -> int:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    fed = Federation()
-    d = tmp_path / "node"
-    rng = np.random.default_rng(1)
-    model = save({f"t{i}": rng.standard_normal(40_000).astype(np.float32) for i in range(4)})
-    with E4State.open(d, fed.admin.public_keys) as s:
-        s.apply(fed.add_member("alice"))
-        s.apply(fed.contribute("alice", model, payload_kind="safetensors"), BytesSource(model))
-        s.apply(fed.contribute("alice", b"small record"), BytesSource(b"small record"))
-        gone = fed.contribute("alice", b"to be erased")
-        s.apply(gone, BytesSource(b"to be erased"))
-        s.apply(fed.remove("alice", [gone.id]))
-    return d
+    return small_store(tmp_path)
 
 
 def test_healthy_store_passes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
