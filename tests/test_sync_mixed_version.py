@@ -80,3 +80,13 @@ async def test_a_current_node_and_a_merkle_only_node_sync_both_ways(tf, tmp_path
     finally:
         await new.stop()
         await old.stop()
+
+
+def test_the_node_config_turns_set_reconciliation_off(tmp_path: Path) -> None:
+    from crdtd.crypto.node_config import GossipSettings
+    from crdtd.sync.config import SyncConfig
+
+    on = SyncConfig.from_gossip_settings(GossipSettings())
+    off = SyncConfig.from_gossip_settings(GossipSettings(set_reconciliation=False))
+    assert RIBLT_CAPABILITY in on.capabilities
+    assert RIBLT_CAPABILITY not in off.capabilities and "merkle/1" in off.capabilities

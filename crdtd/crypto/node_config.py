@@ -78,6 +78,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "probe_timeout_ms": Field("int", 500, "probe timeout"),
         "suspicion_mult": Field("int", 4, "suspicion timeout = mult * log(N+1) probe intervals"),
         "push_pull_interval_ms": Field("int", 30000, "full anti-entropy session interval"),
+        "set_reconciliation": Field(
+            "bool", True, "offer rateless IBLT set reconciliation (riblt/1); false: Merkle only"
+        ),
     },
 }
 
@@ -232,6 +235,7 @@ class GossipSettings:
     probe_timeout_ms: int = 500
     suspicion_mult: int = 4
     push_pull_interval_ms: int = 30000
+    set_reconciliation: bool = True
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,7 @@ class NodeConfig:
                     "probe_timeout_ms": g.probe_timeout_ms,
                     "suspicion_mult": g.suspicion_mult,
                     "push_pull_interval_ms": g.push_pull_interval_ms,
+                    "set_reconciliation": g.set_reconciliation,
                 },
             ),
         ]

@@ -145,5 +145,6 @@ class SyncConfig:
             probe_timeout=settings.probe_timeout_ms / 1000,
             suspicion_mult=settings.suspicion_mult,
             push_pull_interval=settings.push_pull_interval_ms / 1000,
+            set_reconciliation=settings.set_reconciliation,
         )
         return replace(base, **overrides) if overrides else base
