@@ -308,6 +308,12 @@ async def pull_everything(work: Path, count: int) -> tuple[float, int, int]:
         while True:
             result = await node.sync_with(cfg_b.advertise)
             sessions += 1
+            print(
+                f"  session {sessions}: {result.digest_method} digest in {result.digest_rounds} "
+                f"calls, pulled {len(result.pulled)}, deferred {len(result.deferred)}, "
+                f"refused {len(result.refused)}, rejected {len(result.rejected)}, "
+                f"{result.seconds:.1f} s"
+            )
             if result.in_sync or not result.pulled:
                 break
         seconds = time.perf_counter() - started

@@ -1,9 +1,12 @@
 """Anti-entropy figures, two nodes over real gRPC (mutual TLS) on loopback, baselines in-run.
 
-1. digest: n entries on both nodes, d differing (half on each side); one push-pull session.
-   Prints `round_trips`, `bytes_exchanged` (every message of the session, both directions,
-   handshake included) and `bytes_vs_full_list` = bytes_exchanged / (32 * n), the cost of a
-   naive exchange of all ids (target <= 0.02).
+1. digest: n entries on both nodes, d differing (half on each side), for each d in `--ds`:
+   Merkle descent and rateless IBLT side by side over gRPC, each cold (no encoding cached):
+   bytes both ways, Digest round trips, CPU ms of both sides, and `bytes_vs_full_list` =
+   digest bytes / (32 * n), the cost of a naive exchange of all ids (targets at d = 10:
+   <= 0.001 and <= 2 round trips). Then one whole push-pull session at `--d` (the method
+   negotiated in the handshake): `session_round_trips`, `session_bytes_exchanged` (every
+   message, handshake and entries included).
 2. transfer: one payload of `--gib` GiB pulled over gRPC; the same chunks then sent over a
    plain loopback TCP socket to a receiver that hashes and stores them the same way
    (`put_chunk` into a fresh store, same write window). Prints `transfer_MBps`,
@@ -13,7 +16,7 @@
 4. `--compare-apis`: raw gRPC server-stream throughput, grpc.aio vs the threaded server, with
    the same hashing/writing receiver (how the aio choice was made).
 
-    python benchmarks/bench_sync.py [--n 100000] [--d 10] [--gib 1] [--ft-mb 80]
+    python benchmarks/bench_sync.py [--n 100000] [--ds 1,10,100,1000,10000] [--d 10] [--gib 1]
 """
 
 from __future__ import annotations
@@ -87,31 +90,116 @@ def fill(tf: SyncFederation, root: Path, n: int) -> None:
     shutil.copytree(root / "a", root / "b")
 
 
-async def bench_digest(n: int, d: int, root: Path) -> None:
+def extra_entries(tf: SyncFederation, who: str, state_dir: Path, count: int) -> list:
+    """`count` more signed contributions by `who`, continuing its chain in the store at
+    `state_dir` (not written anywhere: each run inserts the prefix it needs)."""
+    state = tf.open_state(state_dir)
+    key = tf.members[who].key
+    empty = manifest_of(chunk_bytes(b""))
+    seq, prev = state.chain_next(key.key_id)
+    state.close()
+    out = []
+    for i in range(count):
+        e = make_contribution(key, seq, prev, "bench/diff", empty.digest, 0, metadata={"i": i})
+        out.append(e)
+        seq, prev = seq + 1, e.id
+    return out
+
+
+def insert(node: SyncNode, entries: list) -> None:
+    """Commit entries straight into a running node's store (its change journal sees them)."""
+    store = node.state.store
+    with store.transaction():
+        for e in entries:
+            store.insert_entry(e, LIVE)
+
+
+async def measure_exchange(a: SyncNode, b: SyncNode, method: str, cold: bool) -> dict[str, object]:
+    """One digest exchange of `method` from a to b: bytes both ways, Digest calls, CPU of both
+    sides (one process), what it found. `cold`: neither side has an encoding cached."""
+    from crdtd.sync.reconcile import MerkleDescent, RatelessReconciliation
+    from crdtd.sync.reconcile.rateless import cache_for
+
+    conn = a._connection(b.address)
+    await conn.ensure()
+    if cold:
+        cache_for(a.state.store).forget()
+        cache_for(b.state.store).forget()
+    exchange = MerkleDescent(CONFIG) if method == "merkle" else RatelessReconciliation(CONFIG)
+    stats = conn.client.stats
+    calls, moved = stats.calls, stats.bytes_total
+    cpu = time.process_time()
+    diff = await exchange.reconcile(a.state.store, conn.client.digest)
+    return {
+        "method": diff.method + (" cold" if cold else ""),
+        "bytes": stats.bytes_total - moved,
+        "round_trips": stats.calls - calls,
+        "cpu_ms": 1000 * (time.process_time() - cpu),
+        "diff": diff,
+    }
+
+
+async def bench_digest(n: int, ds: list[int], session_d: int, root: Path) -> None:
+    """Merkle descent and rateless IBLT side by side at n shared entries and each d (half
+    the differences on each side), then one whole session at `session_d`.
+
+    The d entries are committed into running nodes whose encodings were built before, so
+    "riblt" is the usual case (encodings brought up to date by the change journal); "riblt
+    cold" rebuilds both encodings from every id (a node that just started)."""
+    from crdtd.sync.reconcile.rateless import SALT, cache_for
+
     tf = federation()
     t0 = time.perf_counter()
     fill(tf, root, n)
+    more_a = extra_entries(tf, "a", root / "a", max(ds) // 2 + 1)
+    more_b = extra_entries(tf, "b", root / "b", max(ds) // 2 + 1)
     print(f"setup_seconds: {time.perf_counter() - t0:.1f}  (n={n} entries, signed and stored)")
-    a, b = await start_pair(tf, root)
-    for i in range(d):
-        node, who = (a, "a") if i % 2 == 0 else (b, "b")
-        key = tf.members[who].key
-        payload = os.urandom(200)
-        m = manifest_of(chunk_bytes(payload))
-        seq, prev = node.state.chain_next(key.key_id)
-        e = make_contribution(key, seq, prev, "bench/diff", m.digest, m.size)
-        await node.add_local(e, BytesSource(payload))
-    result = await a.sync_with(b.address)
-    assert a.state.merkle_root() == b.state.merkle_root(), "roots differ after the session"
     naive = 32 * n
-    print(f"differences_found: {len(result.pulled) + len(result.pushed)}")
-    print(f"digest_rounds: {result.digest_rounds}")
-    print(f"round_trips: {result.stats.calls}")
-    print(f"digest_bytes: {result.digest_bytes}")
-    print(f"bytes_exchanged: {result.stats.bytes_total}")
-    print(f"naive_full_list_bytes: {naive}")
-    print(f"bytes_vs_full_list: {result.stats.bytes_total / naive:.4f}")
-    await stop_pair(a, b)
+    print(f"naive_full_list_bytes: {naive}  (cpu_ms: both sides, one process)")
+    header = ("d", "method", "found", "bytes", "round_trips", "cpu_ms", "bytes_vs_full_list")
+    print("  ".join(f"{h:>18}" for h in header))
+    for d in ds:
+        here = root / f"d{d}"
+        shutil.rmtree(here, ignore_errors=True)
+        shutil.copytree(root / "a", here / "a")
+        shutil.copytree(root / "b", here / "b")
+        only_a, only_b = more_a[: d // 2], more_b[: d - d // 2]
+        a, b = await start_pair(tf, here)
+        try:
+            for node in (a, b):
+                cache = cache_for(node.state.store)
+                with cache.lock:
+                    cache.current(node.state.store, SALT)[1].extend(64)
+            insert(a, only_a)
+            insert(b, only_b)
+            for method, cold in (("merkle", False), ("riblt", False), ("riblt", True)):
+                r = await measure_exchange(a, b, method, cold)
+                diff = r["diff"]
+                assert diff.missing_here == sorted(e.id for e in only_b), method  # type: ignore[attr-defined]
+                assert diff.missing_there == sorted(e.id for e in only_a), method  # type: ignore[attr-defined]
+                row = (
+                    d,
+                    r["method"],
+                    len(diff.missing_here) + len(diff.missing_there),  # type: ignore[attr-defined]
+                    r["bytes"],
+                    r["round_trips"],
+                    f"{r['cpu_ms']:.0f}",
+                    f"{r['bytes'] / naive:.5f}",  # type: ignore[operator]
+                )
+                print("  ".join(f"{x!s:>18}" for x in row))
+            if d == session_d:
+                result = await a.sync_with(b.address)
+                assert a.state.merkle_root() == b.state.merkle_root(), "roots differ"
+                print(f"session_d: {d}  digest_method: {result.digest_method}")
+                print(f"session_differences_found: {len(result.pulled) + len(result.pushed)}")
+                print(f"session_digest_rounds: {result.digest_rounds}")
+                print(f"session_round_trips: {result.stats.calls}  (session token already held)")
+                print(f"session_digest_bytes: {result.digest_bytes}")
+                print(f"session_bytes_exchanged: {result.stats.bytes_total}")
+                print(f"session_bytes_vs_full_list: {result.stats.bytes_total / naive:.4f}")
+        finally:
+            await stop_pair(a, b)
+            shutil.rmtree(here, ignore_errors=True)
 
 
 # -- 2. transfer -------------------------------------------------------------------------------
@@ -392,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--n", type=int, default=100_000, help="entries on both nodes")
-    parser.add_argument("--d", type=int, default=10, help="differing entries")
+    parser.add_argument("--d", type=int, default=10, help="differences for the whole session")
+    parser.add_argument(
+        "--ds", default="1,10,100,1000,10000", help="differences for the digest table"
+    )
     parser.add_argument("--gib", type=float, default=1.0, help="payload size for the transfer")
     parser.add_argument("--ft-mb", type=int, default=80, help="fine-tune checkpoint size (MB)")
     parser.add_argument("--only", choices=["digest", "transfer", "finetune"], default=None)
@@ -405,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench_sync-") as tmp:
         root = Path(tmp)
         if args.only in (None, "digest"):
-            asyncio.run(bench_digest(args.n, args.d, root / "digest"))
+            ds = [int(x) for x in args.ds.split(",")]
+            asyncio.run(bench_digest(args.n, ds, args.d, root / "digest"))
         if args.only in (None, "finetune"):
             asyncio.run(bench_finetune(args.ft_mb, root / "finetune"))
         if args.compare_apis:

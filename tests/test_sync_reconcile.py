@@ -72,8 +72,8 @@ def exchange(
     local: IndexSource, remote: IndexSource, config: SyncConfig | None = None
 ) -> tuple[Difference, int, int]:
     """Reconcile `local` against `remote`; returns the difference, bytes and calls."""
-    client = RatelessReconciliation(config, salt=1)
-    server = RatelessReconciliation(config, salt=2)
+    client = RatelessReconciliation(config)
+    server = RatelessReconciliation(config)
     moved = calls = 0
 
     async def ask(req: pb.DigestRequest) -> pb.DigestResponse:
@@ -128,31 +128,66 @@ def test_an_empty_replica_goes_to_the_descent_after_one_call() -> None:
     assert diff.missing_here == sorted(full)
 
 
-def test_a_peer_whose_set_changed_mid_stream_is_finished_by_the_descent() -> None:
+def _changing_peer(times: int) -> tuple[IndexSource, IndexSource, list[bytes], Difference]:
+    """Reconcile against a peer that commits new ids before each of its first `times`
+    continuation calls (so those streams go stale)."""
     base = ids(2000, "base")
     local, remote = IndexSource(base | ids(300, "a")), IndexSource(base)
-    client = RatelessReconciliation(SyncConfig(riblt_first_symbols=8), salt=1)
-    server = RatelessReconciliation(salt=2)
-    late = sorted(ids(3, "late"))
+    client = RatelessReconciliation(SyncConfig(riblt_first_symbols=8))
+    server = RatelessReconciliation()
+    added: list[bytes] = []
 
     async def ask(req: pb.DigestRequest) -> pb.DigestResponse:
-        if req.WhichOneof("method") == "riblt" and req.riblt.start > 0 and late:
-            remote.add(late)  # a commit between two calls: the encoding is gone
-            server._served = type(server._served)()
-            late.clear()
+        if req.WhichOneof("method") == "riblt" and req.riblt.start > 0 and len(added) < times:
+            late = hashlib.sha256(b"late-%d" % len(added)).digest()
+            remote.add([late])  # a commit between two calls: the stream is stale
+            added.append(late)
         return server.answer(remote, req)
 
-    diff = asyncio.run(client.reconcile(local, ask))
-    assert diff.method == "riblt+merkle"
-    assert diff.missing_here == sorted(ids(3, "late"))
+    return local, remote, added, asyncio.run(client.reconcile(local, ask))
+
+
+def test_a_stream_made_stale_by_a_commit_starts_again_once() -> None:
+    _, _, added, diff = _changing_peer(times=1)
+    assert diff.method == "riblt"
+    assert diff.missing_here == sorted(added)
     assert diff.missing_there == sorted(ids(300, "a"))
+
+
+def test_a_peer_that_keeps_changing_is_finished_by_the_descent() -> None:
+    _, _, added, diff = _changing_peer(times=10)
+    assert diff.method == "riblt+merkle"
+    assert diff.missing_here == sorted(added)
+    assert diff.missing_there == sorted(ids(300, "a"))
+
+
+def test_encodings_follow_commits_without_rebuilding(tmp_path) -> None:
+    from crdtd.state import E4State
+    from crdtd.state.testing import Federation, bulk_contributions
+    from crdtd.sync.reconcile.rateless import SALT, cache_for
+
+    fed = Federation()
+    state = E4State.open(tmp_path / "n", fed.admin.public_keys)
+    state.apply(fed.add_member("a"))
+    bulk_contributions(state, fed.keys["a"], 300)
+    cache = cache_for(state.store)
+    root, enc = cache.current(state.store, SALT)
+    enc.extend(64)
+    bulk_contributions(state, fed.keys["a"], 20, step=7)  # three more commits
+    root2, enc2 = cache.current(state.store, SALT)
+    assert root2 != root and cache.rebuilds == 1
+    fresh = Encoder.of_ids(b"".join(state.store.all_ids()), SALT).symbols(0, 64)
+    now = enc2.symbols(0, 64)
+    for field in ("sums", "checks", "counts"):
+        assert np.array_equal(getattr(now, field), getattr(fresh, field))
+    state.close()
 
 
 def _answers(reply: pb.RibltSymbols) -> None:
     async def ask(req: pb.DigestRequest) -> pb.DigestResponse:
         return pb.DigestResponse(riblt=reply)
 
-    asyncio.run(RatelessReconciliation(salt=1).reconcile(IndexSource(ids(40, "l")), ask))
+    asyncio.run(RatelessReconciliation().reconcile(IndexSource(ids(40, "l")), ask))
 
 
 def test_malformed_symbol_answers_are_protocol_errors() -> None:
@@ -168,9 +203,7 @@ def test_malformed_symbol_answers_are_protocol_errors() -> None:
         assert label
     with pytest.raises(ProtocolError):
         asyncio.run(
-            RatelessReconciliation(salt=1).reconcile(
-                IndexSource(set()), lambda req: _merkle_reply()
-            )
+            RatelessReconciliation().reconcile(IndexSource(set()), lambda req: _merkle_reply())
         )
 
 

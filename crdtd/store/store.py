@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ from crdtd.store.merkle import MerkleIndex
 
 DB_NAME = "store.sqlite"
 CHUNK_DIR = "chunks"
+JOURNAL_IDS = 200_000
+"""Ids the in-memory change journal remembers (older changes: readers rebuild instead)."""
 INLINE_MAX = 64 * 1024
 """Chunks up to this many bytes are stored inside SQLite rather than as files."""
 
@@ -66,6 +69,10 @@ class NodeStore:
         self._depth = 0
         self._owner = 0
         self._changed: set[bytes] = set()
+        self._generation = 0
+        self._journal: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        self._journal_floor = 0
+        self._journal_ids = 0
         self._clock_dirty: dict[bytes, bool] = {}
         """Authors whose clock the transaction must advance (False) or recompute (True)."""
         self._after_commit: list[bytes] = []
@@ -124,6 +131,7 @@ class NodeStore:
                     self.merkle.update(self._changed)
                     self.chunks.flush()
                     self.conn.execute("COMMIT")
+                    self._remember(self._changed)
             except BaseException:
                 if outer:
                     self.conn.execute("ROLLBACK")
@@ -142,6 +150,44 @@ class NodeStore:
                 # move the zeroed pages into the database file and empty the WAL, so the
                 # erased bytes survive in neither
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _remember(self, changed: set[bytes]) -> None:
+        """Journal the ids a committed transaction inserted or deleted (bounded; in memory)."""
+        if not changed:
+            return
+        self._generation += 1
+        self._journal.append((self._generation, tuple(changed)))
+        self._journal_ids += len(changed)
+        while len(self._journal) > 1 and self._journal_ids > JOURNAL_IDS:
+            floor, ids = self._journal.popleft()
+            self._journal_ids -= len(ids)
+            self._journal_floor = floor
+
+    @property
+    def generation(self) -> int:
+        """How many committed transactions changed the id set since this store was opened."""
+        return self._generation
+
+    def changes_since(self, generation: int) -> tuple[int, set[bytes]] | None:
+        """(current generation, ids inserted or deleted after `generation`), or None when the
+        journal no longer reaches back that far. Read it inside `reading()` to pair it with
+        the root and the rows of the same moment."""
+        with self._lock:
+            if generation < self._journal_floor:
+                return None
+            ids: set[bytes] = set()
+            for g, part in self._journal:
+                if g > generation:
+                    ids.update(part)
+            return self._generation, ids
+
+    def present(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Those of `ids` held in the set (entries table)."""
+        out: set[bytes] = set()
+        for part in _parts(ids):
+            sql = f"SELECT id FROM entries WHERE id IN ({_marks(part)})"
+            out.update(bytes(r[0]) for r in self._q(sql, tuple(part)))
+        return out
 
     def _in_transaction(self) -> bool:
         """True when the calling thread is inside `transaction()`."""

@@ -9,24 +9,35 @@ Client side (`reconcile`):
    needs to be known), so d = 10 takes one or two calls;
 3. give up when the symbols would pass `riblt_max_symbols`, when symbol 0 already shows a
    size difference the budget cannot cover or that would cost more than listing the peer's
-   set (a node that starts empty goes to the descent after one call), or when the peer's set changed mid-stream (`stale`): the Merkle descent
-   then runs in the same session (`Difference.method` = "riblt+merkle").
+   set (a node that starts empty goes to the descent after one call), or when the peer's
+   set changed mid-stream twice (`stale`): the Merkle descent then runs in the same session
+   (`Difference.method` = "riblt+merkle").
 
 A decoded result is checked before it is trusted: every id it says only we hold must be
 ours, and no id it says only the peer holds may be ours; anything else is treated as a
 failed decode (the descent runs).
 
-Server side (`answer`): the coded-symbol stream of the current state is computed once per
-Merkle root and extended as far as peers ask (`riblt.Encoder`), under a salt drawn once per
-process; the last few roots' encodings are kept so a stream continues across a commit.
-Merkle requests are answered by the descent, so one instance serves both methods.
+Server side (`answer`): symbols come from the node's own encoding (`EncodingCache`, one per
+store, shared with the client side): kept while the Merkle root is unchanged, brought up to
+date after commits by XORing in only the ids they added (the store's change journal), rebuilt
+after a deletion. Every node encodes under the same salt (`SALT`; answers name it), so that
+one encoding serves the node's own sessions and every peer's. A continuation whose root is
+no longer the node's root is answered `stale`: the client starts once more, then runs the
+descent. Merkle requests are answered by the descent, so one instance serves both methods.
+
+A known salt lets a member grind entry ids (about 2^32 signatures or more) until some XOR of
+them passes as a "pure" symbol; the damage is bounded to that session: the check above
+or the decode budget sends it to the Merkle descent, and ids it was told to fetch but the
+peer does not hold are reported as unserved.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import contextlib
+import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -36,7 +47,14 @@ from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.sync.config import SyncConfig
 from crdtd.sync.reconcile.base import Ask, Difference, DigestSource
 from crdtd.sync.reconcile.merkle import MerkleDescent
-from crdtd.sync.reconcile.riblt import ID_BYTES, SYMBOL_BYTES, Decoder, Encoder, Symbols
+from crdtd.sync.reconcile.riblt import (
+    ID_BYTES,
+    SYMBOL_BYTES,
+    Decoder,
+    Encoder,
+    Symbols,
+    ids_to_keys,
+)
 
 MAX_SYMBOLS_PER_ANSWER = 16_384
 """Symbols in one Digest answer, at most (~700 KB)."""
@@ -44,28 +62,85 @@ MAX_STREAM = 1 << 18
 """A request past this symbol index is refused (bounds what one encoding may grow to)."""
 SYMBOLS_PER_DIFFERENCE = 1.35
 """Coded symbols a difference costs on average (Yang et al.); used to bail out early."""
-ENCODINGS_KEPT = 3
+SALT = int.from_bytes(hashlib.sha256(b"crdtd/riblt/v1 salt").digest()[:8], "little")
+"""The salt every node encodes its set under, so one encoding per node serves its own sessions
+and every peer's (answers name their salt, so it can change without a protocol version)."""
+SALTS_KEPT = 4
 
 
-class _Encodings:
-    """Encodings by (root, salt), most recent first, at most ENCODINGS_KEPT."""
+class _Own:
+    """One node's set encoded under one salt, kept current commit by commit."""
+
+    def __init__(self, salt: int) -> None:
+        self.salt = salt
+        self.root: bytes | None = None
+        self.generation = -1
+        self.encoder: Encoder | None = None
+        self.ids: set[bytes] = set()
+
+
+class EncodingCache:
+    """A replica's own encodings, by salt (at most SALTS_KEPT).
+
+    `current(local, salt)` returns the encoder of the set as it is now: cached while the root
+    is unchanged; after commits, only the ids they added are XORed in when the replica keeps
+    a change journal (`NodeStore.changes_since`); otherwise (or after a deletion) rebuilt.
+    Shared by everything that reconciles against the same replica (`cache_for`).
+    """
 
     def __init__(self) -> None:
-        self._items: OrderedDict[tuple[bytes, int], Encoder] = OrderedDict()
-        self._lock = threading.Lock()
+        self._by_salt: OrderedDict[int, _Own] = OrderedDict()
+        self.lock = threading.RLock()
+        self.rebuilds = 0
 
-    def get(self, root: bytes, salt: int) -> Encoder | None:
-        with self._lock:
-            enc = self._items.get((root, salt))
-            if enc is not None:
-                self._items.move_to_end((root, salt))
-            return enc
+    def forget(self) -> None:
+        """Drop every encoding (the next use rebuilds; benchmarks measure that cold path)."""
+        with self.lock:
+            self._by_salt.clear()
 
-    def put(self, root: bytes, salt: int, enc: Encoder) -> None:
-        with self._lock:
-            self._items[(root, salt)] = enc
-            while len(self._items) > ENCODINGS_KEPT:
-                self._items.popitem(last=False)
+    def current(self, local: DigestSource, salt: int) -> tuple[bytes, Encoder]:
+        """(root, encoder) of the local set now. Hold `lock` while using the encoder."""
+        with self.lock:
+            own = self._by_salt.pop(salt, None) or _Own(salt)
+            self._by_salt[salt] = own
+            while len(self._by_salt) > SALTS_KEPT:
+                self._by_salt.popitem(last=False)
+            reading = getattr(local, "reading", None)
+            with reading() if reading is not None else contextlib.nullcontext():
+                root = local.merkle_root()
+                if own.encoder is not None and own.root == root:
+                    return root, own.encoder
+                if own.encoder is not None and self._catch_up(local, own):
+                    own.root = root
+                    return root, own.encoder
+                self.rebuilds += 1
+                generation = getattr(local, "generation", -1)
+                root, ids = snapshot_ids(local)
+            own.encoder = Encoder.of_ids(ids, salt)
+            own.ids = {ids[i : i + ID_BYTES] for i in range(0, len(ids), ID_BYTES)}
+            own.root, own.generation = root, generation
+            return root, own.encoder
+
+    @staticmethod
+    def _catch_up(local: DigestSource, own: _Own) -> bool:
+        """XOR in the ids committed since the encoder was current; False when that cannot be
+        done (no journal, journal too short, or an id was deleted: rebuild instead)."""
+        since = getattr(local, "changes_since", None)
+        present = getattr(local, "present", None)
+        if since is None or present is None or own.encoder is None:
+            return False
+        changes = since(own.generation)
+        if changes is None:
+            return False
+        generation, changed = changes
+        now = present(sorted(changed))
+        if any(i in own.ids and i not in now for i in changed):
+            return False
+        added = sorted(i for i in now if i not in own.ids)
+        own.encoder.add(ids_to_keys(b"".join(added)))
+        own.ids.update(added)
+        own.generation = generation
+        return True
 
 
 def snapshot_ids(local: DigestSource) -> tuple[bytes, bytes]:
@@ -78,16 +153,26 @@ def snapshot_ids(local: DigestSource) -> tuple[bytes, bytes]:
     raise ProtocolError("the local set kept changing while it was read for reconciliation")
 
 
+_CACHES: weakref.WeakKeyDictionary[object, EncodingCache] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_for(local: DigestSource) -> EncodingCache:
+    """The encoding cache of one replica (one per store object, shared by server and client)."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get(local)
+        if cache is None:
+            cache = _CACHES[local] = EncodingCache()
+        return cache
+
+
 class RatelessReconciliation:
     """DigestExchange: rateless IBLT first, Merkle descent past the budget (riblt/1)."""
 
-    def __init__(self, config: SyncConfig | None = None, salt: int | None = None) -> None:
+    def __init__(self, config: SyncConfig | None = None, salt: int = SALT) -> None:
         self.config = config or SyncConfig()
         self.merkle = MerkleDescent(self.config)
-        self.salt = secrets.randbits(64) if salt is None else salt
-        self._served = _Encodings()
-        self._own = _Encodings()
-        self._lock = threading.Lock()
+        self.salt = salt
 
     # -- server side -------------------------------------------------------------------------
 
@@ -101,29 +186,21 @@ class RatelessReconciliation:
                 f"riblt request for symbols [{req.start}, {req.start + req.count}) exceeds "
                 f"{MAX_SYMBOLS_PER_ANSWER} per call or {MAX_STREAM} in all"
             )
-        with self._lock:  # one thread extends an encoding at a time
-            if req.start == 0:
-                root = local.merkle_root()
-                if bytes(req.root) == root:
-                    return _reply(pb.RibltSymbols(equal=True, salt=self.salt, root=root))
-                enc = self._served.get(root, self.salt)
-                if enc is None:
-                    root, ids = snapshot_ids(local)
-                    enc = Encoder.of_ids(ids, self.salt)
-                    self._served.put(root, self.salt, enc)
-            else:
-                root = bytes(req.root)
-                found = self._served.get(root, self.salt) if req.salt == self.salt else None
-                if found is None:
-                    return _reply(pb.RibltSymbols(stale=True, salt=self.salt))
-                enc = found
+        cache = cache_for(local)
+        with cache.lock:  # one thread extends the encoding at a time
+            root, enc = cache.current(local, self.salt)
+            if req.start == 0 and bytes(req.root) == root:
+                return _reply(pb.RibltSymbols(equal=True, salt=self.salt, root=root))
+            if req.start > 0 and (bytes(req.root) != root or req.salt != self.salt):
+                return _reply(pb.RibltSymbols(stale=True, salt=self.salt, root=root))
             symbols = enc.symbols(req.start, req.start + req.count)
+            size = len(enc)
         sums, checks, counts = symbols.to_wire()
         return _reply(
             pb.RibltSymbols(
                 salt=self.salt,
                 root=root,
-                size=len(enc),
+                size=size,
                 start=req.start,
                 sums=sums,
                 checks=checks,
@@ -134,44 +211,54 @@ class RatelessReconciliation:
     # -- client side -------------------------------------------------------------------------
 
     async def reconcile(self, local: DigestSource, ask: Ask) -> Difference:
-        """Symbols until the residue is empty, or the Merkle descent past the budget."""
+        """Symbols until the residue is empty, or the Merkle descent past the budget; a
+        stream the peer's commits made stale is started once more, then the descent runs."""
+        rounds = 0
+        for _ in range(2):
+            found, rounds = await self._stream(local, ask, rounds)
+            if found is not None:
+                return found
+        return await self._fall_back(local, ask, rounds)
+
+    async def _stream(
+        self, local: DigestSource, ask: Ask, rounds: int
+    ) -> tuple[Difference | None, int]:
+        """One pass over the peer's stream: (difference, calls so far), or (None, calls) when
+        the stream went stale; runs the descent itself when decoding is hopeless."""
         root = local.merkle_root()
         want = min(self.config.riblt_first_symbols, self.config.riblt_max_symbols)
         first = await ask(pb.DigestRequest(riblt=pb.RibltRequest(root=root, start=0, count=want)))
-        rounds = 1
+        rounds += 1
         got = _symbols_of(first)
         if got.equal:
-            return Difference(rounds=rounds, method="riblt")
+            return Difference(rounds=rounds, method="riblt"), rounds
         their_root, salt = bytes(got.root), got.salt
-        decoder = Decoder(await asyncio.to_thread(self._own_encoding, local, salt))
+        decoder = Decoder(await asyncio.to_thread(self._own_copy, local, salt))
         budget = self.config.riblt_max_symbols
         while True:
             if got.stale:
-                return await self._fall_back(local, ask, rounds)
+                return None, rounds
             symbols = _parse(got, decoder.size, want)
             await asyncio.to_thread(decoder.add, symbols)
             if decoder.decoded:
                 break
             if _hopeless(decoder, budget, got.size):
-                return await self._fall_back(local, ask, rounds)
+                return await self._fall_back(local, ask, rounds), rounds
             want = min(decoder.size, budget - decoder.size, MAX_SYMBOLS_PER_ANSWER)
             request = pb.RibltRequest(root=their_root, start=decoder.size, count=want, salt=salt)
             got = _symbols_of(await ask(pb.DigestRequest(riblt=request)))
             rounds += 1
         here, there = decoder.remote_only(), decoder.local_only()
         if not _consistent(decoder.local, here, there):
-            return await self._fall_back(local, ask, rounds)
-        return Difference(here, there, rounds, "riblt")
+            return await self._fall_back(local, ask, rounds), rounds
+        return Difference(here, there, rounds, "riblt"), rounds
 
-    def _own_encoding(self, local: DigestSource, salt: int) -> Encoder:
-        """Our set's encoder under the peer's salt (cached per root and salt)."""
-        root = local.merkle_root()
-        enc = self._own.get(root, salt)
-        if enc is None:
-            root, ids = snapshot_ids(local)
-            enc = Encoder.of_ids(ids, salt)
-            self._own.put(root, salt, enc)
-        return enc
+    @staticmethod
+    def _own_copy(local: DigestSource, salt: int) -> Encoder:
+        """A private copy of our set's current encoding under the peer's salt."""
+        cache = cache_for(local)
+        with cache.lock:
+            return cache.current(local, salt)[1].copy()
 
     async def _fall_back(self, local: DigestSource, ask: Ask, rounds: int) -> Difference:
         diff = await self.merkle.reconcile(local, ask)

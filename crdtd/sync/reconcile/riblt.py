@@ -221,6 +221,30 @@ class Encoder:
             np.concatenate([s.counts, fresh.counts]),
         )
 
+    def add(self, keys: U64) -> None:
+        """Add ids to the set: their share of every symbol computed so far is XORed in, and
+        later symbols include them (the code is linear, so no symbol is recomputed)."""
+        if not keys.shape[0]:
+            return
+        hashes = hash_keys(keys, self.salt)
+        base = self.keys.shape[0]
+        self.keys = np.concatenate([self.keys, keys])
+        self.hashes = np.concatenate([self.hashes, hashes])
+        self._mapping.add(hashes)
+        index, owner = self._mapping.take(self.size, np.arange(base, base + keys.shape[0]))
+        _accumulate(self._symbols, index, self.keys, self.hashes, owner)
+
+    def copy(self) -> Encoder:
+        """An independent copy (a session decodes against a set that cannot change under it)."""
+        twin = Encoder.__new__(Encoder)
+        twin.keys, twin.salt, twin.hashes = self.keys.copy(), self.salt, self.hashes.copy()
+        twin._mapping = _Mapping(np.zeros(0, dtype=np.uint64))
+        twin._mapping.prng = self._mapping.prng.copy()
+        twin._mapping.next = self._mapping.next.copy()
+        s = self._symbols
+        twin._symbols = Symbols(0, s.sums.copy(), s.checks.copy(), s.counts.copy())
+        return twin
+
     def symbols(self, start: int, stop: int) -> Symbols:
         """Coded symbols [start, stop)."""
         self.extend(stop)
