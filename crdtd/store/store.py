@@ -181,6 +181,16 @@ class NodeStore:
                     ids.update(part)
             return self._generation, ids
 
+    def held_among(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Those of `ids` waiting for their predecessor (pending, not in the set)."""
+        if not self._q("SELECT 1 FROM pending LIMIT 1"):
+            return set()
+        out: set[bytes] = set()
+        for part in _parts(ids):
+            sql = f"SELECT id FROM pending WHERE id IN ({_marks(part)})"
+            out.update(bytes(r[0]) for r in self._q(sql, tuple(part)))
+        return out
+
     def present(self, ids: Sequence[bytes]) -> set[bytes]:
         """Those of `ids` held in the set (entries table)."""
         out: set[bytes] = set()

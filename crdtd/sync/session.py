@@ -202,7 +202,9 @@ class AntiEntropySession:
             peer, diff.in_sync, diff.rounds, conn.client.stats.bytes_total - mark, diff.method
         )
         if pull and diff.missing_here:
-            await self._pull(conn, diff.missing_here[: self.config.max_entries_per_session], result)
+            wanted = await asyncio.to_thread(self._not_held, diff.missing_here)
+            if wanted:
+                await self._pull(conn, wanted[: self.config.max_entries_per_session], result)
         if push and diff.missing_there:
             await self._push(conn, diff.missing_there, result)
         after = conn.client.stats
@@ -215,6 +217,13 @@ class AntiEntropySession:
         return result
 
     # -- pull --------------------------------------------------------------------------------
+
+    def _not_held(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The ids not already waiting here for their predecessor: a chain longer than
+        max_entries_per_session then arrives over several sessions (each pulls what the
+        last did not) instead of the same first ids again."""
+        held = self.state.store.held_among(ids)
+        return [i for i in ids if i not in held] if held else list(ids)
 
     async def _pull(self, conn: Connection, ids: Sequence[bytes], result: SessionResult) -> None:
         peer = conn.peer.short if conn.peer else conn.address
