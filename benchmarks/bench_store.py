@@ -310,11 +310,12 @@ async def pull_everything(work: Path, count: int) -> tuple[float, int, int]:
             sessions += 1
             print(
                 f"  session {sessions}: {result.digest_method} digest in {result.digest_rounds} "
-                f"calls, pulled {len(result.pulled)}, deferred {len(result.deferred)}, "
+                f"calls, pulled {len(result.pulled)}, held {len(result.held)}, "
+                f"deferred {len(result.deferred)}, "
                 f"refused {len(result.refused)}, rejected {len(result.rejected)}, "
                 f"{result.seconds:.1f} s"
             )
-            if result.in_sync or not result.pulled:
+            if result.in_sync or not (result.pulled or result.held):
                 break
         seconds = time.perf_counter() - started
     finally:

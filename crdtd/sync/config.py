@@ -133,6 +133,11 @@ class SyncConfig:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # the server side must accept those pings: by default it wants 5 minutes between
+            # pings without data and answers more with GOAWAY "too_many_pings", which cut a
+            # peer's channel whenever a session stayed quiet for a minute (a long apply)
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+            ("grpc.http2.max_ping_strikes", 0),
         ]
 
     @classmethod
