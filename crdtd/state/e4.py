@@ -53,8 +53,10 @@ from crdtd.store.store import NodeStore, PayloadSource
 
 DEFAULT_MAX_PAYLOAD = 64 * 1024**3
 DEFAULT_MAX_HELD = 100_000
-VERIFIED_REMEMBERED = 65_536
-"""Signature checks remembered (a session verifies on arrival, then applies in batches)."""
+VERIFIED_REMEMBERED = 131_072
+"""Signature checks remembered: a session verifies on arrival, then applies in batches, and
+entries held for their predecessor are validated again when it arrives, possibly in the next
+session (two sessions' worth: 2 x max_entries_per_session)."""
 _ERASABLE = (int(Kind.CONTRIBUTION), int(Kind.EVIDENCE))
 _KEEPS_LOOKUPS = (Kind.CONTRIBUTION, Kind.REMOVAL)
 """Kinds whose apply changes no member key, revocation or quarantine: the per-batch lookups
