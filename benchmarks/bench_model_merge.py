@@ -1,17 +1,27 @@
-"""Streaming model merge vs the naive load-everything path, measured in the same run.
+"""Streaming model merge vs the naive load-everything path and memory bandwidth, same run.
 
 Builds a base and three fine-tuned checkpoints of `--gb` GB each (bf16, Llama-like shapes,
-sharded safetensors with an index, written with the `safetensors` library), then for each
-strategy runs, each in its own subprocess so peak RSS is its own:
+sharded safetensors with an index, written with the `safetensors` library), then runs, each
+in its own subprocess (imports done before the clock starts) so peak RSS is its own:
 
-  * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes inputs, streams tensors);
+  * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes every input, streams the
+    tensors from the safetensors files, writes sharded safetensors);
   * naive: load every state dict fully (`safetensors.torch.load_file`), merge each tensor with
-    the same strategy function, save with `save_file` in shards.
+    the same strategy function, save with `save_file` in shards;
+  * bandwidth: the three fine-tunes already in memory as float32 numpy arrays (numpy has no
+    bfloat16), `np.mean(stack, axis=0)` per tensor; best of three passes.
 
-Prints wall time, input GB/s and peak RSS per path, then `speedup_vs_naive` (naive wall /
-streaming wall, the smaller over strategies; target >= 1.0), `ties_vs_linear` (streaming wall
-of ties over linear; target <= 2.5) and last `rss_vs_naive` (streaming peak RSS / naive, the
-larger over strategies; target <= 0.25).
+`linear`, `ties` (density 0.5) merge the three fine-tunes against the base; `slerp` goes from
+the base to the first fine-tune (t = 0.5). Prints wall time, input GB/s and peak RSS
+(`VmHWM`) per run, then:
+
+  * `linear_vs_bandwidth`: numpy's mean time / linear's streaming time over the same three
+    fine-tunes (linear's wall includes reading and hashing all four checkpoints and writing
+    the result; target >= 0.5);
+  * `ties_vs_linear`, `slerp_vs_linear`: streaming wall over linear's (targets <= 2.0);
+  * `speedup_vs_naive` (naive wall / streaming wall, the smallest over strategies);
+  * `slerp_rss_vs_naive` and last `rss_vs_naive` (streaming peak RSS / naive, slerp's and the
+    largest over strategies; target <= 0.25).
 
     python benchmarks/bench_model_merge.py --gb 1
 """
@@ -116,14 +126,21 @@ def _strategy_params(strategy: str) -> dict[str, object]:
     return {"density": 0.5} if strategy == "ties" else {}
 
 
-def run_streaming(dirs: list[Path], out: Path, strategy: str) -> None:
+def _models(strategy: str, dirs: list[Path]) -> list[Path]:
+    """The fine-tunes a strategy merges against the base (slerp: the first one)."""
+    return dirs[1:2] if strategy == "slerp" else dirs[1:]
+
+
+def run_streaming(dirs: list[Path], out: Path, strategy: str) -> float:
     from crdtd.model import ModelMerge, ModelMergeSchema
 
     schema = ModelMergeSchema.single(strategy, _strategy_params(strategy))
-    ModelMerge(schema).merge_to_dir([str(d) for d in dirs[1:]], out, str(dirs[0]))
+    t0 = time.perf_counter()
+    ModelMerge(schema).merge_to_dir([str(d) for d in _models(strategy, dirs)], out, str(dirs[0]))
+    return time.perf_counter() - t0
 
 
-def run_naive(dirs: list[Path], out: Path, strategy: str) -> None:
+def run_naive(dirs: list[Path], out: Path, strategy: str) -> float:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -136,7 +153,9 @@ def run_naive(dirs: list[Path], out: Path, strategy: str) -> None:
             sd.update(load_file(str(f)))
         return sd
 
-    base, *models = (load(d) for d in dirs)
+    t0 = time.perf_counter()
+    base = load(dirs[0])
+    models = [load(d) for d in _models(strategy, dirs)]
     strat = registry.get(strategy)
     params, model_params = strat.validate(_strategy_params(strategy), [{}] * len(models))
     merged: dict[str, torch.Tensor] = {}
@@ -155,14 +174,46 @@ def run_naive(dirs: list[Path], out: Path, strategy: str) -> None:
     half = len(names) // 2
     for i, part in enumerate((names[:half], names[half:]), start=1):
         save_file({n: merged[n] for n in part}, str(out / f"model-{i:05d}-of-00002.safetensors"))
+    return time.perf_counter() - t0
+
+
+def run_bandwidth(dirs: list[Path]) -> tuple[float, int]:
+    """Best time of `np.mean(stack, axis=0)` over every tensor of the three fine-tunes held
+    in memory as float32, and the bytes those arrays hold."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    stacks = []
+    for f in sorted(p.name for p in dirs[1].glob("*.safetensors")):
+        parts = [load_file(str(d / f)) for d in dirs[1:]]
+        for name in sorted(parts[0]):
+            stacks.append(np.stack([p[name].float().numpy() for p in parts]))
+        del parts
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for st in stacks:
+            np.mean(st, axis=0)
+        best = min(best, time.perf_counter() - t0)
+    return best, sum(st.nbytes for st in stacks)
 
 
 def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
-    """Run one path and print its wall time and peak RSS as JSON."""
-    t0 = time.perf_counter()
-    (run_streaming if path == "streaming" else run_naive)(dirs, out, strategy)
-    wall = time.perf_counter() - t0
-    print(json.dumps({"wall": wall, "rss": peak_rss()}))
+    """Run one path and print its wall time and peak RSS as JSON (imports before the clock)."""
+    import numpy  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch  # noqa: F401
+
+    import crdtd.model.merge
+    import crdtd.strategies  # noqa: F401
+
+    extra: dict[str, float] = {}
+    if path == "bandwidth":
+        wall, nbytes = run_bandwidth(dirs)
+        extra["bytes"] = nbytes
+    else:
+        wall = (run_streaming if path == "streaming" else run_naive)(dirs, out, strategy)
+    print(json.dumps({"wall": wall, "rss": peak_rss(), **extra}))
 
 
 def peak_rss() -> int:
@@ -198,14 +249,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gb", type=float, default=0.25, help="size of each checkpoint in GB")
     ap.add_argument(
-        "--strategies", default="linear,ties", help="comma-separated; ratios need linear,ties"
+        "--strategies", default="linear,ties,slerp", help="comma-separated; ratios need linear"
     )
     ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
-    ap.add_argument("--worker", choices=("streaming", "naive"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("streaming", "naive", "bandwidth"), help=argparse.SUPPRESS)
     ap.add_argument("--strategy", default="linear", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--dirs", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--checkpoints", help="use the checkpoints built earlier in this directory (else build)"
+    )
+    ap.add_argument(
+        "--paths", default="naive,streaming", help="which paths to run (naive,streaming)"
+    )
     args = ap.parse_args()
     if args.build:
         build(Path(args.build), args.gb)
@@ -220,10 +277,12 @@ def main() -> None:
             sys.exit(f"need about {7 * args.gb:.1f} GB free in {scratch}, have {free / 1e9:.1f}")
         hidden, inter, kv, layers = layout(args.gb)
         t0 = time.perf_counter()
-        # build in a child so this process stays small (its children fork from it)
-        cmd = [sys.executable, __file__, "--build", str(scratch), "--gb", str(args.gb)]
-        subprocess.run(cmd, check=True)
-        dirs = [scratch / n for n in ("base", "m0", "m1", "m2")]
+        root = Path(args.checkpoints) if args.checkpoints else scratch
+        dirs = [root / n for n in ("base", "m0", "m1", "m2")]
+        if not all(d.is_dir() for d in dirs):
+            # build in a child so this process stays small (its children fork from it)
+            cmd = [sys.executable, __file__, "--build", str(root), "--gb", str(args.gb)]
+            subprocess.run(cmd, check=True)
         in_bytes = sum(f.stat().st_size for d in dirs for f in d.glob("*.safetensors"))
         print(
             f"checkpoints: base + 3, {in_bytes / 4 / 1e9:.2f} GB each (bf16, hidden {hidden}, "
@@ -233,25 +292,40 @@ def main() -> None:
         results: dict[str, dict[str, dict[str, float]]] = {}
         for strategy in args.strategies.split(","):
             results[strategy] = {}
-            for path in ("naive", "streaming"):
+            for path in args.paths.split(","):
                 r = measure(path, dirs, scratch, strategy)
                 results[strategy][path] = r
                 print(
                     f"{strategy:7s} {path:9s} wall {r['wall']:7.2f} s  "
                     f"input {in_bytes / r['wall'] / 1e9:5.2f} GB/s  peak RSS {r['rss'] / 1e9:6.2f} GB"
                 )
-        for strategy, r in results.items():
-            print(
-                f"{strategy}: speedup {r['naive']['wall'] / r['streaming']['wall']:.2f}, "
-                f"rss ratio {r['streaming']['rss'] / r['naive']['rss']:.2f}"
-            )
-        speedup = min(r["naive"]["wall"] / r["streaming"]["wall"] for r in results.values())
-        rss = max(r["streaming"]["rss"] / r["naive"]["rss"] for r in results.values())
-        print(f"speedup_vs_naive: {speedup:.2f}")
-        if "ties" in results and "linear" in results:
-            ties = results["ties"]["streaming"]["wall"] / results["linear"]["streaming"]["wall"]
-            print(f"ties_vs_linear: {ties:.2f}")
-        print(f"rss_vs_naive: {rss:.2f}")
+        bw = measure("bandwidth", dirs, scratch, "linear")
+        print(
+            f"numpy mean of the three fine-tunes in memory (float32): {bw['wall']:.2f} s, "
+            f"{bw['bytes'] / bw['wall'] / 1e9:.2f} GB/s"
+        )
+        naive = "naive" in args.paths.split(",")
+        if naive:
+            for strategy, r in results.items():
+                print(
+                    f"{strategy}: speedup {r['naive']['wall'] / r['streaming']['wall']:.2f}, "
+                    f"rss ratio {r['streaming']['rss'] / r['naive']['rss']:.2f}"
+                )
+            speedup = min(r["naive"]["wall"] / r["streaming"]["wall"] for r in results.values())
+            print(f"speedup_vs_naive: {speedup:.2f}")
+        if "linear" in results:
+            linear = results["linear"]["streaming"]["wall"]
+            print(f"linear_vs_bandwidth: {bw['wall'] / linear:.2f}")
+            for other in ("ties", "slerp"):
+                if other in results:
+                    ratio = results[other]["streaming"]["wall"] / linear
+                    print(f"{other}_vs_linear: {ratio:.2f}")
+        if naive and "slerp" in results:
+            r = results["slerp"]
+            print(f"slerp_rss_vs_naive: {r['streaming']['rss'] / r['naive']['rss']:.2f}")
+        if naive:
+            rss = max(r["streaming"]["rss"] / r["naive"]["rss"] for r in results.values())
+            print(f"rss_vs_naive: {rss:.2f}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -37,7 +37,9 @@ CASES: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {
         ({"rescale": False}, [{"density": 0.5}, {"density": 1.0}, {"density": 0.0}]),
     ],
     "dare_ties": [({}, [{"density": 0.3}, {"density": 0.6, "weight": 2.0}, {"density": 0.9}])],
+    "slerp": [({"t": 0.3}, []), ({"t": 0.7, "dot_threshold": 0.0}, []), ({"t": 1.0}, [])],
 }
+INPUTS = {"passthrough": 1, "slerp": 2}  # inputs per case (3 otherwise)
 
 
 def _stack(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +58,9 @@ def _tm(name: str, x: torch.Tensor, base: torch.Tensor, case: tuple[dict, list])
     return TensorMerge("w", x.clone(), base.clone(), gp, mp, torch.Generator().manual_seed(7))
 
 
-def test_the_blockwise_strategies_are_the_linear_ties_and_dare_families() -> None:
+def test_the_blockwise_strategies_are_the_linear_ties_dare_and_slerp_families() -> None:
     assert set(CASES) <= set(BLOCKWISE)
-    assert {"breadcrumbs", "della", "median", "slerp"}.isdisjoint(BLOCKWISE)
+    assert {"breadcrumbs", "della", "median"}.isdisjoint(BLOCKWISE)
 
 
 @pytest.mark.parametrize(
@@ -67,8 +69,7 @@ def test_the_blockwise_strategies_are_the_linear_ties_and_dare_families() -> Non
 def test_blocks_give_the_bytes_of_the_whole_tensor(name: str, index: int) -> None:
     """Aligned blocks (what the engine uses) and a block size off the chunk grid."""
     strategy = registry.get(name)
-    k = 1 if name == "passthrough" else 3
-    x, base = _stack(k, 2 * BLOCK_ALIGN + 12_345, seed=index)
+    x, base = _stack(INPUTS.get(name, 3), 2 * BLOCK_ALIGN + 12_345, seed=index)
     case = CASES[name][index]
     whole = strategy.fn(_tm(name, x, base, case))
     for block in (BLOCK_ALIGN, 3 * BLOCK_ALIGN // 2 + 1):
@@ -124,12 +125,15 @@ def _checkpoints(root: Path) -> tuple[list[Contribution], Path]:
         ("ties", {"density": 0.3, "lambda": 0.8}),
         ("ties", {"density": 0.5, "rescale": True}),
         ("dare_ties", {"density": 0.4}),
+        ("slerp", {"t": 0.4}),
     ],
 )
 def test_engine_merges_blockwise_with_the_bytes_of_whole_tensors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, params: dict
 ) -> None:
     items, base = _checkpoints(tmp_path)
+    if name == "slerp":
+        items = [Contribution(items[0].weights)]  # from the base to one input
     schema = ModelMergeSchema.single(name, params)
     ModelMerge(schema).merge_to_dir(items, tmp_path / "whole", base)
     monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)

@@ -9,6 +9,7 @@ memory stays near one tensor per input instead of growing to the whole model, wh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import mmap
 import os
@@ -57,7 +58,9 @@ _DTYPE_ALIASES: dict[str, torch.dtype] = {
 }
 
 MAX_HEADER = 100 << 20
-MAX_HASH_THREADS = 8  # each holds at most one 64 MiB piece of file pages
+MAX_HASH_THREADS = 8  # each holds at most one piece of file pages
+DIGEST_PIECE = 8 << 20  # bytes hashed between page drops
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 PAGE = mmap.PAGESIZE
 HF_SIDE_FILES = (
     "config.json",
@@ -156,6 +159,7 @@ class SafetensorsFile:
                 raise InputReadError(f"{path}: tensor {name!r} extends past the end of the file")
             self.infos[name] = info
             self._span[name] = (data_start + start, data_start + end)
+        self._fd = os.open(path, os.O_RDONLY)
 
     def view(self, name: str) -> torch.Tensor:
         """Tensor `name` as a view of the map (no copy; valid until `close`)."""
@@ -177,11 +181,50 @@ class SafetensorsFile:
         Cheap to repeat: pages never touched, or already dropped, cost nothing.
         """
         start, end = self._span[name]
+        self._drop(start, end)
+
+    def _drop(self, start: int, end: int) -> None:
         aligned = start - start % PAGE
         if end > aligned:
             self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
+    def read_into(self, name: str, start: int, stop: int, out: memoryview) -> None:
+        """Entries [start, stop) of flat tensor `name`, raw, into `out` (its first bytes).
+
+        A positioned read (`os.preadv`, GIL released): no pages mapped into this process,
+        safe from several threads at once.
+        """
+        item = self.infos[name].torch_dtype.itemsize
+        pos = self._span[name][0] + start * item
+        want = (stop - start) * item
+        done = 0
+        while done < want:
+            n = os.preadv(self._fd, [out[done:want]], pos + done)
+            if n <= 0:
+                raise InputReadError(f"{self.path}: tensor {name!r} is truncated on disk")
+            done += n
+
+    def digest(self, name: str) -> bytes:
+        """sha256 of tensor `name`'s bytes, mapping each piece in one call before hashing it
+        (`MADV_POPULATE_READ`, where the kernel has it) and dropping it after."""
+        start, end = self._span[name]
+        h = hashlib.sha256()
+        view = memoryview(self._map)
+        try:
+            for lo in range(start, end, DIGEST_PIECE):
+                hi = min(end, lo + DIGEST_PIECE)
+                aligned = lo - lo % PAGE
+                with contextlib.suppress(OSError, ValueError):
+                    self._map.madvise(MADV_POPULATE_READ, aligned, hi - aligned)
+                h.update(view[lo:hi])
+                self._drop(lo, hi)
+        finally:
+            view.release()
+        return h.digest()
+
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
         with contextlib.suppress(BufferError):  # a view is still alive; freed with it
             self._map.close()
 
@@ -257,6 +300,14 @@ class FileCheckpoint:
 
     def release(self, name: str) -> None:
         self._where[name].release(name)
+
+    def read_into(self, name: str, start: int, stop: int, out: memoryview) -> None:
+        """Entries [start, stop) of flat tensor `name`, raw, into `out` (see SafetensorsFile)."""
+        self._where[name].read_into(name, start, stop, out)
+
+    def digest(self, name: str) -> bytes:
+        """sha256 of tensor `name`'s bytes."""
+        return self._where[name].digest(name)
 
     def close(self) -> None:
         for f in self.files:
@@ -374,6 +425,9 @@ def content_ids(
 
     def digest(job: tuple[int, str]) -> bytes:
         src, name = sources[job[0]], job[1]
+        own = getattr(src, "digest", None)
+        if own is not None:
+            return bytes(own(name))
         data = src.raw(name)
         try:
             return tensor_digest(data, lambda: src.release(name))

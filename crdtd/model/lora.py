@@ -249,8 +249,8 @@ class _FactorSink:
         rel = math.sqrt(tail / total) if total > 0 else 0.0
         self.out.errors.append(ModuleError(module, r, rel))
 
-    def put_part(self, name: str, part: torch.Tensor) -> None:
-        raise MergeError(f"module {name!r}: adapter deltas are factored whole, not in row blocks")
+    def put_block(self, name: str, start: int, part: torch.Tensor) -> None:
+        raise MergeError(f"module {name!r}: adapter deltas are factored whole, not in blocks")
 
 
 def merge_adapters(

@@ -15,8 +15,9 @@ import functools
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -150,23 +151,33 @@ class MergeReport:
 class _Sink(Protocol):
     def put(self, name: str, tensor: torch.Tensor) -> None: ...
 
-    def put_part(self, name: str, part: torch.Tensor) -> None: ...
+    def put_block(self, name: str, start: int, part: torch.Tensor) -> None: ...
 
 
 class _DictSink:
+    """Collects merged tensors in memory; blocks of one tensor may come in any order."""
+
     def __init__(self, jobs: Sequence[TensorJob]) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
         self.dtypes = {j.info.name: j.info.torch_dtype for j in jobs}
         self.shapes = {j.info.name: torch.Size(j.info.shape) for j in jobs}
-        self._parts: dict[str, list[torch.Tensor]] = {}
+        self._parts: dict[str, tuple[torch.Tensor, list[int]]] = {}
+        self._lock = threading.Lock()
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         self.tensors[name] = tensor.to("cpu", self.dtypes[name], copy=True)
 
-    def put_part(self, name: str, part: torch.Tensor) -> None:
-        self._parts.setdefault(name, []).append(part.to("cpu", self.dtypes[name], copy=True))
-        if sum(p.numel() for p in self._parts[name]) == self.shapes[name].numel():
-            self.tensors[name] = torch.cat(self._parts.pop(name)).reshape(self.shapes[name])
+    def put_block(self, name: str, start: int, part: torch.Tensor) -> None:
+        with self._lock:
+            if name not in self._parts:
+                flat = torch.empty(self.shapes[name].numel(), dtype=self.dtypes[name])
+                self._parts[name] = (flat, [0])
+            flat, filled = self._parts[name]
+        flat[start : start + part.numel()] = part.reshape(-1).to("cpu", self.dtypes[name])
+        with self._lock:
+            filled[0] += part.numel()
+            if filled[0] == flat.numel():
+                self.tensors[name] = self._parts.pop(name)[0].reshape(self.shapes[name])
 
 
 def _schema_of(schema: ModelMergeSchema | str | Mapping[str, Any] | None) -> ModelMergeSchema:
@@ -640,8 +651,9 @@ def _metadata(
 # -- execution --------------------------------------------------------------------------------
 
 
-CHUNK_ELEMENTS = 1 << 22  # per-input entries in one flat block (a multiple of BLOCK_ALIGN)
-LOAD_SLICE = 1 << 23  # elements copied from a mapped file between page releases
+CHUNK_ELEMENTS = 1 << 20  # per-input entries in one flat block (a multiple of BLOCK_ALIGN)
+LOAD_SLICE = 1 << 22  # entries read from a file per positioned read
+MAX_WORKERS = 8  # block-merging threads (at most one per core)
 
 
 def block_bounds(job: TensorJob, chunk: int | None) -> tuple[tuple[int, int], ...] | None:
@@ -665,28 +677,41 @@ def _block_numel(job: TensorJob, chunk: int | None) -> int:
 
 
 class _Buffers:
-    """Reused float32 buffers for the input stack and the base (no per-tensor allocation)."""
+    """Reused buffers: the float32 input stack and base, and a raw staging area for reads."""
 
     def __init__(self, plan: MergePlan, jobs: Iterable[TensorJob], chunk: int | None) -> None:
-        biggest = max((_block_numel(j, chunk) for j in jobs if j.strategy is not None), default=0)
+        merged = [j for j in jobs if j.strategy is not None]
+        biggest = max((_block_numel(j, chunk) for j in merged), default=0)
+        item = max((j.input_dtype.itemsize for j in merged), default=1)
         k = len(plan.inputs)
         dev = plan.device
         self.stack = torch.empty(k * biggest, dtype=torch.float32, device=dev)
         size = biggest if plan.base is not None else 0
         self.base = torch.empty(size, dtype=torch.float32, device=dev)
+        self.staging = torch.empty(min(biggest, LOAD_SLICE) * item, dtype=torch.uint8)
+        self.staging_view = self.staging.numpy().data
 
 
-def _load_into(dst: torch.Tensor, src: torch.Tensor, source: TensorSource, name: str) -> None:
-    """dst ← float32(src) in row slices, dropping the source's pages after each slice, so
-    at most one slice of a mapped file is resident at a time."""
-    if dst.dim() == 0 or dst.numel() <= LOAD_SLICE:
-        dst.copy_(src)
-    else:
-        rows = max(1, LOAD_SLICE // max(1, dst[0].numel()))
-        for r0 in range(0, dst.shape[0], rows):
-            dst[r0 : r0 + rows].copy_(src[r0 : r0 + rows])
-            source.release(name)
-    source.release(name)
+def _load_range(
+    dst: torch.Tensor, source: TensorSource, name: str, start: int, stop: int, buf: _Buffers
+) -> None:
+    """dst (flat float32) ← entries [start, stop) of tensor `name`.
+
+    Files are read with positioned reads into the staging area and converted from there, so
+    no file page is mapped into the process and threads may load blocks side by side; other
+    sources (in-memory tensors) are copied from their view.
+    """
+    reader = getattr(source, "read_into", None)
+    if reader is None:
+        dst.copy_(source.view(name).reshape(-1)[start:stop])
+        source.release(name)
+        return
+    dtype = source.infos[name].torch_dtype
+    step = max(1, buf.staging.numel() // dtype.itemsize)
+    for a in range(start, stop, step):
+        b = min(stop, a + step)
+        reader(name, a, b, buf.staging_view)
+        dst[a - start : b - start].copy_(buf.staging[: (b - a) * dtype.itemsize].view(dtype))
 
 
 def require_finite(values: torch.Tensor, name: str, where: str, offset: int = 0) -> None:
@@ -717,12 +742,13 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
     stack = buf.stack[: k * n].view(k, *shape)
     start = 0 if block is None else block.start
     for i, inp in enumerate(plan.inputs):
-        _load_into(stack[i], part(inp.source.view(name)), inp.source, name)
+        _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
         require_finite(stack[i], name, inp.label, start)
     base_t = None
-    if plan.base is not None:
+    strategy = job.strategy
+    if plan.base is not None and (strategy is None or strategy.uses_base):
         base_t = buf.base[:n].view(shape)
-        _load_into(base_t, part(plan.base.view(name)), plan.base, name)
+        _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
         require_finite(base_t, name, f"the base {plan.base.label}", start)
     extras: tuple[dict[str, torch.Tensor], ...] = ()
     if any(inp.extras for inp in plan.inputs):
@@ -819,6 +845,64 @@ def _extras_fit(plan: MergePlan, job: TensorJob) -> bool:
     )
 
 
+class _BlockPool:
+    """Threads that merge the blocks of one tensor side by side, each with its own buffers.
+
+    Each runs torch with one intra-op thread (the blocks are the parallelism); the caller's
+    thread keeps its own setting, and the default for new threads is restored on close.
+    """
+
+    def __init__(self, plan: MergePlan, jobs: Sequence[TensorJob], chunk: int | None) -> None:
+        self.plan, self.jobs, self.chunk = plan, jobs, chunk
+        cores = os.cpu_count() or 1
+        self.workers = 1 if plan.device.type != "cpu" else max(1, min(cores, MAX_WORKERS))
+        self._local = threading.local()
+        self._threads = torch.get_num_threads()
+        self._pool = None
+        if self.workers > 1 and any(block_bounds(j, chunk) for j in jobs):
+            self._pool = ThreadPoolExecutor(
+                self.workers,
+                thread_name_prefix="crdtd-merge",
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            )
+
+    def buffers(self) -> _Buffers:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = _Buffers(self.plan, self.jobs, self.chunk)
+        return buf
+
+    def _call(self, fn: Callable[[_Buffers, Any], None], item: Any) -> None:
+        fn(self.buffers(), item)
+
+    def run(self, fn: Callable[[_Buffers, Any], None], items: Sequence[Any]) -> None:
+        """fn(buffers, item) for every item, in parallel; the first error (in item order)."""
+        if self._pool is None:
+            for item in items:
+                fn(self.buffers(), item)
+            return
+        futures = [self._pool.submit(self._call, fn, item) for item in items]
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on a worker (one intra-op thread, like the blocks), waiting for it."""
+        if self._pool is None:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self._threads)
+
+
 def execute(
     plan: MergePlan,
     sink: _Sink,
@@ -830,33 +914,55 @@ def execute(
     """Merge every tensor of `plan`, in `jobs` order, into `sink`.
 
     With `chunk` (`"auto"`: `CHUNK_ELEMENTS`), blockwise strategies run over flat blocks of
-    `chunk` entries per input (after their `prepare` pass over the same blocks, if any) and
-    the sink receives each block through `put_part`.
+    `chunk` entries per input (after their `prepare` pass over the same blocks, if any),
+    merged side by side on every core; the sink receives each block through `put_block`.
     """
     if chunk == "auto":
         chunk = CHUNK_ELEMENTS
     ordered = list(plan.jobs if jobs is None else jobs)
     buf = _Buffers(plan, ordered, chunk)
     total = sum(j.info.nbytes for j in ordered)
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
-    ) as bar:
-        for job in ordered:
-            name = job.info.name
-            bounds = block_bounds(job, chunk) if _extras_fit(plan, job) else None
-            if job.strategy is None:
-                src = plan.base if plan.base is not None else plan.inputs[0].source
-                sink.put(name, src.view(name))
-                src.release(name)
-            elif job.info.numel == 0:  # nothing to merge; strategies need not handle it
-                sink.put(name, torch.empty(job.info.shape, dtype=torch.float32))
-            elif bounds is None:
-                sink.put(name, _merge_block(plan, job, buf, None))
+    pool = _BlockPool(plan, ordered, chunk)
+    try:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
+        ) as bar:
+            for job in ordered:
+                _execute_job(plan, sink, job, buf, pool, chunk)
+                bar.update(job.info.nbytes)
+    finally:
+        pool.close()
+
+
+def _execute_job(
+    plan: MergePlan,
+    sink: _Sink,
+    job: TensorJob,
+    buf: _Buffers,
+    pool: _BlockPool,
+    chunk: int | None,
+) -> None:
+    name = job.info.name
+    bounds = block_bounds(job, chunk) if _extras_fit(plan, job) else None
+    if job.strategy is None:
+        src = plan.base if plan.base is not None else plan.inputs[0].source
+        sink.put(name, src.view(name))
+        src.release(name)
+    elif job.info.numel == 0:  # nothing to merge; strategies need not handle it
+        sink.put(name, torch.empty(job.info.shape, dtype=torch.float32))
+    elif bounds is None:
+        sink.put(name, _merge_block(plan, job, buf, None))
+    else:
+        state = None
+        if job.strategy.prepare is not None:
+            state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds))
+
+        def merge(worker: _Buffers, bound: tuple[int, int]) -> None:
+            rows = slice(*bound)
+            if state is None:
+                out = _merge_block(plan, job, worker, rows)
             else:
-                step = _merge_block
-                if job.strategy.prepare is not None:
-                    state = job.strategy.prepare(_blocks(plan, job, buf, bounds))
-                    step = functools.partial(_merge_block, state=state)
-                for start, stop in bounds:
-                    sink.put_part(name, step(plan, job, buf, slice(start, stop)))
-            bar.update(job.info.nbytes)
+                out = _merge_block(plan, job, worker, rows, state)
+            sink.put_block(name, bound[0], out)
+
+        pool.run(merge, bounds)

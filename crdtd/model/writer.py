@@ -2,7 +2,8 @@
 
 The shard plan is fixed before the first tensor is merged (names, shapes and output dtypes
 are known up front), so each shard's header is written first and tensors are streamed into
-it one at a time. Tensor order is the natural order of names (`layers.2` before
+it one at a time; the blocks of one tensor may arrive in any order, from several threads,
+each written where it belongs (`os.pwrite`). Tensor order is the natural order of names (`layers.2` before
 `layers.10`); header JSON has sorted keys and no whitespace. Files appear under their final
 names only when the whole checkpoint is complete.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +145,9 @@ class ShardedWriter:
             sum(len(x) for x in self.shards[: i + 1]) for i in range(len(self.shards))
         ]
         self._shard = -1
-        self._fh: object | None = None
+        self._fd: int | None = None
+        self._at = 0  # byte offset of the current tensor in the current shard file
+        self._lock = threading.Lock()
         self._partials: list[Path] = []
         self.total_size = sum(i.nbytes for i in self.order)
 
@@ -171,20 +175,23 @@ class ShardedWriter:
             return
         path = self._partial(self.names[self._shard])
         self._partials.append(path)
-        fh = open(path, "wb")  # noqa: SIM115  (closed in _close_current / abort)
-        fh.write(header_bytes(self.shards[self._shard], self.metadata))
-        self._fh = fh
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._fd = fd
+        header = header_bytes(self.shards[self._shard], self.metadata)
+        _pwrite_all(fd, memoryview(header), 0)
+        self._at = len(header)
         if not self.shards[self._shard]:
             self._open_next()
 
     def _close_current(self) -> None:
-        fh = self._fh
-        self._fh = None
-        if fh is not None:
-            fh.flush()  # type: ignore[attr-defined]
-            if self.fsync:
-                os.fsync(fh.fileno())  # type: ignore[attr-defined]
-            fh.close()  # type: ignore[attr-defined]
+        fd = self._fd
+        self._fd = None
+        if fd is not None:
+            try:
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the whole tensor `name` (cast to the planned float dtype), in plan order."""
@@ -198,29 +205,45 @@ class ShardedWriter:
     put = write
 
     def write_part(self, name: str, part: torch.Tensor) -> None:
-        """Append the next rows of tensor `name`; the tensor is done when all bytes are in."""
-        info = self._expect(name)
+        """Append the next entries of tensor `name` (in order; see `write_block`)."""
+        with self._lock:
+            self._expect(name)
+            start = self._done
+        self.write_block(name, start, part)
+
+    put_part = write_part
+
+    def write_block(self, name: str, start: int, part: torch.Tensor) -> None:
+        """Write flat entries [start, start + part.numel()) of tensor `name` (cast to its
+        planned dtype), in any order and from any thread; the tensor is done, and the next
+        one may begin, once all its entries are in."""
+        with self._lock:
+            info = self._expect(name)
+            fd, at = self._fd, self._at
         want = info.torch_dtype
         if part.dtype != want and not (part.dtype.is_floating_point and want.is_floating_point):
             raise MergeError(f"tensor {name!r}: got dtype {part.dtype}, planned {want}")
-        if self._done + part.numel() > info.numel:
+        if start < 0 or start + part.numel() > info.numel:
             raise MergeError(f"tensor {name!r}: more elements than its shape {list(info.shape)}")
-        fh = self._fh
-        assert fh is not None
+        assert fd is not None
         flat = part.detach().reshape(-1)
-        if part.dtype == want:
-            fh.write(tensor_bytes(flat))  # type: ignore[attr-defined]
-        else:  # cast slice by slice: no second full-size copy of the tensor
-            for start in range(0, flat.numel(), CAST_SLICE):
-                fh.write(tensor_bytes(flat[start : start + CAST_SLICE].to("cpu", want)))  # type: ignore[attr-defined]
-        self._done += part.numel()
-        if self._done == info.numel:
-            self._done = 0
-            self._pos += 1
-            if self._pos == self._shard_end[self._shard]:
-                self._open_next()
+        item = want.itemsize
+        for s0 in range(0, flat.numel(), CAST_SLICE):  # cast slice by slice: no full copy
+            piece = flat[s0 : s0 + CAST_SLICE]
+            data = piece if piece.dtype == want else piece.to("cpu", want)
+            _pwrite_all(fd, tensor_bytes(data), at + (start + s0) * item)
+        with self._lock:
+            self._done += part.numel()
+            if self._done > info.numel:
+                raise MergeError(f"tensor {name!r}: more elements than its shape")
+            if self._done == info.numel:
+                self._done = 0
+                self._pos += 1
+                self._at += info.nbytes
+                if self._pos == self._shard_end[self._shard]:
+                    self._open_next()
 
-    put_part = write_part
+    put_block = write_block
 
     def _expect(self, name: str) -> TensorInfo:
         if self._pos >= len(self.order) or self.order[self._pos].name != name:
@@ -291,3 +314,10 @@ def check_output_dir(out_dir: Path) -> None:
                 f"output directory {out_dir} already holds a checkpoint ({clash[0]}); "
                 "choose an empty directory"
             )
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """`os.pwrite` until every byte of `data` is at `offset` (GIL released while writing)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)

@@ -232,6 +232,7 @@ class Strategy:
     summary: str = field(default="")
     elementwise: bool = False
     prepare: PrepareFn | None = None
+    uses_base: bool = True
 
     @property
     def blockwise(self) -> bool:

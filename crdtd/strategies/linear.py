@@ -24,6 +24,7 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     "improves accuracy without increasing inference time, ICML 2022",
     formula="θ = Σ_i w_i θ_i / Σ_i w_i  (no division when normalize=false)",
     elementwise=True,
+    uses_base=False,
 )
 def linear(tm: TensorMerge) -> torch.Tensor:
     """Weighted mean θ = Σ w_i θ_i / Σ w_i (weight=1.0, normalize=true); the base is unused."""
@@ -68,6 +69,7 @@ def task_arithmetic(tm: TensorMerge) -> torch.Tensor:
     min_inputs=1,
     max_inputs=1,
     elementwise=True,
+    uses_base=False,
 )
 def passthrough(tm: TensorMerge) -> torch.Tensor:
     """Copy the single input unchanged (scale=1.0); used for layer stacking rules."""

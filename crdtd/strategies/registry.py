@@ -24,10 +24,12 @@ def register(
     needs_extras: tuple[str, ...] = (),
     elementwise: bool = False,
     prepare: PrepareFn | None = None,
+    uses_base: bool = True,
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` under `name` with its declared parameters.
 
-    `elementwise` and `prepare` declare that `fn` may run block by block (`Strategy.blockwise`).
+    `elementwise` and `prepare` declare that `fn` may run block by block (`Strategy.blockwise`);
+    `uses_base=False` says `fn` never reads the base, so the engine need not load it.
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
@@ -48,6 +50,7 @@ def register(
             needs_extras=needs_extras,
             elementwise=elementwise,
             prepare=prepare,
+            uses_base=uses_base,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

@@ -289,6 +289,7 @@ def centered_clip(tm: TensorMerge) -> torch.Tensor:
     "Decentralized Data, AISTATS 2017",
     formula="θ = Σ_i n_i θ_i / Σ_i n_i, n_i = num_examples",
     elementwise=True,
+    uses_base=False,
 )
 def fedavg(tm: TensorMerge) -> torch.Tensor:
     """FedAvg: mean of the contributions weighted by their `num_examples` (default 1 each)."""

@@ -1,7 +1,9 @@
 """Spherical interpolation: SLERP, NuSLERP, Multi-SLERP and the Karcher mean.
 
 Angles and norms are computed in float64 on the flattened tensor (or per row/column where
-a method says so); results are float32 of the input shape.
+a method says so); results are float32 of the input shape. SLERP is two-phase (a streamed
+pass finds the norms and angle in float64, then each block is mixed alone in float32), so it
+merges in blocks.
 """
 
 from __future__ import annotations
@@ -12,34 +14,73 @@ import torch
 
 from crdtd.errors import StrategyError, StrategyParamError
 from crdtd.strategies._common import nonzero_total, per_model
-from crdtd.strategies.base import Param, TensorMerge
+from crdtd.strategies._gta import chunks
+from crdtd.strategies.base import Param, TensorBlocks, TensorMerge
 from crdtd.strategies.registry import register
 
 WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
+
+
+SlerpState = tuple[str, float, float]
+
+
+def _ends(tm: TensorMerge) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLERP's endpoints: two inputs in content-id order, or the base and the one input."""
+    if tm.k == 2:
+        return tm.inputs[0], tm.inputs[1]
+    if tm.base is None:
+        raise StrategyParamError(
+            f"strategy 'slerp' on tensor {tm.name!r}: needs two inputs, or one input and a base"
+        )
+    return tm.base, tm.inputs[0]
+
+
+def slerp_state(blocks: TensorBlocks) -> SlerpState:
+    """How each entry is mixed, decided over the whole tensor in one streamed pass: ("copy",
+    …) at t = 0 or 1, ("lerp", 1−t, t), or ("slerp", s0, s1) with the spherical weights.
+    |v0|², |v1|² and v0·v1 are summed in float64 per chunk of the `BLOCK_ALIGN` grid, then
+    over chunks in order, so whole tensors and blocks agree. The `prepare` of `slerp`."""
+    t = float(blocks.params.get("t", 0.5))
+    thr = float(blocks.params.get("dot_threshold", 0.9995))
+    if t in (0.0, 1.0):
+        return ("copy", 1.0 - t, t)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for block in blocks.blocks():
+        v0, v1 = _ends(block)
+        for c0, c1 in chunks(v0.numel(), block.offset):
+            a = v0[c0 - block.offset : c1 - block.offset].to(torch.float64)
+            b = v1[c0 - block.offset : c1 - block.offset].to(torch.float64)
+            sums += torch.stack([torch.dot(a, a), torch.dot(b, b), torch.dot(a, b)]).cpu()
+    na, nb = math.sqrt(float(sums[0])), math.sqrt(float(sums[1]))
+    if na < 1e-12 or nb < 1e-12:
+        return ("lerp", 1.0 - t, t)
+    dot = float(sums[2]) / (na * nb)
+    if abs(dot) > thr:
+        return ("lerp", 1.0 - t, t)
+    omega = math.acos(max(-1.0, min(1.0, dot)))
+    sin = math.sin(omega)
+    return ("slerp", math.sin((1.0 - t) * omega) / sin, math.sin(t * omega) / sin)
+
+
+def slerp_mix(state: SlerpState, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Apply a `slerp_state` entrywise in float32: a copy, or s0·v0 + s1·v1 (the weights
+    of the lerp or of the slerp, found in float64)."""
+    kind, s0, s1 = state
+    if kind == "copy":
+        return (v0 if s0 == 1.0 else v1).clone()
+    return torch.mul(v0, s0).add_(v1, alpha=s1)
 
 
 def slerp_vectors(
     t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float
 ) -> torch.Tensor:
     """SLERP of two tensors treated as flat vectors; lerp when |cos Ω| > `dot_threshold`."""
-    if t == 0.0:
-        return v0.clone()
-    if t == 1.0:
-        return v1.clone()
-    a = v0.reshape(-1).to(torch.float64)
-    b = v1.reshape(-1).to(torch.float64)
-    na = float(torch.linalg.vector_norm(a))
-    nb = float(torch.linalg.vector_norm(b))
-    if na < 1e-12 or nb < 1e-12:
-        return (1.0 - t) * v0 + t * v1
-    dot = float(torch.dot(a, b)) / (na * nb)
-    if abs(dot) > dot_threshold:
-        return (1.0 - t) * v0 + t * v1
-    omega = math.acos(max(-1.0, min(1.0, dot)))
-    s = math.sin(omega)
-    s0 = math.sin((1.0 - t) * omega) / s
-    s1 = math.sin(t * omega) / s
-    return (s0 * a + s1 * b).to(torch.float32).reshape(v0.shape)
+    pair = torch.stack([v0.reshape(-1), v1.reshape(-1)]).to(torch.float32)
+    tm = TensorMerge(
+        "", pair, None, {"t": t, "dot_threshold": dot_threshold}, (), torch.Generator()
+    )
+    state = slerp_state(TensorBlocks.of(tm))
+    return slerp_mix(state, pair[0], pair[1]).reshape(v0.shape)
 
 
 @register(
@@ -54,18 +95,13 @@ def slerp_vectors(
     "(lerp when |cos Ω| > dot_threshold)",
     min_inputs=1,
     max_inputs=2,
+    prepare=slerp_state,
 )
 def slerp(tm: TensorMerge) -> torch.Tensor:
     """SLERP (t=0.5): two inputs v0→v1 in content-id order, or base→input with one input."""
-    t = float(tm.params.get("t", 0.5))
-    thr = float(tm.params.get("dot_threshold", 0.9995))
-    if tm.k == 2:
-        return slerp_vectors(t, tm.inputs[0], tm.inputs[1], thr)
-    if tm.base is None:
-        raise StrategyParamError(
-            f"strategy 'slerp' on tensor {tm.name!r}: needs two inputs, or one input and a base"
-        )
-    return slerp_vectors(t, tm.base, tm.inputs[0], thr)
+    v0, v1 = _ends(tm)
+    state = tm.state if tm.state is not None else slerp_state(TensorBlocks.of(tm))
+    return slerp_mix(state, v0, v1)
 
 
 def _nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float) -> torch.Tensor:

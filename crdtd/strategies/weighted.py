@@ -37,6 +37,7 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     paper="Wortsman et al. 2022, Model soups (uniform and weighted soups)",
     formula="θ = Σ_i w_i θ_i / Σ_i w_i",
     elementwise=True,
+    uses_base=False,
 )
 def weight_average(tm: TensorMerge) -> torch.Tensor:
     """Weighted average of the full weights (a model soup); uniform when all weights are 1."""
