@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from crdtd.sync.config import SyncConfig
@@ -251,10 +251,6 @@ class GossipProtocol:
         self._syncing.add(address)
         return [Action(Act.SYNC, address, why)]
 
-    def syncing(self, address: str) -> bool:
-        """True while a session this protocol started with `address` has not ended."""
-        return address in self._syncing
-
     def sync_ended(self, address: str, now: float) -> list[Action]:
         """A SYNC action finished (either way): run the one queued meanwhile, if any."""
         self._syncing.discard(address)
@@ -319,12 +315,3 @@ class GossipProtocol:
     def wrote(self, now: float) -> list[Action]:
         """Entries were written here: tell `fanout` peers at once."""
         return self.notify_peers(now)
-
-    def alive_count(self) -> int:
-        """Peers believed alive (for status and the simulator)."""
-        return sum(1 for r in self.table.records() if r.state is PeerState.ALIVE)
-
-
-def actions_to(actions: Sequence[Action], act: Act) -> list[str]:
-    """The addresses of the actions of one kind (tests and the simulator's bookkeeping)."""
-    return [a.address for a in actions if a.act is act]
