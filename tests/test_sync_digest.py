@@ -27,9 +27,11 @@ class IndexSource:
         self.conn.executemany("INSERT INTO entries (id) VALUES (?)", [(i,) for i in ids])
         self.index = MerkleIndex(self.conn)
         self.index.update(ids)
+        self.ids = set(ids)
 
     def add(self, more: list[bytes]) -> None:
         """Insert ids (a commit on the replica)."""
+        self.ids.update(more)
         self.conn.executemany("INSERT INTO entries (id) VALUES (?)", [(i,) for i in more])
         self.index.update(more)
 

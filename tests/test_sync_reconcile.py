@@ -234,3 +234,21 @@ def test_an_empty_replica_learns_a_large_set_in_few_descent_calls() -> None:
     diff = asyncio.run(MerkleDescent().reconcile(IndexSource(set()), ask))
     assert diff.missing_here == sorted(full)
     assert calls <= 1 + 256 // 32 + 2  # root, then the 256 subtrees listed 32 per call
+
+
+def test_a_commit_here_during_a_stream_starts_it_again_and_counts_the_new_id() -> None:
+    base = ids(2000, "base")
+    local, remote = IndexSource(base), IndexSource(base | ids(300, "b"))
+    client = RatelessReconciliation(SyncConfig(riblt_first_symbols=8))
+    server = RatelessReconciliation()
+    mine = hashlib.sha256(b"committed here meanwhile").digest()
+
+    async def ask(req: pb.DigestRequest) -> pb.DigestResponse:
+        if req.WhichOneof("method") == "riblt" and req.riblt.start > 0 and mine not in local.ids:
+            local.add([mine])
+        return server.answer(remote, req)
+
+    diff = asyncio.run(client.reconcile(local, ask))
+    assert diff.method == "riblt"
+    assert diff.missing_here == sorted(ids(300, "b"))
+    assert diff.missing_there == [mine]

@@ -40,8 +40,6 @@ import threading
 import weakref
 from collections import OrderedDict
 
-import numpy as np
-
 from crdtd.errors import ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.sync.config import SyncConfig
@@ -92,6 +90,10 @@ class EncodingCache:
         self._by_salt: OrderedDict[int, _Own] = OrderedDict()
         self.lock = threading.RLock()
         self.rebuilds = 0
+
+    def ids(self, salt: int) -> set[bytes]:
+        """The ids the encoding under `salt` holds (hold `lock`; after `current`)."""
+        return self._by_salt[salt].ids
 
     def forget(self) -> None:
         """Drop every encoding (the next use rebuilds; benchmarks measure that cold path)."""
@@ -166,6 +168,39 @@ def cache_for(local: DigestSource) -> EncodingCache:
         return cache
 
 
+class _LocalChanged(Exception):
+    """Our own set changed during a session: its symbols no longer match what was used."""
+
+
+class _Mine:
+    """Our side of one session: symbols of our set as it was when the session began, read
+    from the shared encoding without copying it (a commit meanwhile raises _LocalChanged)."""
+
+    def __init__(self, local: DigestSource, salt: int) -> None:
+        self.local = local
+        self.salt = salt
+        self.cache = cache_for(local)
+        with self.cache.lock:
+            self.root = self.cache.current(local, salt)[0]
+
+    def _encoder(self) -> Encoder:
+        root, enc = self.cache.current(self.local, self.salt)
+        if root != self.root:
+            raise _LocalChanged(f"local root changed to {root.hex()[:16]}")
+        return enc
+
+    def __call__(self, start: int, stop: int) -> Symbols:
+        with self.cache.lock:
+            return self._encoder().symbols(start, stop)
+
+    def consistent(self, remote_only: list[bytes], local_only: list[bytes]) -> bool:
+        """True when every id decoded as ours is ours and none decoded as theirs is."""
+        with self.cache.lock:
+            self._encoder()
+            ours = self.cache.ids(self.salt)
+            return all(i in ours for i in local_only) and not any(i in ours for i in remote_only)
+
+
 class RatelessReconciliation:
     """DigestExchange: rateless IBLT first, Merkle descent past the budget (riblt/1)."""
 
@@ -233,13 +268,17 @@ class RatelessReconciliation:
         if got.equal:
             return Difference(rounds=rounds, method="riblt"), rounds
         their_root, salt = bytes(got.root), got.salt
-        decoder = Decoder(await asyncio.to_thread(self._own_copy, local, salt))
+        mine = _Mine(local, salt)
+        decoder = Decoder(mine, salt)
         budget = self.config.riblt_max_symbols
         while True:
             if got.stale:
                 return None, rounds
             symbols = _parse(got, decoder.size, want)
-            await asyncio.to_thread(decoder.add, symbols)
+            try:
+                await asyncio.to_thread(decoder.add, symbols)
+            except _LocalChanged:
+                return None, rounds
             if decoder.decoded:
                 break
             if _hopeless(decoder, budget, got.size):
@@ -249,16 +288,13 @@ class RatelessReconciliation:
             got = _symbols_of(await ask(pb.DigestRequest(riblt=request)))
             rounds += 1
         here, there = decoder.remote_only(), decoder.local_only()
-        if not _consistent(decoder.local, here, there):
+        try:
+            consistent = await asyncio.to_thread(mine.consistent, here, there)
+        except _LocalChanged:
+            return None, rounds
+        if not consistent:
             return await self._fall_back(local, ask, rounds), rounds
         return Difference(here, there, rounds, "riblt"), rounds
-
-    @staticmethod
-    def _own_copy(local: DigestSource, salt: int) -> Encoder:
-        """A private copy of our set's current encoding under the peer's salt."""
-        cache = cache_for(local)
-        with cache.lock:
-            return cache.current(local, salt)[1].copy()
 
     async def _fall_back(self, local: DigestSource, ask: Ask, rounds: int) -> Difference:
         diff = await self.merkle.reconcile(local, ask)
@@ -298,13 +334,3 @@ def _parse(got: pb.RibltSymbols, start: int, asked: int) -> Symbols:
         return Symbols.from_wire(start, bytes(got.sums), bytes(got.checks), list(got.counts))
     except ValueError as exc:
         raise ProtocolError(f"riblt answer: {exc}") from None
-
-
-def _consistent(local: Encoder, remote_only: list[bytes], local_only: list[bytes]) -> bool:
-    """True when every id decoded as ours is ours and none decoded as theirs is."""
-    if not remote_only and not local_only:
-        return True
-    ours = np.ascontiguousarray(local.keys, dtype="<u8").view(np.dtype((np.void, 32))).ravel()
-    here = np.frombuffer(b"".join(remote_only), dtype=np.dtype((np.void, 32)))
-    there = np.frombuffer(b"".join(local_only), dtype=np.dtype((np.void, 32)))
-    return bool(np.isin(there, ours).all()) and not bool(np.isin(here, ours).any())

@@ -25,6 +25,7 @@ every platform (IEEE double sqrt and division are correctly rounded).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,17 +235,6 @@ class Encoder:
         index, owner = self._mapping.take(self.size, np.arange(base, base + keys.shape[0]))
         _accumulate(self._symbols, index, self.keys, self.hashes, owner)
 
-    def copy(self) -> Encoder:
-        """An independent copy (a session decodes against a set that cannot change under it)."""
-        twin = Encoder.__new__(Encoder)
-        twin.keys, twin.salt, twin.hashes = self.keys.copy(), self.salt, self.hashes.copy()
-        twin._mapping = _Mapping(np.zeros(0, dtype=np.uint64))
-        twin._mapping.prng = self._mapping.prng.copy()
-        twin._mapping.next = self._mapping.next.copy()
-        s = self._symbols
-        twin._symbols = Symbols(0, s.sums.copy(), s.checks.copy(), s.counts.copy())
-        return twin
-
     def symbols(self, start: int, stop: int) -> Symbols:
         """Coded symbols [start, stop)."""
         self.extend(stop)
@@ -264,8 +254,14 @@ class Decoder:
     turns True once every symbol received so far is empty after peeling.
     """
 
-    def __init__(self, local: Encoder) -> None:
-        self.local = local
+    def __init__(self, local: Encoder | Callable[[int, int], Symbols], salt: int = 0) -> None:
+        """`local`: our set's encoder, or a function giving our symbols [start, stop) (with
+        `salt`), for a caller that keeps the encoder elsewhere."""
+        self._mine: Callable[[int, int], Symbols]
+        if isinstance(local, Encoder):
+            self._mine, self.salt = local.symbols, local.salt
+        else:
+            self._mine, self.salt = local, salt
         self.residue = Symbols.empty(0, 0)
         self._keys = np.zeros((0, LANES), dtype=np.uint64)
         self._hashes = np.zeros(0, dtype=np.uint64)
@@ -301,7 +297,7 @@ class Decoder:
         if symbols.start != self.size:
             raise ValueError(f"symbols start at {symbols.start}, expected {self.size}")
         stop = symbols.start + len(symbols)
-        mine = self.local.symbols(symbols.start, stop)
+        mine = self._mine(symbols.start, stop)
         fresh = Symbols(
             symbols.start,
             symbols.sums ^ mine.sums,
@@ -328,12 +324,12 @@ class Decoder:
             if not candidates.size:
                 return
             sums = r.sums[candidates]
-            pure = hash_keys(sums, self.local.salt) == r.checks[candidates]
+            pure = hash_keys(sums, self.salt) == r.checks[candidates]
             if not pure.any():
                 return
             keys, first = np.unique(sums[pure], axis=0, return_index=True)
             signs = r.counts[candidates[pure]][first]
-            hashes = hash_keys(keys, self.local.salt)
+            hashes = hash_keys(keys, self.salt)
             base = self._keys.shape[0]
             self._keys = np.concatenate([self._keys, keys])
             self._hashes = np.concatenate([self._hashes, hashes])
