@@ -95,7 +95,7 @@ class TableKind:
             raise TableContributionError(
                 f"namespace {ns.name!r}: the push says {payload_kind!r} but the bytes are {fmt}"
             )
-        check_table(read_arrow(path, fmt, ns.name), ns.settings, ns.name)
+        check_file(path, fmt, ns.settings, ns.name)
         return fmt
 
     def output_name(self, ns: NamespaceConfig, request: MaterialiseRequest) -> str:
@@ -158,7 +158,7 @@ def gather(
         kind = e.body.payload_kind  # type: ignore[union-attr]
         path = write_payload(core.state.store, e, inputs_dir / f"{e.id.hex()}{SUFFIX[kind]}")
         try:
-            check_table(read_arrow(path, kind, ns.name), ns.settings, ns.name)
+            check_file(path, kind, ns.settings, ns.name)
         except CrdtdError as exc:
             invalid.append(Excluded(e.author, f"invalid contribution: {exc}", (e.id,)))
             continue
@@ -255,7 +255,7 @@ def read_arrow(path: Path, fmt: str, namespace: str) -> pa.Table:
             with path.open("rb") as f:
                 magic = f.read(6)
             if magic == b"ARROW1":
-                with ipc.open_file(path) as r:
+                with ipc.open_file(pa.memory_map(str(path))) as r:
                     return r.read_all()
             with ipc.open_stream(path) as s:
                 return s.read_all()
@@ -274,15 +274,46 @@ def read_arrow(path: Path, fmt: str, namespace: str) -> pa.Table:
         raise TableContributionError(f"{where} cannot be read: {exc}") from None
 
 
-def check_table(table: pa.Table, s: TableSettings, namespace: str) -> None:
-    """Key columns present and never null; timestamp present; tombstone boolean."""
+def check_file(path: Path, fmt: str, s: TableSettings, namespace: str) -> None:
+    """`check_table` on a contribution file. CSV is parsed whole (strictly); Parquet and Arrow
+    read only the schema and the key, timestamp and tombstone columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if fmt == "csv":
+        check_table(read_arrow(path, fmt, namespace), s, namespace)
+        return
+    wanted = {*s.key, s.timestamp, s.tombstone} - {""}
+    try:
+        if fmt == "parquet":
+            names = pq.read_schema(path).names
+            cols = [n for n in dict.fromkeys(names) if n in wanted]
+            table = pq.read_table(path, columns=cols) if len(set(names)) == len(names) else None
+        else:
+            table = read_arrow(path, fmt, namespace)
+            names = table.column_names
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TableContributionError(
+            f"namespace {namespace!r}: {fmt} contribution cannot be read: {exc}"
+        ) from None
+    check_table(table, s, namespace, names)
+
+
+def check_table(
+    table: pa.Table | None, s: TableSettings, namespace: str, names: list[str] | None = None
+) -> None:
+    """Key columns present and never null; timestamp present; tombstone boolean. `names`:
+    every column of the contribution, when `table` holds only some of them."""
     import pyarrow as pa
 
     where = f"namespace {namespace!r}"
-    names = table.column_names
+    if names is None:
+        assert table is not None
+        names = table.column_names
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise TableContributionError(f"{where}: column(s) {dup} appear more than once")
+    assert table is not None
     for col in s.key:
         if col not in names:
             raise TableContributionError(
