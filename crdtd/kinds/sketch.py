@@ -127,8 +127,9 @@ class SketchKind:
         parts: list[tuple[bytes, bytes, Any]] = []
         invalid: list[Excluded] = []
         for e in entries:
+            data = read_payload(core.state.store, e)  # a node without the namespace key stops here
             try:
-                value = decode_sketch(read_payload(core.state.store, e), s, ns.name)
+                value = decode_sketch(data, s, ns.name)
             except CrdtdError as exc:
                 invalid.append(Excluded(e.author, f"invalid contribution: {exc}", (e.id,)))
                 continue
