@@ -133,6 +133,8 @@ def coerce_value(value: Any, ftype: str, where: str, key: str, base: Path) -> An
     if ftype == "path":
         if not value:
             raise ConfigError(f"{where}: empty path")
+        if "\x00" in value:  # the OS cannot name it; Path.resolve would raise ValueError
+            raise ConfigError(f"{where}: path contains a NUL character")
         return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
     if ftype == "hex":
         try:

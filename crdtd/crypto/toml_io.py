@@ -84,6 +84,8 @@ def read_toml(path: Path | str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"{path}: invalid TOML: a value is nested too deep") from None
 
 
 def key_line(path: Path | str, section: str, key: str) -> int | None:
