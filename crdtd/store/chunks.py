@@ -150,7 +150,7 @@ def safetensors_boundaries(head: bytes, total_size: int) -> list[int] | None:
         return None
     try:
         header = json.loads(head[8 : 8 + n])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: not safetensors
         return None
     if not isinstance(header, dict):
         return None
