@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from hypothesis import strategies as st
@@ -98,9 +99,18 @@ def theta_states(draw: st.DrawFn) -> ThetaSketch:
 
 
 theta_sketches = st.one_of(built_theta_sketches, theta_states())
+
+
+@functools.lru_cache(maxsize=4096)
+def _kll_of(stream: tuple[float, ...]) -> KllSketch:
+    """DataSketches' KLL compactor is seeded by the wall clock: one sketch per drawn stream
+    keeps the strategy deterministic within a run, as Hypothesis requires."""
+    return KllSketch.of(stream, k=8)
+
+
 kll_sketches = st.lists(
-    st.lists(st.integers(-50, 50).map(float), min_size=1, max_size=80), max_size=3
-).map(lambda streams: _joined([KllSketch.of(s, k=8) for s in streams], KllSketch(k=8)))
+    st.lists(st.integers(-50, 50).map(float), min_size=1, max_size=80).map(tuple), max_size=3
+).map(lambda streams: _joined([_kll_of(s) for s in streams], KllSketch(k=8)))
 frequent_sketches = st.lists(
     st.lists(st.sampled_from("abcdefghij"), min_size=1, max_size=60), max_size=3
 ).map(
