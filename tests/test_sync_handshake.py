@@ -173,3 +173,12 @@ def test_peer_exchange_travels_in_the_handshake(world) -> None:
     assert peer.peers == (("127.0.0.1:7001", b"\x01" * 32),)
     assert [p.address for p in hello.peers] == ["127.0.0.1:7002"]
     assert isinstance(reply, pb.HandshakeResponse)
+
+
+def test_an_oversized_advertised_address_is_refused_without_echoing_it(world) -> None:
+    tf, _, _, server, _ = world
+    hello = client_hello(tf.identity("client"), secrets.token_bytes(NONCE_SIZE), [])
+    hello.advertise = "h" * 100_000
+    with pytest.raises(HandshakeError, match="100000 characters") as info:
+        server.hello(hello, None)
+    assert len(str(info.value)) < 600

@@ -194,6 +194,8 @@ def check_records(data: bytes, s: MemorySettings, namespace: str) -> int:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MemoryRecordError(f"{at}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise MemoryRecordError(f"{at}: JSON nested too deep") from None
         if not isinstance(rec, dict):
             raise MemoryRecordError(f"{at}: a record is a JSON object, not {type(rec).__name__}")
         _check_record(rec, s, at)

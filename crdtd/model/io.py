@@ -145,6 +145,8 @@ class SafetensorsFile:
                 header = json.loads(fh.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise InputReadError(f"{path}: safetensors header is not JSON: {err}") from None
+            except RecursionError:
+                raise InputReadError(f"{path}: safetensors header is nested too deep") from None
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
         if not isinstance(header, dict):
             raise InputReadError(f"{path}: safetensors header is not a JSON object")

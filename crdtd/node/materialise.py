@@ -18,10 +18,11 @@ from crdtd.node.config import NamespaceConfig
 
 
 def parse_param(text: str) -> Any:
-    """A request parameter value: JSON (1, 0.5, true, "x", [..]) or else the text itself."""
+    """A request parameter value: JSON (1, 0.5, true, "x", [..]) or else the text itself
+    (also for JSON nested too deep to parse; the strategy's validation then names it)."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 

@@ -28,6 +28,7 @@ from crdtd.sync.config import CAPABILITIES, PROTOCOL_VERSION, SyncConfig
 
 NONCE_SIZE = 32
 TRANSCRIPT_DOMAIN = b"crdtd/handshake/v1\x00"
+MAX_ADVERTISE = 300  # host:port of a peer; longer is refused, not echoed or gossiped
 
 
 class MembershipView(Protocol):
@@ -285,7 +286,12 @@ class HandshakeServer:
     def hello(self, req: pb.HandshakeRequest, tls_key_id: bytes | None) -> pb.HandshakeResponse:
         """Verify a client hello and answer with our signed half and a fresh challenge."""
         key_id = bytes(req.key_id)
-        where = f"peer {key_id.hex()[:16] or '?'} ({req.advertise or 'no address'})"
+        where = f"peer {key_id.hex()[:16] or '?'} ({echo(req.advertise) if req.advertise else 'no address'})"
+        if len(req.advertise) > MAX_ADVERTISE:
+            raise HandshakeError(
+                f"{where}: advertised address of {len(req.advertise)} characters "
+                f"(at most {MAX_ADVERTISE})"
+            )
         _check_common(req.federation_id, req.protocol_version, req.nonce, self.identity, where)
         _check_tls(tls_key_id, key_id, where)
         keys = peer_public_keys(req.membership, key_id, self.identity, self.view, where)
@@ -326,7 +332,7 @@ class HandshakeServer:
         if challenge is None:
             raise HandshakeError("proof names no outstanding challenge (expired or replayed)")
         peer = challenge.peer
-        where = f"peer {peer.short} ({peer.advertise or 'no address'})"
+        where = f"peer {peer.short} ({echo(peer.advertise) if peer.advertise else 'no address'})"
         _check_tls(tls_key_id, peer.key_id, where)
         signed = transcript(
             b"client",
