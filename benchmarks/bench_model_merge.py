@@ -11,14 +11,15 @@ in its own subprocess (imports done before the clock starts) so peak RSS is its 
   * bandwidth: the three fine-tunes already in memory as float32 numpy arrays (numpy has no
     bfloat16), `np.mean(stack, axis=0)` per tensor; best of three passes.
 
-`linear`, `ties` (density 0.5) merge the three fine-tunes against the base; `slerp` goes from
-the base to the first fine-tune (t = 0.5). Prints wall time, input GB/s and peak RSS
+`linear`, `ties` and `dare_ties` (density 0.5) merge the three fine-tunes against the base;
+`slerp` goes from the base to the first fine-tune (t = 0.5). Prints wall time, input GB/s and peak RSS
 (`VmHWM`) per run, then:
 
   * `linear_vs_bandwidth`: numpy's mean time / linear's streaming time over the same three
     fine-tunes (linear's wall includes reading and hashing all four checkpoints and writing
     the result; target >= 0.5);
-  * `ties_vs_linear`, `slerp_vs_linear`: streaming wall over linear's (targets <= 2.0);
+  * `ties_vs_linear`, `dare_ties_vs_linear`, `slerp_vs_linear`: streaming wall over
+    linear's (targets <= 2.0);
   * `speedup_vs_naive` (naive wall / streaming wall, the smallest over strategies);
   * `slerp_rss_vs_naive` and last `rss_vs_naive` (streaming peak RSS / naive, slerp's and the
     largest over strategies; target <= 0.25).
@@ -123,7 +124,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _strategy_params(strategy: str) -> dict[str, object]:
-    return {"density": 0.5} if strategy == "ties" else {}
+    return {"density": 0.5} if strategy in ("ties", "dare_ties", "dare_linear") else {}
 
 
 def _models(strategy: str, dirs: list[Path]) -> list[Path]:
@@ -249,7 +250,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gb", type=float, default=0.25, help="size of each checkpoint in GB")
     ap.add_argument(
-        "--strategies", default="linear,ties,slerp", help="comma-separated; ratios need linear"
+        "--strategies",
+        default="linear,ties,dare_ties,slerp",
+        help="comma-separated; ratios need linear",
     )
     ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
     ap.add_argument("--worker", choices=("streaming", "naive", "bandwidth"), help=argparse.SUPPRESS)
@@ -316,8 +319,8 @@ def main() -> None:
         if "linear" in results:
             linear = results["linear"]["streaming"]["wall"]
             print(f"linear_vs_bandwidth: {bw['wall'] / linear:.2f}")
-            for other in ("ties", "slerp"):
-                if other in results:
+            for other in results:
+                if other != "linear":
                     ratio = results[other]["streaming"]["wall"] / linear
                     print(f"{other}_vs_linear: {ratio:.2f}")
         if naive and "slerp" in results:

@@ -12,6 +12,7 @@ for blockwise strategies (`Strategy.blockwise`) about (k + 2) flat blocks instea
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import os
@@ -792,10 +793,20 @@ def _sample(
 
 
 def _blocks(
-    plan: MergePlan, job: TensorJob, buf: _Buffers, bounds: tuple[tuple[int, int], ...]
+    plan: MergePlan,
+    job: TensorJob,
+    buf: _Buffers,
+    bounds: tuple[tuple[int, int], ...],
+    pool: _BlockPool | None = None,
 ) -> TensorBlocks:
-    """Tensor `job` as flat blocks loaded on demand, for a strategy's `prepare` pass."""
+    """Tensor `job` as flat blocks loaded on demand, for a strategy's `prepare` pass; with a
+    pool, `TensorBlocks.map` runs over the blocks on its threads."""
     name = job.info.name
+
+    def map_blocks(fn: Callable[[TensorMerge], Any]) -> list[Any]:
+        assert pool is not None
+        return pool.map(lambda worker, b: fn(_load(plan, job, worker, slice(*b))), bounds)
+
     return TensorBlocks(
         name,
         job.info.numel,
@@ -808,6 +819,7 @@ def _blocks(
         plan.device,
         lambda start, stop: _load(plan, job, buf, slice(start, stop)),
         lambda stride: _sample(plan, job, stride),
+        None if pool is None else map_blocks,
     )
 
 
@@ -846,7 +858,8 @@ def _extras_fit(plan: MergePlan, job: TensorJob) -> bool:
 
 
 class _BlockPool:
-    """Threads that merge the blocks of one tensor side by side, each with its own buffers.
+    """Threads that merge (or scan, for a `prepare`) the blocks of one tensor side by side,
+    each with its own buffers.
 
     Each runs torch with one intra-op thread (the blocks are the parallelism); the caller's
     thread keeps its own setting, and the default for new threads is restored on close.
@@ -861,7 +874,7 @@ class _BlockPool:
         self._pool = None
         if self.workers > 1 and any(block_bounds(j, chunk) for j in jobs):
             self._pool = ThreadPoolExecutor(
-                self.workers,
+                self.workers + 1,  # + 1: a `prepare` waits on one while the blocks run
                 thread_name_prefix="crdtd-merge",
                 initializer=torch.set_num_threads,
                 initargs=(1,),
@@ -873,26 +886,23 @@ class _BlockPool:
             buf = self._local.buf = _Buffers(self.plan, self.jobs, self.chunk)
         return buf
 
-    def _call(self, fn: Callable[[_Buffers, Any], None], item: Any) -> None:
-        fn(self.buffers(), item)
+    def _call(self, fn: Callable[[_Buffers, Any], Any], item: Any) -> Any:
+        return fn(self.buffers(), item)
 
-    def run(self, fn: Callable[[_Buffers, Any], None], items: Sequence[Any]) -> None:
-        """fn(buffers, item) for every item, in parallel; the first error (in item order)."""
+    def map(self, fn: Callable[[_Buffers, Any], Any], items: Sequence[Any]) -> list[Any]:
+        """[fn(buffers, item) for each item], run side by side; the first error (in order)."""
         if self._pool is None:
-            for item in items:
-                fn(self.buffers(), item)
-            return
+            return [fn(self.buffers(), item) for item in items]
         futures = [self._pool.submit(self._call, fn, item) for item in items]
         try:
-            for f in futures:
-                f.result()
+            return [f.result() for f in futures]
         finally:
             for f in futures:
                 f.cancel()
             wait(futures)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on a worker (one intra-op thread, like the blocks), waiting for it."""
+        """fn(*args) on one of the threads (one intra-op thread, like the blocks)."""
         if self._pool is None:
             return fn(*args)
         return self._pool.submit(fn, *args).result()
@@ -923,6 +933,8 @@ def execute(
     buf = _Buffers(plan, ordered, chunk)
     total = sum(j.info.nbytes for j in ordered)
     pool = _BlockPool(plan, ordered, chunk)
+    collecting = gc.isenabled()
+    gc.disable()  # the merge allocates no reference cycles; collections only cost time
     try:
         with tqdm(
             total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
@@ -932,6 +944,8 @@ def execute(
                 bar.update(job.info.nbytes)
     finally:
         pool.close()
+        if collecting:
+            gc.enable()
 
 
 def _execute_job(
@@ -955,7 +969,7 @@ def _execute_job(
     else:
         state = None
         if job.strategy.prepare is not None:
-            state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds))
+            state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds, pool))
 
         def merge(worker: _Buffers, bound: tuple[int, int]) -> None:
             rows = slice(*bound)
@@ -965,4 +979,4 @@ def _execute_job(
                 out = _merge_block(plan, job, worker, rows, state)
             sink.put_block(name, bound[0], out)
 
-        pool.run(merge, bounds)
+        pool.map(merge, bounds)

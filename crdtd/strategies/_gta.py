@@ -85,9 +85,9 @@ def decide_keeps(tm: TensorMerge, base: torch.Tensor, sparsify: Sparsifier | Non
 def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
     """Keep(threshold) per model retaining its `counts[i]` largest |τ_i| (ties: later positions).
 
-    Exact order statistics in one streamed pass over the blocks: a strided sample brackets
-    each threshold, the pass counts the entries below the bracket and gathers those inside
-    it, and `kthvalue` on that small set gives the exact value. Ties at the threshold are
+    Exact order statistics in one streamed pass over the blocks (`TensorBlocks.map`, so the
+    engine scans blocks side by side): a strided sample brackets each threshold, the pass
+    counts the entries below the bracket and gathers those inside it, and `kthvalue` on that small set gives the exact value. Ties at the threshold are
     counted per chunk in the gathered values and the one chunk holding the first kept tie is
     read again for its position; a model whose bracket missed takes one more pass.
     """
@@ -106,24 +106,31 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
     assert sample_b is not None
     sample = (sample_x - sample_b).abs_()
     bounds = {i: bracket(sample[i], n - counts[i], n) for i in active}
-    below = dict.fromkeys(active, 0)
-    gathered = {i: _Gathered(_expected(sample[i], bounds[i], n), blocks.device) for i in active}
-    starts: list[int] = []
     scan = _scan_numpy if blocks.device.type == "cpu" else _scan_torch
-    scratch = scratch_for(blocks.k, blocks.numel, blocks.device)
-    for block in blocks.blocks():
+
+    def scan_block(block: TensorMerge) -> tuple[list[int], list[int], list[list[torch.Tensor]]]:
+        """Chunk starts, and per active model: entries below its bracket, those inside it."""
         base = block.base
         assert base is not None
         off = block.offset
+        scratch = scratch_for(block.k, base.numel(), base.device)
+        starts: list[int] = []
+        below = [0] * len(active)
+        inside: list[list[torch.Tensor]] = [[] for _ in active]
         for c0, c1 in chunks(base.numel(), off):
             starts.append(c0)
             a = task_vector_chunk(block, base, c0 - off, c1 - off, scratch).abs_()
-            for i in active:
-                lo, hi = bounds[i]
-                count_below, idx = scan(a[i], lo, hi)
-                below[i] += count_below
-                gathered[i].append(a[i][idx])
-    values = {i: gathered.pop(i).parts() for i in active}
+            for j, i in enumerate(active):
+                count_below, idx = scan(a[i], *bounds[i])
+                below[j] += count_below
+                inside[j].append(a[i][idx])
+        return starts, below, inside
+
+    parts = blocks.map(scan_block)
+    starts = [c0 for p in parts for c0 in p[0]]
+    below = {i: sum(p[1][j] for p in parts) for j, i in enumerate(active)}
+    values = {i: [v for p in parts for v in p[2][j]] for j, i in enumerate(active)}
+    del parts
     missed = [i for i in active if not below[i] < n - counts[i] <= below[i] + _total(values[i])]
     if missed:  # the sample missed: use every entry of those models
         full = _magnitudes(blocks, missed)
@@ -172,44 +179,6 @@ def _tie_position(
     assert block.base is not None
     a = (block.inputs[i, c0 - start : c1 - start] - block.base[c0 - start : c1 - start]).abs_()
     return c0 + int(torch.nonzero(a == v).flatten()[need - 1])
-
-
-class _Gathered:
-    """Candidate values gathered chunk by chunk into one growing buffer.
-
-    One large allocation instead of a small tensor per chunk: small long-lived tensors among
-    the chunk temporaries would fragment the heap and hold on to freed memory.
-    """
-
-    def __init__(self, capacity: int, device: torch.device) -> None:
-        self.buf = torch.empty(max(1, capacity), dtype=torch.float32, device=device)
-        self.sizes: list[int] = []
-        self.fill = 0
-
-    def append(self, values: torch.Tensor) -> None:
-        end = self.fill + values.numel()
-        if end > self.buf.numel():
-            grown = torch.empty(
-                max(end, 2 * self.buf.numel()), dtype=self.buf.dtype, device=self.buf.device
-            )
-            grown[: self.fill] = self.buf[: self.fill]
-            self.buf = grown
-        self.buf[self.fill : end] = values
-        self.sizes.append(values.numel())
-        self.fill = end
-
-    def parts(self) -> list[torch.Tensor]:
-        """The values gathered from each chunk, in order (views of the buffer)."""
-        return list(self.buf[: self.fill].split(self.sizes))
-
-
-def _expected(sample: torch.Tensor, bounds: tuple[float | None, float | None], n: int) -> int:
-    """Roughly how many of n values fall inside `bounds`, from the sample (with margin)."""
-    lo, hi = bounds
-    inside = torch.ones_like(sample, dtype=torch.bool) if lo is None else sample >= lo
-    if hi is not None:
-        inside &= sample <= hi
-    return int(1.25 * int(torch.count_nonzero(inside)) * n / max(1, sample.numel())) + CHUNK
 
 
 def _total(parts: list[torch.Tensor]) -> int:

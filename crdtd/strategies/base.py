@@ -146,7 +146,8 @@ class TensorBlocks:
 
     `bounds` are the blocks' `[start, stop)` in the flattened tensor, in order, each start a
     multiple of `BLOCK_ALIGN` (except in tests that ask for tiny blocks). `load(start, stop)`
-    gives that block as a `TensorMerge` (valid only until the next load); `sample(stride)`
+    gives that block as a `TensorMerge` (valid only until the next load); `map(fn)` runs a
+    pure per-block function over all blocks (in parallel in the engine); `sample(stride)`
     gives the flat inputs `[k, ⌈n/stride⌉]` and base at positions 0, stride, 2·stride, ...
     without loading whole blocks.
     """
@@ -162,11 +163,20 @@ class TensorBlocks:
     device: torch.device
     load: Callable[[int, int], TensorMerge]
     sample: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]]
+    map_blocks: Callable[[Callable[[TensorMerge], Any]], list[Any]] | None = None
 
     def blocks(self) -> Iterator[TensorMerge]:
         """Each block in order (a block is invalid once the next one is drawn)."""
         for start, stop in self.bounds:
             yield self.load(start, stop)
+
+    def map(self, fn: Callable[[TensorMerge], Any]) -> list[Any]:
+        """[fn(block) for each block], in block order; the engine may run the calls side by
+        side on several threads, so `fn` must be pure and return nothing that aliases the
+        block (its buffers are reused)."""
+        if self.map_blocks is not None:
+            return self.map_blocks(fn)
+        return [fn(block) for block in self.blocks()]
 
     @classmethod
     def of(cls, tm: TensorMerge, block: int | None = None) -> TensorBlocks:

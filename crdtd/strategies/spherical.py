@@ -44,13 +44,20 @@ def slerp_state(blocks: TensorBlocks) -> SlerpState:
     thr = float(blocks.params.get("dot_threshold", 0.9995))
     if t in (0.0, 1.0):
         return ("copy", 1.0 - t, t)
-    sums = torch.zeros(3, dtype=torch.float64)
-    for block in blocks.blocks():
+
+    def partial_sums(block: TensorMerge) -> list[torch.Tensor]:
         v0, v1 = _ends(block)
+        out = []
         for c0, c1 in chunks(v0.numel(), block.offset):
             a = v0[c0 - block.offset : c1 - block.offset].to(torch.float64)
             b = v1[c0 - block.offset : c1 - block.offset].to(torch.float64)
-            sums += torch.stack([torch.dot(a, a), torch.dot(b, b), torch.dot(a, b)]).cpu()
+            out.append(torch.stack([torch.dot(a, a), torch.dot(b, b), torch.dot(a, b)]).cpu())
+        return out
+
+    sums = torch.zeros(3, dtype=torch.float64)
+    for part in blocks.map(partial_sums):
+        for chunk_sums in part:
+            sums += chunk_sums
     na, nb = math.sqrt(float(sums[0])), math.sqrt(float(sums[1]))
     if na < 1e-12 or nb < 1e-12:
         return ("lerp", 1.0 - t, t)
