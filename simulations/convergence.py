@@ -14,8 +14,9 @@ every message (a request or a reply) is lost with probability `loss`, and a call
 message is lost fails when its deadline passes (`rpc_timeout`, or `probe_timeout` for a
 probe), as a cut connection does. A partition drops every message between two groups; a
 crashed node answers nothing. Entries are modelled by their ids: a session compares the two
-sets at the time its digest reaches the server, costs the Merkle descent's round trips and
-bytes for that (n, d) (docs/sync.md, "Digest exchange"), then fetches (FetchEntries,
+sets at the time its digest reaches the server, costs the digest exchange's round trips and
+bytes for that (n, d) (rateless IBLT symbols by default, the Merkle descent with
+`--digest merkle`; docs/sync.md, "Digest exchange"), then fetches (FetchEntries,
 FetchChunks) and offers (Offer, Push) the missing entries. Message sizes are those of the
 real protobuf messages (a real signed header, manifest and 1 KiB chunk; built once with
 `crdtd.proto_gen`), plus `overhead` bytes of framing each.
@@ -94,7 +95,15 @@ class Wire:
     prove: int
     prove_reply: int
     digest_root: int
+    """A Merkle root probe (what a probe sends, and a Merkle-only session's first call)."""
     digest_equal: int
+    riblt_first: int
+    """The first riblt/1 Digest call: our root and a range of symbols."""
+    riblt_equal: int
+    riblt_reply: int
+    """A RibltSymbols answer without symbols (salt, root, size, start)."""
+    riblt_symbol: int
+    """One coded symbol in an answer: 32-byte sum, 8-byte check, its count."""
     notify: int
     notify_reply: int
     entry: int
@@ -152,6 +161,22 @@ class Wire:
             )
         )
         equal = pb.DigestResponse(merkle=pb.MerkleNodes(nodes=[pb.MerkleNode(equal=True)]))
+        ask = pb.DigestRequest(
+            riblt=pb.RibltRequest(root=root, start=1 << 20, count=1 << 12, salt=(1 << 64) - 1)
+        )
+
+        def symbols(k: int) -> int:
+            reply = pb.RibltSymbols(
+                salt=(1 << 64) - 1,
+                root=root,
+                size=1 << 20,
+                start=1 << 20,
+                sums=b"s" * 32 * k,
+                checks=b"c" * 8 * k,
+                counts=[1] * k,
+            )
+            return pb.DigestResponse(riblt=reply).ByteSize()
+
         one_id = pb.FetchEntriesRequest(ids=[root]).ByteSize()
         return cls(
             hello_base=hello(0),
@@ -161,6 +186,12 @@ class Wire:
             prove_reply=pb.ProveResponse(session=b"t" * 16, ttl_ms=300_000).ByteSize(),
             digest_root=probe.ByteSize(),
             digest_equal=equal.ByteSize(),
+            riblt_first=ask.ByteSize(),
+            riblt_equal=pb.DigestResponse(
+                riblt=pb.RibltSymbols(equal=True, salt=(1 << 64) - 1)
+            ).ByteSize(),
+            riblt_reply=symbols(0),
+            riblt_symbol=(symbols(1000) - symbols(0)) // 1000,
             notify=pb.NotifyRequest(root=root).ByteSize(),
             notify_reply=pb.NotifyResponse(will_sync=True).ByteSize(),
             entry=pb.EntryRecord(entry=entry, manifest=manifest).ByteSize() + 2,
@@ -168,6 +199,35 @@ class Wire:
             per_id=one_id,
             overhead=overhead,
         )
+
+
+def riblt_cost(d: int, config: SyncConfig, wire: Wire) -> tuple[int, int, int] | None:
+    """(round trips, request bytes, reply bytes) of the rateless IBLT exchange (riblt/1) for
+    d differences, or None past its budget (the Merkle descent then runs). Calls ask for
+    `riblt_first_symbols`, then as many again as received so far, until about 1.35 d + 4
+    symbols are in (the decoding rate docs/sync.md measures: 1 call at d = 10, 4 at 100,
+    7 at 1,000, 10 at 10,000)."""
+    if d == 0:
+        return 1, wire.riblt_first, wire.riblt_equal
+    need = 1.35 * d + 4
+    got, calls = config.riblt_first_symbols, 1
+    while got < need:
+        got, calls = 2 * got, calls + 1
+    if got > config.riblt_max_symbols:
+        return None
+    return calls, calls * wire.riblt_first, calls * wire.riblt_reply + got * wire.riblt_symbol
+
+
+def digest_cost(n: int, d: int, config: SyncConfig, wire: Wire) -> tuple[int, int, int]:
+    """The digest exchange a session runs: riblt/1 when `set_reconciliation` (the default,
+    both sides offering it), else or past its budget the Merkle descent."""
+    if config.set_reconciliation:
+        cost = riblt_cost(d, config, wire)
+        if cost is not None:
+            return cost
+    if d == 0:
+        return 1, wire.digest_root, wire.digest_equal
+    return merkle_cost(n, d, config)
 
 
 def merkle_cost(n: int, d: int, config: SyncConfig) -> tuple[int, int, int]:
@@ -451,7 +511,7 @@ class Simulation:
         t = self.now
         try:
             t, intro = self._ensure(c, s, t)
-            arrive = t + self.latency(c, s, self.wire.digest_root)
+            arrive = t + self.latency(c, s, self.wire.riblt_first)
         except Failed:
             self._fail(c, s, t + self.config.rpc_timeout, sync=True)
             return
@@ -465,9 +525,7 @@ class Simulation:
         here = [] if equal else sorted(s.entries - c.entries)
         there = [] if equal else sorted(c.entries - s.entries)
         d = len(here) + len(there)
-        rounds, req, rep = merkle_cost(self.base_entries + len(c.entries), d, cfg)
-        if equal:
-            req, rep = w.digest_root, w.digest_equal
+        rounds, req, rep = digest_cost(self.base_entries + len(c.entries), d, cfg, w)
         t = sent
         pulled: list[bool] = []
         try:
@@ -753,7 +811,8 @@ def describe(r: Report) -> list[str]:
     mode = "established federation" if sc.established else "cold start"
     return [
         f"N={sc.n}  loss={sc.loss:.2%}  interval={iv:g} s  fanout={sc.config.fanout}  "
-        f"one-way latency {lat}  session_ttl={sc.config.session_ttl:g} s  {mode}  seed={sc.seed}",
+        f"one-way latency {lat}  session_ttl={sc.config.session_ttl:g} s  "
+        f"digest={'riblt' if sc.config.set_reconciliation else 'merkle'}  {mode}  seed={sc.seed}",
         f"  peers_known_per_node: {r.peers_known:.0f}",
         f"  serf_model_rounds_to_99.99%: {r.serf_rounds}  "
         f"(infected({r.serf_rounds}) = "
@@ -792,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
         "--session-ttl", type=float, default=SyncConfig.session_ttl, help="token life, seconds"
     )
     parser.add_argument(
+        "--digest", choices=["riblt", "merkle"], default="riblt", help="digest exchange"
+    )
+    parser.add_argument(
         "--latency-ms", type=float, nargs=2, default=[1.0, 10.0], metavar=("MIN", "MAX")
     )
     parser.add_argument(
@@ -806,7 +868,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     config = SyncConfig(
-        gossip_interval=args.interval, fanout=args.fanout, session_ttl=args.session_ttl
+        gossip_interval=args.interval,
+        fanout=args.fanout,
+        session_ttl=args.session_ttl,
+        set_reconciliation=args.digest == "riblt",
     )
     print(
         "crdtd convergence simulator: crdtd.sync.protocol.GossipProtocol in every node, "

@@ -9,8 +9,9 @@ Public names load lazily (so `python -m crdtd.sync.protogen` works before stubs 
 - `DigestExchange`, `MerkleDescent`, `RatelessReconciliation` (reconcile/): the digest
   exchange, negotiated per peer (rateless IBLT or Merkle descent).
 - `GrpcTransport`, `InProcessNetwork` (transport.py): the two transports.
-- `Identity` (handshake.py), `PeerTable` (membership.py), `Gossiper` (gossip.py),
-  `choose_security` (tls.py).
+- `GossipProtocol` (protocol.py): gossip, membership and failure detection, no I/O;
+  `Gossiper` (gossip.py) performs its actions on the event loop.
+- `Identity` (handshake.py), `PeerTable` (membership.py), `choose_security` (tls.py).
 
 Guide: docs/sync.md.
 """
@@ -36,6 +37,7 @@ _WHERE = {
     "Identity": "crdtd.sync.handshake",
     "PeerTable": "crdtd.sync.membership",
     "Gossiper": "crdtd.sync.gossip",
+    "GossipProtocol": "crdtd.sync.protocol",
     "choose_security": "crdtd.sync.tls",
 }
 
