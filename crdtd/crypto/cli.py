@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from crdtd.crypto import federation, pq
 from crdtd.crypto.keys import NodeKey
-from crdtd.state.entry import Kind
 
 
 def _print(args: argparse.Namespace, human: str, data: dict[str, object]) -> None:
@@ -67,28 +65,13 @@ def _cmd_add_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_admin_chain(client: Any, fed: federation.Federation) -> None:
-    """Submit every entry of the admin's chain to the node (duplicates are cheap): an admin
-    entry is applied only after its predecessors, and the node may not hold them all yet
-    (memberships of nodes it never met)."""
-    for e in fed.admin_entries():
-        if e.kind is Kind.CONTRIBUTION:
-            payload = fed.admin_payload(e)
-            if payload is not None:
-                client.push(
-                    e.namespace, payload, payload_kind=e.payload_kind, signed_entry=e.to_bytes()
-                )
-        else:
-            client.submit(e)
-
-
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    from crdtd.node.cli import client_for
+    from crdtd.node.cli import client_for, send_admin_chain
 
     fed = federation.Federation.load(args.dir)
     entry = fed.revoke(args.node, reason=args.reason, successor=args.successor)
     with client_for(args) as c:
-        _send_admin_chain(c, fed)
+        send_admin_chain(c, fed, entry)
         entry_id, status = c.submit(entry)
     body = entry.as_revocation()
     _print(
@@ -108,13 +91,13 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 
 def _cmd_namespace_key(args: argparse.Namespace) -> int:
     from crdtd.crypto.sealing import KEYS_PAYLOAD_KIND, KeyEnvelope
-    from crdtd.node.cli import client_for
+    from crdtd.node.cli import client_for, send_admin_chain
 
     fed = federation.Federation.load(args.dir)
     members = [m for m in args.members.split(",") if m]
     entry, envelope = fed.namespace_key(args.namespace, members)
     with client_for(args) as c:
-        _send_admin_chain(c, fed)
+        send_admin_chain(c, fed, entry)
         r = c.push(
             args.namespace, envelope, payload_kind=KEYS_PAYLOAD_KIND, signed_entry=entry.to_bytes()
         )

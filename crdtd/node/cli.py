@@ -237,6 +237,26 @@ def _format_of(path: str) -> str:
     return _FORMATS.get(Path(path).suffix.lower(), "")
 
 
+def send_admin_chain(client: Any, fed: Any, new: Any) -> None:
+    """Submit the admin's chain (a `crdtd.crypto.federation.Federation`) up to, not including,
+    the `new` entry about to be sent (duplicates are cheap): an admin entry is applied only
+    after its predecessors, and the node may not hold them all yet (memberships of nodes it
+    never met)."""
+    from crdtd.state.entry import Kind
+
+    for e in fed.admin_entries():
+        if e.seq >= new.seq:
+            break
+        if e.kind is Kind.CONTRIBUTION:
+            payload = fed.admin_payload(e)
+            if payload is not None:
+                client.push(
+                    e.namespace, payload, payload_kind=e.payload_kind, signed_entry=e.to_bytes()
+                )
+        else:
+            client.submit(e)
+
+
 def _cmd_erase(args: argparse.Namespace) -> int:
     from crdtd.crypto.keys import NodeKey
 
@@ -263,6 +283,8 @@ def _cmd_erase(args: argparse.Namespace) -> int:
             )
         )
     with client_for(args) as c:
+        if args.admin_dir:
+            send_admin_chain(c, federation, signed)
         removal, erased = c.erase(ids, author=author, reason=args.reason, key=key, removal=signed)
     _print(
         args,
