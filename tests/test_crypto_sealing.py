@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -70,10 +71,11 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 @pytest.mark.parametrize("size", [1, 1000, SEGMENT, SEGMENT + 1, 3 * SEGMENT - 5])
 def test_sealed_payloads_open_to_the_plaintext_and_hide_it(tmp_path: Path, size: int) -> None:
     key = new_namespace_key()
-    data = os.urandom(size)
+    data = random.Random(size).randbytes(size)
     blob = sealed(tmp_path, data, key)
     assert sealed_key_id(blob) == key_id_of(key)
-    assert data[:64] not in blob
+    if size >= 16:  # a byte or two of plaintext turns up in any blob by chance
+        assert data[:64] not in blob
     pieces = split(blob, [7, HEADER_SIZE + 3, SEGMENT, SEGMENT + 99, 2 * SEGMENT])
     assert b"".join(open_sealed(pieces, lambda kid: key)) == data
 
