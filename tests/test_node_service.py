@@ -21,7 +21,7 @@ from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
 from crdtd.state.entry import make_removal
 from crdtd.trust.evidence import WEIGHT_UNIT, ProofKind, evidence_entry, proof_for_equivocation
-from tests.node_support import NAMESPACE, InProcessNode, checkpoint, federation
+from tests.node_support import NAMESPACE, InProcessNode, checkpoint, federation, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -283,19 +283,24 @@ def test_status_and_trust_describe_the_node(node: InProcessNode, client: Client)
 def test_metrics_endpoint_exports_the_state_root_fingerprint(
     node: InProcessNode, client: Client
 ) -> None:
+    root = client.status().state_root  # also counts one OK Status request before the scrape
     address = node.daemon.config.metrics_address
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert values["crdtd_state_root_fingerprint"] == fingerprint(client.status().state_root)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert "crdtd_build_info{" in text
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    # rounds run even with no peer yet; the first may not have run when the test starts
+    values = wait_for(lambda: (v := scrape())["crdtd_gossip_rounds_total"] >= 1 and v, 30)
+    assert values["crdtd_state_root_fingerprint"] == fingerprint(root)
     assert values['crdtd_entries{kind="membership",state="live"}'] >= 1
-    assert "crdtd_build_info{" in text
     assert values['crdtd_client_requests_total{code="OK",method="Status"}'] >= 1
-    assert values["crdtd_gossip_rounds_total"] >= 1  # rounds run even with no peer yet
 
 
 def test_mutual_tls_client_mode_refuses_callers_without_a_certificate(tmp_path: Path) -> None:
