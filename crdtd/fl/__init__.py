@@ -1,0 +1,1 @@
+"""Federated learning on crdtd: tasks, server optimisers, rounds and the training loop."""
