@@ -88,6 +88,11 @@ class AutoRevocation:
     reason: str = ""
 
 
+LatestOnly = Callable[[str], bool]
+"""Says whether a namespace keeps one live contribution per author (its newest by seq, per
+metadata `role`); every replica of a federation must answer alike (it is namespace config
+the federation shares, like the trust policy)."""
+
 RevocationRule = Callable[[Entry, Callable[[bytes], list[PublicKeys]]], AutoRevocation | None]
 """Decides, from an evidence entry and a key lookup, whether it revokes a key automatically.
 
@@ -143,6 +148,7 @@ class E4State:
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
         max_held: int = DEFAULT_MAX_HELD,
         revocation_rule: RevocationRule | None = None,
+        latest_only: LatestOnly | None = None,
     ) -> None:
         self.store = store
         self.admin = admin
@@ -150,6 +156,7 @@ class E4State:
         self.max_payload_size = max_payload_size
         self.max_held = max_held
         self.revocation_rule = revocation_rule
+        self.latest_only = latest_only
         self.signatures = VerifiedSignatures()
         self._entered: list[bytes] = []
         self._lookups: dict[tuple[str, bytes], object] | None = None
@@ -163,6 +170,7 @@ class E4State:
         policy: SignaturePolicy | str | None = None,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
         revocation_rule: RevocationRule | None = None,
+        latest_only: LatestOnly | None = None,
     ) -> E4State:
         """Open the state in `data_dir`; `admin`/`policy` default to what the store recorded."""
         store = NodeStore.open(data_dir)
@@ -172,7 +180,14 @@ class E4State:
             if admin is None:
                 raise ConfigError(f"{data_dir}: new store needs the federation admin public key")
             pol = policy or stored_policy or ED25519_ONLY
-            return cls(store, admin, pol, max_payload_size, revocation_rule=revocation_rule)
+            return cls(
+                store,
+                admin,
+                pol,
+                max_payload_size,
+                revocation_rule=revocation_rule,
+                latest_only=latest_only,
+            )
         except BaseException:
             store.close()
             raise
@@ -363,7 +378,17 @@ class E4State:
         if e.kind in (Kind.CONTRIBUTION, Kind.EVIDENCE) and self._erased(e):
             status = db.TOMBSTONED
         elif e.kind is Kind.CONTRIBUTION:
-            payload = self._take_payload(e, source, written)
+            newer = self._newer_in_line(e) if self._is_latest_only(e) else 0
+            if newer >= 2:
+                status = db.RETIRED  # two generations behind: its bytes are not needed
+            elif newer == 1:
+                try:  # one behind: keep the bytes when they come, else take the header alone
+                    payload = self._take_payload(e, source, written)
+                    status = db.SUPERSEDED
+                except MissingPayloadError:
+                    status = db.RETIRED
+            else:
+                payload = self._take_payload(e, source, written)
         if hold:
             held = int(c.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
             if held >= self.max_held:
@@ -381,8 +406,61 @@ class E4State:
                 self._removal_rows(e)
             return ApplyResult(e.id, ApplyStatus.HELD)
         self._commit(e, status, proof, auto)
+        if e.kind is Kind.CONTRIBUTION and self._is_latest_only(e):
+            self._settle_line(e)
         done = ApplyStatus.TOMBSTONED if status == db.TOMBSTONED else ApplyStatus.APPLIED
         return ApplyResult(e.id, done)
+
+    # -- latest-only namespaces -------------------------------------------------------------
+
+    def _is_latest_only(self, e: Entry) -> bool:
+        return self.latest_only is not None and self.latest_only(e.body.namespace)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _line_of(e: Entry) -> tuple[str, object]:
+        """What a contribution competes with: its namespace and declared role."""
+        return e.body.namespace, e.body.metadata.get("role", "")  # type: ignore[union-attr]
+
+    def _newer_in_line(self, e: Entry) -> int:
+        """How many contributions of e's author in e's line with a higher seq are held (in
+        the set, whatever their status, or waiting for their predecessor)."""
+        c = self.store.conn
+        rows = c.execute(
+            "SELECT raw FROM entries WHERE author = ? AND seq > ? AND kind = ? AND namespace = ?",
+            (e.author, e.seq, int(Kind.CONTRIBUTION), e.body.namespace),  # type: ignore[union-attr]
+        ).fetchall()
+        if self._held_exist():
+            rows += c.execute(
+                "SELECT raw FROM pending WHERE author = ? AND seq > ?", (e.author, e.seq)
+            ).fetchall()
+        line = self._line_of(e)
+        n = 0
+        for (raw,) in rows:
+            x = Entry.from_bytes(bytes(raw))
+            n += x.kind is Kind.CONTRIBUTION and self._line_of(x) == line
+        return n
+
+    def _settle_line(self, e: Entry) -> None:
+        """After e entered the set: the newest of its line stays as it is, the one before it
+        is superseded (bytes kept: the round it belongs to may still be merged), older ones
+        are retired and their payloads reclaimed."""
+        c = self.store.conn
+        rows = c.execute(
+            "SELECT raw, status FROM entries WHERE author = ? AND kind = ? AND namespace = ? "
+            "AND (status IN (?, ?) OR seq >= ?) ORDER BY seq DESC",
+            (e.author, int(Kind.CONTRIBUTION), e.body.namespace, db.LIVE, db.SUPERSEDED, e.seq),  # type: ignore[union-attr]
+        ).fetchall()
+        line = self._line_of(e)
+        same = [(Entry.from_bytes(bytes(r)), int(st)) for r, st in rows]
+        same = [(x, st) for x, st in same if self._line_of(x) == line]
+        for rank, (x, st) in enumerate(same):
+            if rank == 0 or st not in (db.LIVE, db.SUPERSEDED):
+                continue
+            if rank == 1 and st == db.LIVE:
+                self.store.set_status(x.id, db.SUPERSEDED)
+            elif rank >= 2:
+                self.store.set_status(x.id, db.RETIRED)
+                self.store.release_payload(x.body.payload_digest)  # type: ignore[union-attr]
 
     def _validate_header(self, e: Entry) -> EquivocationProof | None:
         """Signature, membership, revocation and kind rules; returns an evidence's proof."""
@@ -629,9 +707,9 @@ class E4State:
         ta = body.target_author  # type: ignore[union-attr]
         if ta is not None:
             rows = c.execute(
-                f"SELECT id FROM entries WHERE author = ? AND status = ? AND kind IN "
+                f"SELECT id FROM entries WHERE author = ? AND status IN (?, ?, ?) AND kind IN "
                 f"({','.join('?' * len(_ERASABLE))})",
-                (ta, db.LIVE, *_ERASABLE),
+                (ta, db.LIVE, db.SUPERSEDED, db.RETIRED, *_ERASABLE),
             ).fetchall()
             for (t,) in rows:
                 self._tombstone(bytes(t))
@@ -639,14 +717,15 @@ class E4State:
                 self._forget_held_payload(bytes(t))
 
     def _tombstone(self, entry_id: bytes) -> None:
-        """Erase a live entry: keep its id, drop its payload unless a live entry shares it."""
+        """Erase a live (or superseded) entry: keep its id, drop its payload unless a live
+        entry shares it."""
         row = self.store.conn.execute(
             "SELECT status, payload_digest FROM entries WHERE id = ?", (entry_id,)
         ).fetchone()
-        if row is None or int(row[0]) != db.LIVE:
+        if row is None or int(row[0]) not in (db.LIVE, db.SUPERSEDED, db.RETIRED):
             return
         self.store.set_status(entry_id, db.TOMBSTONED)
-        if row[1] is not None:
+        if row[1] is not None and int(row[0]) != db.RETIRED:
             self.store.release_payload(bytes(row[1]))
 
     def _forget_held_payload(self, entry_id: bytes) -> None:
@@ -718,9 +797,11 @@ class E4State:
                         self.store.release_payload(bytes(held[0]))
                 self.store.insert_entry(x, db.QUARANTINED)
                 self._entered.append(x.id)
-            elif int(row[0]) == db.LIVE:
+            elif int(row[0]) in (db.LIVE, db.SUPERSEDED, db.RETIRED):
                 self._tombstone(x.id)
                 self.store.set_status(x.id, db.QUARANTINED)
+            if x.kind is Kind.CONTRIBUTION and self._is_latest_only(x):
+                self._settle_line(x)
         c.execute(
             "INSERT OR IGNORE INTO equivocations (author, seq, a, b, proof) VALUES (?, ?, ?, ?, ?)",
             (proof.author, proof.a.seq, proof.a.id, proof.b.id, proof.to_bytes()),

@@ -114,8 +114,8 @@ def _check_payloads(store: NodeStore, report: Report) -> Iterator[Problem]:
     c = store.conn
     rows = c.execute(
         "SELECT e.id, e.raw, p.manifest FROM entries e LEFT JOIN payloads p "
-        "ON p.digest = e.payload_digest WHERE e.kind = ? AND e.status = ? ORDER BY e.id",
-        (int(Kind.CONTRIBUTION), db.LIVE),
+        "ON p.digest = e.payload_digest WHERE e.kind = ? AND e.status IN (?, ?) ORDER BY e.id",
+        (int(Kind.CONTRIBUTION), db.LIVE, db.SUPERSEDED),
     ).fetchall()
     for rid, raw, manifest_bytes in rows:
         where = f"entry {bytes(rid).hex()}"

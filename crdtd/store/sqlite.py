@@ -18,6 +18,8 @@ from crdtd.store.merkle import MerkleIndex
 LIVE = 0
 TOMBSTONED = 1
 QUARANTINED = 2
+SUPERSEDED = 3  # a latest-only namespace holds a newer contribution of the author; bytes kept
+RETIRED = 4  # superseded, and its payload reclaimed (or never stored)
 
 _V1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);

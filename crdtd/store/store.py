@@ -282,7 +282,7 @@ class NodeStore:
         return out
 
     def entry_status(self, entry_id: bytes) -> int | None:
-        """db.LIVE, db.TOMBSTONED, db.QUARANTINED, or None when absent."""
+        """db.LIVE, TOMBSTONED, QUARANTINED, SUPERSEDED, RETIRED, or None when absent."""
         rows = self._q("SELECT status FROM entries WHERE id = ?", (entry_id,))
         return int(rows[0][0]) if rows else None
 
@@ -525,12 +525,13 @@ class NodeStore:
         return b"".join(self.read_chunk(ref.digest) for ref in manifest.chunks)
 
     def payload_in_use(self, payload_digest: bytes) -> bool:
-        """True when a live contribution or a held entry still needs this payload."""
+        """True when a live (or superseded, still kept) contribution or a held entry needs
+        this payload."""
         c = self.conn
         return bool(
             c.execute(
-                "SELECT 1 FROM entries WHERE payload_digest = ? AND status = ? LIMIT 1",
-                (payload_digest, db.LIVE),
+                "SELECT 1 FROM entries WHERE payload_digest = ? AND status IN (?, ?) LIMIT 1",
+                (payload_digest, db.LIVE, db.SUPERSEDED),
             ).fetchone()
             or c.execute(
                 "SELECT 1 FROM pending WHERE payload_digest = ? LIMIT 1", (payload_digest,)
