@@ -502,10 +502,12 @@ class Client:
         format: str = "",
         provenance: bool = False,
         progress: bool = False,
+        round: int | None = None,
     ) -> MaterialiseResult:
         """Merge the namespace on the node. With `remote_path` the node writes the file on its
         own disk; otherwise the bytes stream back (to `out` when given). With `provenance`
-        the provenance file lands beside the output (`OUT.provenance.FORMAT`)."""
+        the provenance file lands beside the output (`OUT.provenance.FORMAT`). In a rounds
+        namespace `round` picks the round whose global to build (None: the latest)."""
         result, _, _ = self._materialise(
             namespace,
             out=out,
@@ -516,6 +518,7 @@ class Client:
             format=format,
             provenance=provenance,
             progress=progress,
+            round=round,
         )
         return result
 
@@ -531,6 +534,7 @@ class Client:
         format: str = "",
         provenance: bool = False,
         progress: bool = False,
+        round: int | None = None,
     ) -> tuple[MaterialiseResult, bytes, bytes]:
         """Materialise; returns the result and, when `out` is None and nothing is written on
         the node, the output and provenance bytes."""
@@ -545,6 +549,7 @@ class Client:
             dtype=dtype,
             format=format,
             provenance=provenance,
+            round=round,
         )
         target = Path(out) if out is not None and not remote_path else None
         tmp = None if target is None else target.with_name(f".{target.name}.part")
@@ -606,6 +611,13 @@ class Client:
             provenance_path=result.provenance_path or local_prov,
         )
         return done, b"".join(data), b"".join(prov)
+
+    def global_model(
+        self, namespace: str, round: int | None = None
+    ) -> tuple[MaterialiseResult, bytes]:
+        """A rounds namespace's global of `round` (None: the latest), and its bytes in memory."""
+        result, data, _ = self._materialise(namespace, round=round)
+        return result, data
 
     def table(self, namespace: str, *, as_: str = "arrow") -> Any:
         """The merged table of a table namespace, streamed as Arrow IPC: a `pyarrow.Table`, or

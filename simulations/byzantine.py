@@ -61,6 +61,8 @@ from crdtd.errors import (
     SignatureError,
     ValidationError,
 )
+from crdtd.kinds.rounds import declared_int
+from crdtd.node.observe import cohorts
 from crdtd.state.e4 import ApplyStatus, E4State
 from crdtd.state.entry import (
     ContributionBody,
@@ -88,13 +90,12 @@ from crdtd.trust.gating import (
     Revocations,
     assess,
     auto_revocation,
-    should_relay,
 )
 from crdtd.trust.outliers import (
     ModelContribution,
     OutlierParams,
     model_outliers,
-    outlier_observations,
+    report_observation,
 )
 from crdtd.trust.scores import TrustParams, TrustScores, compute_scores
 from crdtd.trust.weighting import WeightedInput, plan_materialisation
@@ -215,15 +216,22 @@ class ModelWorld:
         ]
         self._rng = rng
 
+    def update(self, index: int, round_: int) -> dict[str, np.ndarray]:
+        """Site `index`'s honest contribution in round `round_` (round 1: `honest[index]`)."""
+        if round_ <= 1:
+            return self.honest[index]
+        rng = np.random.default_rng([round_, index])
+        return {k: v + rng.normal(0.0, 0.01, v.shape) for k, v in self.honest[index].items()}
+
     def poisoned(
-        self, attack: str, index: int, honest_indices: Sequence[int]
+        self, attack: str, index: int, honest_indices: Sequence[int], round_: int = 1
     ) -> dict[str, np.ndarray]:
-        """The contribution an adversary of kind `attack` pushes."""
-        mine = self.honest[index]
+        """The contribution an adversary of kind `attack` pushes in round `round_`."""
+        mine = self.update(index, round_)
         if attack == "sign_flip":
             return {k: self.base[k] - 3.0 * (mine[k] - self.base[k]) for k in mine}
         if attack == "noise":
-            rng = np.random.default_rng(1000 + index)
+            rng = np.random.default_rng([1000 + index, round_])
             return {k: self.base[k] + rng.normal(0.0, 1.0, v.shape) for k, v in mine.items()}
         if attack == "alie":
             n = len(self.honest)
@@ -231,7 +239,7 @@ class ModelWorld:
             s = n // 2 + 1 - f
             z = _norm_ppf((n - s) / n) if 0 < (n - s) / n < 1 else 1.0
             ups = {
-                k: np.stack([self.honest[i][k] - self.base[k] for i in honest_indices])
+                k: np.stack([self.update(i, round_)[k] - self.base[k] for i in honest_indices])
                 for k in mine
             }
             return {k: self.base[k] + ups[k].mean(0) - z * ups[k].std(0) for k in mine}
@@ -352,7 +360,7 @@ class Node:
     def next_link(self) -> tuple[int, bytes | None]:
         return self.state.chain_next(self.kid)
 
-    def contribute(self, tensors: Mapping[str, np.ndarray]) -> Entry:
+    def contribute(self, tensors: Mapping[str, np.ndarray], round_: int = 1) -> Entry:
         data = _to_safetensors(tensors)
         src = _Bytes(data)
         seq, prev = self.next_link()
@@ -364,7 +372,7 @@ class Node:
             src.manifest.digest,
             src.manifest.size,
             payload_kind="safetensors",
-            metadata={"num_examples": 100},
+            metadata={"num_examples": 100, "round": round_},
         )
         self.write(e, src)
         return e
@@ -411,22 +419,11 @@ class Node:
     # -- serving ----------------------------------------------------------------------------
 
     def advertised(self, requester: Node) -> list[bytes]:
+        """Every id held (honest nodes replicate gated authors' entries too: gating decides
+        what is merged); an equivocator shows odd-numbered peers its twin instead."""
         if self.twin_of and requester.index % 2 == 1:
             return sorted(self.twin_of.get(i, i) for i in self._ids())
-        if not self.honest:
-            return self._ids()
-        a = self.assessment()
-        blocked: dict[bytes, bool] = {}
-        out = []
-        for eid, kind, author, _ in self.rows():
-            if kind == Kind.CONTRIBUTION:
-                if author not in blocked:
-                    e = self.entry(eid)
-                    blocked[author] = not should_relay(e, a.scores, a.revocations, self.sim.policy)
-                if blocked[author]:
-                    continue
-            out.append(eid)
-        return out
+        return self._ids()
 
     def serve(self, requester: Node, ids: Sequence[bytes]) -> tuple[list[bytes], Any]:
         """Wire bytes for `ids`, plus the payload source; adversaries twist this."""
@@ -561,7 +558,9 @@ class Node:
             )
 
     def _queue(self, obs: Observation) -> None:
-        if obs.tag in self.reported or obs.subject == self.kid:
+        if obs.tag in self.reported:
+            return
+        if obs.subject == self.kid and obs.kind is not ProofKind.MODEL_REPORT:
             return
         self.reported.add(obs.tag)
         self.queue.append(obs)
@@ -598,22 +597,39 @@ class Node:
         return n
 
     def detect_models(self) -> None:
-        """Model-dimension observations for the namespace's outlier contributions."""
-        visible = self.state.visible(NAMESPACE)
-        key = tuple(e.id for e in visible)
+        """This node's model report on every round's cohort it holds enough of (the daemon's
+        detector, `crdtd.node.observe.cohorts` + `crdtd.trust.outliers`)."""
         cache = self.sim.caches.outliers
-        stats = cache.get(key)
-        if stats is None:
-            contribs = [
-                ModelContribution(e.id, e.author, self.sim.tensors_of(self, e)) for e in visible
-            ]
-            stats = cache[key] = model_outliers(
-                contribs, self.sim.world.base, self.sim.outlier_params
-            )
-        for ob in outlier_observations(stats, NAMESPACE):
+        for round_, entries in sorted(cohorts(self.state.visible(NAMESPACE)).items()):
+            key = tuple(e.id for e in entries)
+            if len(key) < self.sim.outlier_params.min_contributions:
+                continue
+            stats = cache.get(key)
+            if stats is None:
+                contribs = [
+                    ModelContribution(
+                        e.id,
+                        e.author,
+                        self.sim.tensors_of(self, e),
+                        declared_int(e, "num_examples"),
+                        e.seq,
+                    )
+                    for e in entries
+                ]
+                stats = cache[key] = model_outliers(
+                    contribs, self.sim.world.base, self.sim.outlier_params
+                )
+            ob = report_observation(stats, NAMESPACE, round_, self.kid)
+            digest = hashlib.sha256(b"".join(key)).hexdigest()[:16]
             self._queue(
                 Observation(
-                    ob.subject, ob.dimension, ob.weight, ob.reason, tag=f"model:{ob.subject.hex()}"
+                    ob.subject,
+                    ob.dimension,
+                    ob.weight,
+                    ob.reason,
+                    ob.kind,
+                    ob.data,
+                    tag=f"report:{round_}:{digest}",
                 )
             )
 
@@ -792,6 +808,17 @@ class Simulation:
                     n.twin_of[e.id] = twin.id
                     n.side_payloads.append(src)
 
+    def _contribute(self, round_: int) -> None:
+        """Round `round_` (≥ 2) of the model namespace: every active site pushes again."""
+        honest_idx = [n.index for n in self.honest]
+        for n in self.nodes:
+            if not n.active or n.state.is_revoked(n.kid):
+                continue
+            if n.attack in MODEL_ATTACKS:
+                n.contribute(self.world.poisoned(n.attack, n.index, honest_idx, round_), round_)
+            else:
+                n.contribute(self.world.update(n.index, round_), round_)
+
     def _adversary_writes(self, round_: int) -> None:
         epoch = round_ // self.cfg.epoch_rounds
         bad = [n.kid for n in self.adversaries]
@@ -866,8 +893,10 @@ class Simulation:
         for round_ in range(1, self.cfg.max_rounds + self.cfg.settle_rounds + 1):
             attacking = round_ <= self.cfg.max_rounds and any(v is None for v in gated_at.values())
             if not attacking:
-                for n in self.adversaries:
+                for n in self.nodes:
                     n.active = False
+            elif round_ > 1:
+                self._contribute(round_)
             self._adversary_writes(round_)
             moved = self._gossip(round_)
             epoch = round_ // self.cfg.epoch_rounds

@@ -11,8 +11,10 @@ own key) and peer port (a session of their own). Attacks played here:
 - forged_signature: every round, offers every honest node an entry whose signature fails;
 - sign_flip / noise / alie: a poisoned model, pushed (signed) at one honest node.
 
-Rounds are wall-clock (`round_seconds`) polls: after each, every honest node's Trust reply
-says whom it gates. Then the adversaries stop, the honest nodes settle until their trust
+Rounds are wall-clock (`round_seconds`) polls: in each, every honest site and every model
+attacker pushes its next contribution (declaring the round, so each round is judged as one
+cohort and a model attacker is gated once three of its rounds are corroborated outliers);
+after each, every honest node's Trust reply says whom it gates. Then the adversaries stop, the honest nodes settle until their trust
 digests agree for three polls, and each materialises the namespace.
 """
 
@@ -126,18 +128,27 @@ class Site:
             self.proc.wait()
 
 
-def _first_contribution(key: NodeKey, namespace: str, base: bytes, data: bytes) -> Entry:
-    """An adversary's first signed contribution (seq 1) of the safetensors bytes `data`."""
+def _first_contribution(
+    key: NodeKey,
+    namespace: str,
+    base: bytes,
+    data: bytes,
+    seq: int = 1,
+    prev: bytes | None = None,
+    round_: int = 1,
+) -> Entry:
+    """An adversary's signed contribution (seq 1 unless given) of the safetensors `data`."""
     src = BytesSource(data)
     return make_contribution(
         key,
-        1,
-        None,
+        seq,
+        prev,
         namespace,
         src.manifest.digest,
         src.manifest.size,
         payload_kind="safetensors",
         base_id=base,
+        metadata={"round": round_},
     )
 
 
@@ -274,10 +285,12 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
                     sim._to_safetensors(world.honest[s.index]),
                     payload_kind="safetensors",
                     base_id=base,
+                    metadata={"round": 1},
                 )
                 pushed[r.entry_id] = world.honest[s.index]
         honest_idx = [s.index for s in honest]
         forgers: list[Forger] = []
+        chains: dict[int, tuple[int, bytes, Site]] = {}  # model attacker -> (seq, prev, target)
         for j, a in enumerate(adversaries):
             attack = attack_of[a.index]
             target = honest[j % len(honest)]
@@ -287,6 +300,7 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
                 e = _first_contribution(a.key, ns, base, data)
                 _push_signed(target, e, data)
                 pushed[e.id] = tensors
+                chains[a.index] = (1, e.id, target)
             elif attack == "equivocation":
                 other = honest[(j + 1) % len(honest)]
                 for t, delta in ((target, 0.0), (other, 0.01)):
@@ -309,6 +323,28 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
         for round_ in range(1, cfg.max_rounds + 1):
             for f in forgers:
                 asyncio.run(f.attack(honest))
+            if round_ > 1:  # the model namespace's next round: every site pushes again
+                for s in honest:
+                    with s.client() as c:
+                        tensors = world.update(s.index, round_)
+                        r = c.push(
+                            ns,
+                            sim._to_safetensors(tensors),
+                            payload_kind="safetensors",
+                            base_id=base,
+                            metadata={"round": round_},
+                        )
+                        pushed[r.entry_id] = tensors
+                for a in adversaries:
+                    if a.index not in chains or gated_at[a.key.key_id] is not None:
+                        continue
+                    seq, prev, target = chains[a.index]
+                    tensors = world.poisoned(attack_of[a.index], a.index, honest_idx, round_)
+                    data = sim._to_safetensors(tensors)
+                    e = _first_contribution(a.key, ns, base, data, seq + 1, prev, round_)
+                    _push_signed(target, e, data)
+                    pushed[e.id] = tensors
+                    chains[a.index] = (seq + 1, e.id, target)
             time.sleep(round_seconds)
             views = [_gated(s) for s in honest]
             for k in adv_keys:

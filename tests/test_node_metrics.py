@@ -97,6 +97,7 @@ def test_state_gauges_come_from_the_snapshot_at_scrape_time() -> None:
     assert s['crdtd_entries{kind="evidence",state="held"}'] == 0
     assert s["crdtd_peers_known"] == 2 and s["crdtd_peers_alive"] == 1
     assert s['crdtd_peer_in_sync{peer="site-b"}'] == 1
+    assert s["crdtd_sync_converged"] == 1  # the one live peer is in sync
     assert s['crdtd_peer_last_sync_age_seconds{peer="site-b"}'] == 1.5
     assert 'crdtd_peer_last_sync_age_seconds{peer="site-c"}' not in s
     assert s['crdtd_peer_trust{dimension="overall",peer="site-b"}'] == 0.9

@@ -16,7 +16,6 @@ from crdtd.trust.gating import (
     assess,
     collect_revocations,
     gate,
-    should_relay,
 )
 from crdtd.trust.scores import SCALE, compute_scores
 from tests.trust_generators import Fed
@@ -91,20 +90,17 @@ def test_successor_cycles_end():
     assert revs.successor(fed.kid(0)) is None
 
 
-def test_gated_authors_contributions_are_not_relayed_but_evidence_is():
+def test_a_gated_authors_contributions_are_left_out_of_the_merge_with_the_reason():
     f = Federation()
     for name in ("a", "b", "c", "d"):
         f.add_member(name)
     keys = {k.key_id: k.public_keys for k in f.keys.values()}
     bad = f.keys["d"].key_id
     evidence = [f.evidence(w, bad, weight=-WEIGHT_UNIT) for w in ("a", "b", "c")]
-    policy = FederationPolicy()
-    a = assess(evidence, keys, policy)
-    c_bad = f.contribute("d", b"poison")
-    c_good = f.contribute("a", b"fine")
-    assert not should_relay(c_bad, a.scores, a.revocations, policy)
-    assert should_relay(c_good, a.scores, a.revocations, policy)
-    assert should_relay(evidence[0], a.scores, a.revocations, policy)
+    a = assess(evidence, keys, FederationPolicy())
+    accepted, excluded = a.gate(NamespacePolicy(), keys)
+    assert bad not in accepted and [x.author for x in excluded] == [bad]
+    assert excluded[0].code == "below_threshold"
 
 
 def test_policy_from_config_picks_the_longest_namespace_prefix():

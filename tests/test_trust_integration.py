@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -43,18 +43,19 @@ from crdtd.sync.node import SyncNode
 from crdtd.sync.receive import Incoming, Receiver
 from crdtd.sync.session import Connection
 from crdtd.sync.transport import GrpcTransport
-from crdtd.trust import FederationPolicy, assess, auto_revocation, should_relay
+from crdtd.trust import FederationPolicy, NamespacePolicy, assess, auto_revocation
 from crdtd.trust.evidence import (
     WEIGHT_UNIT,
     Evidence,
     ProofKind,
     Verdict,
     check_proof,
+    decode_model_report,
     evidence_entry,
     proof_for_chain_fork,
     proof_for_equivocation,
 )
-from crdtd.trust.scores import compute_scores
+from crdtd.trust.scores import SCALE, compute_scores
 from tests.node_support import InProcessNode, checkpoint, federation, wait_for
 from tests.sync_support import FAST, SyncFederation, async_test, make_node
 
@@ -406,37 +407,21 @@ def test_a_daemon_turns_forged_and_equivocating_peers_into_evidence_and_revokes(
         node.stop()
 
 
-# -- the relay filter -------------------------------------------------------------------------
-
-
-def trust_filter(state: E4State, policy: FederationPolicy) -> Callable[[Entry], bool]:
-    """should_relay under the state's own evidence (what NodeCore.relayable does)."""
-
-    def relay(entry: Entry) -> bool:
-        held = [
-            e
-            for kind in (Kind.EVIDENCE, Kind.REVOCATION)
-            for e, _ in state.store.iter_entries(kind, db.LIVE)
-        ]
-        a = assess(held, state.members(include_revoked=True), policy)
-        return should_relay(entry, a.scores, a.revocations, policy)
-
-    return relay
+# -- replication under gating ----------------------------------------------------------------
 
 
 @async_test
-async def test_gated_contributions_are_not_relayed_and_honest_nodes_still_converge(
+async def test_gated_contributions_still_replicate_so_honest_roots_agree_and_merges_skip_them(
     tmp_path: Path,
 ) -> None:
+    """Gating decides what is merged, not what is replicated (issue 11: honest nodes that
+    relay-filtered a gated author's contributions never reached one root again)."""
     tf = SyncFederation()
     for name in ("a", "b", "c", "mallory"):
         tf.add(name)
     policy = FederationPolicy()
     nodes = {n: make_node(tf, n, tmp_path / n, tls=False) for n in ("a", "b", "c")}
     for n in nodes.values():
-        relay = trust_filter(n.state, policy)
-        n.local.relay_filter = relay
-        n.session.relay_filter = relay
         await n.start("127.0.0.1:0", gossip=False)
     try:
         honest = []
@@ -463,26 +448,78 @@ async def test_gated_contributions_are_not_relayed_and_honest_nodes_still_conver
             proof_data=proof_for_chain_fork(poisoned, fork),
         )
         a.state.apply(proof)
-        assert not a.local.relay_filter(poisoned)  # type: ignore[misc]
-        first = await a.sync_with(nodes["b"].address)  # a pushes: the poisoned one stays home
-        assert poisoned.id not in first.pushed
-        pulled = await nodes["b"].sync_with(a.address)  # b pulls: a answers it as unknown
-        assert poisoned.id in pulled.unserved
         rng = random.Random(5)
         for _ in range(4):
             x, y = rng.sample(sorted(nodes), 2)
             await nodes[x].sync_with(nodes[y].address)
         for name in ("a", "b", "c"):
             await nodes[name].sync_with(nodes["c" if name != "c" else "a"].address)
-        b, c = nodes["b"], nodes["c"]
-        assert b.state.merkle_root() == c.state.merkle_root()
-        assert sorted(e.id for e in b.state.visible()) == sorted(honest)
-        assert sorted(e.id for e in a.state.visible()) == sorted([*honest, poisoned.id])
-        assert a.state.merkle_root() != b.state.merkle_root()  # documented: a holds more
-        assert b.state.store.has_entry(proof.id) and c.state.store.has_entry(proof.id)
+        roots = {n.state.merkle_root() for n in nodes.values()}
+        assert len(roots) == 1
+        for n in nodes.values():
+            assert sorted(e.id for e in n.state.visible()) == sorted([*honest, poisoned.id])
+            held = [
+                e
+                for kind in (Kind.EVIDENCE, Kind.REVOCATION)
+                for e, _ in n.state.store.iter_entries(kind, db.LIVE)
+            ]
+            verdict = assess(held, n.state.members(include_revoked=True), policy)
+            accepted, excluded = verdict.gate(policy.default, verdict.scores.dims)
+            assert mallory.key_id not in accepted
+            assert [x.author for x in excluded] == [mallory.key_id]
     finally:
         for n in nodes.values():
             await n.stop()
+
+
+def test_two_daemons_replicate_a_gated_authors_contribution_and_agree_on_one_root(
+    tmp_path: Path,
+) -> None:
+    """The daemon's half of the regression: node A gates mallory before mallory's
+    contribution arrives, yet node B still receives it, both roots agree, and B's
+    Materialise leaves mallory out with the reason."""
+    configs = federation(tmp_path, 2)
+    nodes = [InProcessNode(c) for c in configs]
+    try:
+        mallory_cfg = fed.add_node(configs[0].parent, "mallory")
+        mallory = mallory_cfg.load_key()
+        p = _payload(b"unused")
+        earlier = make_contribution(mallory, 1, None, "model/test-mlp", p.digest, p.size)
+        fork = make_removal(mallory, 2, bytes(32), [bytes(32)])
+        a, b = nodes
+        with a.client() as c:
+            for cfg in (b.daemon.config.node, mallory_cfg):
+                c.submit(cfg.membership_bytes())
+        a.core.evidence.publish(
+            [
+                Observation(
+                    mallory.key_id,
+                    "causality",
+                    -WEIGHT_UNIT,
+                    "fork",
+                    ProofKind.CHAIN_FORK,
+                    proof_for_chain_fork(earlier, fork),
+                )
+            ]
+        )
+        assert mallory.key_id in {x.author for x in a.core.assessment().gate(NamespacePolicy())[1]}
+        with a.client() as c:
+            poisoned = c.push(
+                "model/test-mlp", checkpoint(tmp_path / "p.safetensors", 9.0), key=mallory
+            )
+            mine = c.push("model/test-mlp", checkpoint(tmp_path / "a.safetensors", 1.0))
+        wait_for(lambda: b.core.state.store.has_entry(poisoned.entry_id), 30, "replication")
+        wait_for(lambda: a.core.state.merkle_root() == b.core.state.merkle_root(), 30, "one root")
+        with b.client() as c:
+            m = c.materialise("model/test-mlp")
+            status = c.status()
+        assert list(m.inputs) == [mine.entry_id]
+        ((who, why),) = m.excluded
+        assert who == mallory.key_id and why.startswith("below_threshold")
+        assert all(p.in_sync for p in status.peers)
+    finally:
+        for n in nodes:
+            n.stop()
 
 
 # -- materialise ------------------------------------------------------------------------------
@@ -529,29 +566,6 @@ def test_materialise_selects_the_namespaces_robust_aggregator_and_lists_who_was_
         node.stop()
 
 
-def test_relayable_follows_the_daemon_namespace_policy(core) -> None:
-    node, (mallory_cfg, *_) = core
-    mallory = mallory_cfg.load_key()
-    p = _payload(b"weights")
-    e = make_contribution(mallory, 1, None, "model/test-mlp", p.digest, p.size)
-    assert node.relayable(e)
-    fork = make_removal(mallory, 2, bytes(32), [bytes(32)])
-    node.evidence.publish(
-        [
-            Observation(
-                mallory.key_id,
-                "causality",
-                -WEIGHT_UNIT,
-                "fork",
-                ProofKind.CHAIN_FORK,
-                proof_for_chain_fork(e, fork),
-            )
-        ]
-    )
-    assert not node.relayable(e)
-    assert node.relayable(fork)  # only contributions are held back
-
-
 def test_the_daemon_flags_a_poisoned_model_against_the_namespace_base(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -590,11 +604,17 @@ def test_the_daemon_flags_a_poisoned_model_against_the_namespace_base(tmp_path: 
                 base_id=base.id,
             )
             node.push_file(path, ns, "safetensors", signed_entry=e.to_bytes())
-        published = [Evidence.from_entry(e) for e in node.detect_models()]
+        (published,) = [Evidence.from_entry(e) for e in node.detect_models()]
         poisoner = members[4].load_key().key_id
-        assert [(ev.subject, ev.dimension) for ev in published] == [(poisoner, "model")]
-        assert "cosine" in published[0].reason
+        assert (published.subject, published.dimension) == (node.key_id, "model")
+        assert published.proof_kind is ProofKind.MODEL_REPORT
+        report = decode_model_report(published.proof_data)
+        assert len(report.verdicts) == 5
+        assert [v.author for v in report.verdicts if v.outlier] == [poisoner]
+        assert "direction" in published.reason
         assert node.detect_models() == []  # nothing new to look at
+        # one round's verdict is statistical: it gates nobody on its own
+        assert node.assessment().scores.trust[poisoner] == SCALE
     finally:
         node.close()
 

@@ -14,11 +14,12 @@ from crdtd.errors import ConfigError, TensorMismatchError
 from crdtd.model import Contribution, ModelMerge
 from crdtd.trust.evidence import WEIGHT_UNIT
 from crdtd.trust.gating import NamespacePolicy, Revocations
+from crdtd.trust.evidence import ProofKind, decode_model_report
 from crdtd.trust.outliers import (
     ModelContribution,
     OutlierParams,
     model_outliers,
-    outlier_observations,
+    report_observation,
 )
 from crdtd.trust.scores import compute_scores
 from crdtd.trust.weighting import WeightedInput, plan_materialisation, robust_params
@@ -56,11 +57,11 @@ def test_honest_updates_raise_no_flags():
     assert all(f == () for f in flags.values())
 
 
-def test_a_sign_flipped_update_is_flagged_by_cosine():
+def test_a_sign_flipped_update_is_flagged_by_direction():
     ts = [_honest(i) for i in range(7)]
     ts.append({k: BASE[k] - 3 * (ts[0][k] - BASE[k]) for k in BASE})
     flags = _flags(ts)
-    assert "cosine" in flags[7]
+    assert "direction" in flags[7]
     assert all(flags[i] == () for i in range(7))
 
 
@@ -69,7 +70,37 @@ def test_large_norm_noise_is_flagged_by_norm_ratio():
     ts.append(
         {k: BASE[k] + np.random.default_rng(9).normal(0, 1.0, v.shape) for k, v in BASE.items()}
     )
-    assert "norm_high" in _flags(ts)[7]
+    assert "norm" in _flags(ts)[7]
+
+
+def test_a_site_with_more_rows_may_move_further_without_being_flagged():
+    """Norms are compared per √num_examples: a big site's longer step is not an outlier."""
+    ts = [_honest(i) for i in range(8)]
+    big = {k: BASE[k] + 8 * (ts[0][k] - BASE[k]) for k in BASE}
+    rows = [100] * 8 + [6400]
+    contribs = [
+        ModelContribution(_cid(i), _author(i), t, rows[i]) for i, t in enumerate([*ts, big])
+    ]
+    stats = {s.content_id: s for s in model_outliers(contribs, BASE)}
+    assert stats[_cid(8)].flags == ()
+    undeclared = [ModelContribution(c.content_id, c.author, c.tensors) for c in contribs]
+    assert "norm" in {s.content_id: s for s in model_outliers(undeclared, BASE)}[_cid(8)].flags
+
+
+def test_the_direction_cut_off_widens_with_the_rounds_spread():
+    """A pull against the cohort that is extreme in a tight round is ordinary in a wide one."""
+    rng = np.random.default_rng(4)
+    d = rng.normal(size=64)
+
+    def flagged(spread: float) -> bool:
+        ups = [d + rng.normal(0, spread, 64) for _ in range(9)]
+        ups.append(-0.25 * d)
+        ts = [{"v": u} for u in ups]
+        stats = model_outliers(_contribs(ts))
+        return "direction" in {s.content_id: s for s in stats}[_cid(9)].flags
+
+    assert flagged(0.2)
+    assert not flagged(6.0)
 
 
 def test_colluders_sending_one_crafted_alie_update_are_flagged_together():
@@ -98,13 +129,17 @@ def test_nothing_is_flagged_until_enough_contributions_are_visible():
     assert all(not s.outlier for s in model_outliers(_contribs(few), BASE, params))
 
 
-def test_observations_name_the_namespace_and_statistics():
+def test_a_report_gives_a_verdict_on_every_contribution_and_names_the_outliers():
     ts = [_honest(i) for i in range(5)] + [{k: BASE[k] - 3 * DELTA[k] for k in BASE}]
-    obs = outlier_observations(model_outliers(_contribs(ts), BASE), "model/mlp")
-    assert len(obs) == 1
-    assert obs[0].subject == _author(5) and obs[0].weight == -WEIGHT_UNIT
-    assert obs[0].dimension == "model" and "model/mlp" in obs[0].reason
-    assert "cosine=" in obs[0].reason
+    observer = _author(99)
+    obs = report_observation(model_outliers(_contribs(ts), BASE), "model/mlp", 4, observer)
+    assert obs.subject == observer and obs.dimension == "model" and obs.weight == 0
+    assert obs.kind is ProofKind.MODEL_REPORT
+    report = decode_model_report(obs.data)
+    assert report.namespace == "model/mlp" and report.round == 4
+    assert len(report.verdicts) == 6
+    assert [v.author for v in report.verdicts if v.outlier] == [_author(5)]
+    assert "model/mlp round 4" in obs.reason and "direction_z=" in obs.reason
 
 
 def test_mismatched_tensors_are_named():
@@ -115,8 +150,10 @@ def test_mismatched_tensors_are_named():
 
 
 def test_bad_outlier_thresholds_are_refused():
-    with pytest.raises(ConfigError, match="min_cosine"):
-        OutlierParams(min_cosine=2.0)
+    with pytest.raises(ConfigError, match="max_direction_z"):
+        OutlierParams(max_direction_z=-1.0)
+    with pytest.raises(ConfigError, match="max_norm_ratio"):
+        OutlierParams(max_norm_ratio=0.5)
 
 
 # -- weighting ----------------------------------------------------------------------------------

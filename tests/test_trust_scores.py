@@ -221,3 +221,88 @@ def test_scores_render_as_floats_for_display():
     scores = compute_scores([fed.equivocation(0, 1)], fed.members)
     row = scores.as_floats()[fed.kid(1).hex()]
     assert row["causality"] == 0.0 and row["trust"] == 0.0 and row["integrity"] == 1.0
+
+
+# -- statistical model evidence: corroborated, windowed, recoverable ---------------------------
+
+HONEST = range(7)
+
+
+def _rounds(fed: Fed, flagged_in: dict[int, set[int]], rounds: range, observers=HONEST):
+    """Every observer reports every round, flagging the authors `flagged_in[round]`."""
+    return [
+        fed.report(o, r, flagged_in.get(r, set()), range(fed.n))
+        for r in rounds
+        for o in observers
+    ]
+
+
+def _model(scores, fed: Fed, i: int) -> float:
+    return scores.dimension(fed.kid(i), "model") / SCALE
+
+
+def test_one_rounds_outlier_verdict_gates_nobody():
+    fed = Fed(10)
+    scores = compute_scores(_rounds(fed, {1: {8}}, range(1, 4)), fed.members)
+    assert _model(scores, fed, 8) == 1.0
+    assert scores.trust[fed.kid(8)] == SCALE
+
+
+def test_three_outlier_rounds_of_five_gate_the_author_and_say_why():
+    fed = Fed(10)
+    flagged = {1: {8, 9}, 2: {8, 9}, 3: {8}, 4: {8}}
+    scores = compute_scores(_rounds(fed, flagged, range(1, 5)), fed.members)
+    assert _model(scores, fed, 8) == 0.0 and scores.trust[fed.kid(8)] == 0
+    assert _model(scores, fed, 9) == 1.0  # two of five: not yet
+    (fault,) = scores.faults[fed.kid(8)]
+    assert fault.kind == "model_outliers" and fault.detail.startswith("4 of its last 4")
+
+
+def test_an_author_whose_updates_look_normal_again_recovers():
+    fed = Fed(10)
+    flagged = {r: {8} for r in (1, 2, 3)}
+    gated = compute_scores(_rounds(fed, flagged, range(1, 4)), fed.members)
+    assert gated.trust[fed.kid(8)] == 0
+    later = compute_scores(_rounds(fed, flagged, range(1, 6)), fed.members)
+    assert later.trust[fed.kid(8)] == 0  # window rounds 1..5: three outliers
+    recovered = compute_scores(_rounds(fed, flagged, range(1, 7)), fed.members)
+    assert recovered.trust[fed.kid(8)] == SCALE  # window 2..6: round 1 decayed out
+
+
+def test_a_minority_of_observers_cannot_gate_an_honest_author_with_reports():
+    fed = Fed(10)
+    honest = _rounds(fed, {}, range(1, 7), observers=range(7))
+    liars = _rounds(fed, {r: set(range(7)) for r in range(1, 7)}, range(1, 7), observers=(7, 8, 9))
+    scores = compute_scores(honest + liars, fed.members)
+    assert all(scores.trust[fed.kid(i)] == SCALE for i in range(7))
+
+
+def test_a_verdict_on_ones_own_contribution_is_ignored():
+    """Six observers flag author 0; author 0's own 'fine' is not counted for or against."""
+    fed = Fed(10)
+    reports = []
+    for r in (1, 2, 3):
+        reports += [fed.report(o, r, {0}, range(10)) for o in range(1, 7)]
+        reports.append(fed.report(0, r, set(), range(10)))
+    scores = compute_scores(reports, fed.members)
+    assert scores.trust[fed.kid(0)] == 0  # 6 of 10 trust mass flag it: corroborated
+
+
+def test_model_reports_keep_detecting_when_some_authors_are_already_gated():
+    """Gated observers lose their say; the remaining honest mass still judges everyone."""
+    fed = Fed(10)
+    flagged = {r: {7, 8, 9} for r in range(1, 7)}
+    flagged.update({r: {7, 8, 9, 6} for r in range(4, 7)})
+    scores = compute_scores(_rounds(fed, flagged, range(1, 7), observers=range(7)), fed.members)
+    assert all(scores.trust[fed.kid(i)] == 0 for i in (7, 8, 9, 6))
+    assert all(scores.trust[fed.kid(i)] == SCALE for i in range(6))
+
+
+def test_model_reports_score_identically_in_any_order():
+    fed = Fed(10)
+    reports = _rounds(fed, {1: {8}, 2: {8}, 3: {8}}, range(1, 5))
+    shuffled = list(reports)
+    random.Random(3).shuffle(shuffled)
+    a = compute_scores(reports, fed.members)
+    b = compute_scores(shuffled, fed.members)
+    assert a.to_bytes() == b.to_bytes()

@@ -14,10 +14,12 @@ from crdtd.state.entry import DIMENSIONS, Entry, make_contribution
 from crdtd.trust.evidence import (
     WEIGHT_UNIT,
     Evidence,
+    ModelVerdict,
     ProofKind,
     evidence_entry,
     proof_for_bad_signature,
     proof_for_equivocation,
+    proof_for_model_report,
 )
 
 
@@ -83,6 +85,28 @@ class Fed:
             proof_kind=ProofKind.EQUIVOCATION,
             proof_data=proof_for_equivocation(a, b),
         )
+
+    def report(
+        self, observer: int, round_: int, flagged: set[int], judged: range | list[int]
+    ) -> Evidence:
+        """The observer's model report on round `round_`: a verdict on contribution
+        `cid(author, round_)` (seq = round) of every author in `judged`."""
+        verdicts = [
+            ModelVerdict(self.kid(a), self.cid(a, round_), round_, 1 if a in flagged else 0)
+            for a in judged
+        ]
+        return self.ev(
+            observer,
+            observer,
+            "model",
+            0,
+            proof_kind=ProofKind.MODEL_REPORT,
+            proof_data=proof_for_model_report("model/x", round_, verdicts),
+        )
+
+    def cid(self, author: int, round_: int) -> bytes:
+        """A stand-in content id for `author`'s contribution to round `round_`."""
+        return hashlib.sha256(b"c/%d/%d" % (author, round_)).digest()
 
     def false_bad_signature(self, observer: int, victim: int) -> Evidence:
         """A 'bad signature' accusation carrying an entry that actually verifies."""

@@ -49,6 +49,7 @@ class MaterialiseRequest:
     dtype: str = ""
     format: str = ""
     provenance: bool = False
+    round: int | None = None  # rounds namespaces: which round's global (None: the latest)
 
 
 @dataclass(frozen=True)

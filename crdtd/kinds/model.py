@@ -3,8 +3,11 @@
 Materialise gates and weighs the visible contributions (`crdtd.trust.plan_materialisation`:
 who is merged and with which weights), picks the base checkpoint when the strategy needs one,
 and has `crdtd.model.ModelMerge` write one deterministic safetensors file. Nodes holding the
-same set therefore write byte-identical files (same sha256). A namespace with
-`payload_kind = "bytes"` replicates opaque payloads and is never merged.
+same set therefore write byte-identical files (same sha256). A global model is never merged
+as a contribution of itself: an entry declaring metadata `role = "global"`, or one another
+contribution names as its `base_id`, is left out of the inputs. A namespace with
+`payload_kind = "bytes"` replicates opaque payloads and is never merged. With `rounds = true`
+Materialise builds one round's global instead (crdtd.kinds.rounds).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from crdtd.crypto.node_config import Field
 from crdtd.errors import ConfigError, InputReadError, MergeError, NotFoundError, echo
+from crdtd.fl.optimisers import OPTIMISERS
 from crdtd.kinds.base import (
+    Excluded,
     Materialised,
     MaterialiseRequest,
     Where,
@@ -27,6 +32,7 @@ from crdtd.kinds.base import (
     sha256_file,
     write_payload,
 )
+from crdtd.kinds.rounds import SETTINGS_DOC, RoundSettings, is_global, merge_round
 from crdtd.state.entry import Entry
 from crdtd.store import sqlite as db
 from crdtd.trust.weighting import WeightedInput, plan_materialisation
@@ -55,11 +61,22 @@ class ModelKind:
             "str", "", "entry id (hex) of the base checkpoint, for strategies needing one"
         ),
         "dtype": Field("str", "", "output dtype (e.g. bfloat16); default: the inputs' dtype"),
+        "rounds": Field("bool", False, SETTINGS_DOC["rounds"]),
+        "screen": Field("bool", True, SETTINGS_DOC["screen"]),
+        "max_staleness": Field("float", 1, SETTINGS_DOC["max_staleness"]),
+        "server_optimizer": Field(
+            "choice:" + "|".join(OPTIMISERS), "fedavg", SETTINGS_DOC["server_optimizer"]
+        ),
+        "server_lr": Field("float", -1.0, SETTINGS_DOC["server_lr"]),
+        "server_momentum": Field("float", 0.0, SETTINGS_DOC["server_momentum"]),
+        "server_beta_1": Field("float", -1.0, SETTINGS_DOC["server_beta_1"]),
+        "server_beta_2": Field("float", -1.0, SETTINGS_DOC["server_beta_2"]),
+        "server_tau": Field("float", -1.0, SETTINGS_DOC["server_tau"]),
     }
 
-    def parse_settings(self, values: Mapping[str, Any], where: Where) -> None:
-        """Model settings live in NamespaceConfig's own fields (policy, base, dtype)."""
-        return None
+    def parse_settings(self, values: Mapping[str, Any], where: Where) -> RoundSettings:
+        """The round settings (the rest lives in NamespaceConfig's own fields)."""
+        return RoundSettings.parse(values, where)
 
     def takes(self, ns: NamespaceConfig) -> tuple[str, ...]:
         return (ns.payload_kind,)
@@ -83,7 +100,41 @@ class ModelKind:
                 f"namespace {ns.name!r} is a model namespace: its output is safetensors, "
                 f"not {echo(request.format)}"
             )
+        if isinstance(ns.settings, RoundSettings) and ns.settings.rounds:
+            return _materialise_round(core, effective(ns, request), request, work_dir)
         return merge_models(core, effective(ns, request), work_dir)
+
+
+def _materialise_round(
+    core: Any, ns: NamespaceConfig, request: MaterialiseRequest, work_dir: Path
+) -> Materialised:
+    """One round's global of a rounds namespace, written to `work_dir/out/model.safetensors`."""
+    started = time.monotonic()
+    g, cohort = merge_round(core, ns, request.round)
+    out_dir = work_dir / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / OUTPUT_NAME
+    out.write_bytes(g.data)
+    excluded = {bytes.fromhex(a) for a in g.summary.get("excluded", [])}
+    screened = {bytes.fromhex(c) for c in g.summary.get("screened", [])}
+    used = tuple(sorted(e.id for e in cohort if e.id not in screened and e.author not in excluded))
+    gone = tuple(
+        Excluded(e.author, "screened: outlier this round", (e.id,))
+        for e in cohort
+        if e.id in screened
+    )
+    return Materialised(
+        path=out,
+        sha256=g.id.hex(),
+        size=len(g.data),
+        input_set_digest=str(g.summary.get("inputs_digest", "")),
+        inputs=used if g.round else (),
+        excluded=gone,
+        strategy=str(g.summary.get("strategy", ns.strategy)),
+        params=dict(ns.params),
+        seconds=time.monotonic() - started,
+        summary=dict(g.summary),
+    )
 
 
 KIND = ModelKind()
@@ -139,7 +190,12 @@ def merge_models(core: Any, ns: NamespaceConfig, work_dir: Path) -> Materialised
     visible = [e for e in core.state.visible(ns.name) if e.body.payload_kind == "safetensors"]  # type: ignore[union-attr]
     strategy = registry.get(ns.strategy)
     base = _base_entry(store, ns, visible, strategy.needs_base)
-    candidates = [e for e in visible if base is None or e.id != base.id]
+    named = {e.body.base_id for e in visible}  # type: ignore[union-attr]
+    candidates = [
+        e
+        for e in visible
+        if (base is None or e.id != base.id) and e.id not in named and not is_global(e)
+    ]
     if not candidates:
         raise MergeError(f"namespace {ns.name!r} has no visible contributions to merge")
     assessment = core.assessment()

@@ -186,6 +186,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"  client {s.client_address}  peer {s.peer_address}  metrics {s.metrics_address or 'off'}"
         + (f"  health {s.health_address}" if s.health_address else "")
     )
+    live = [p for p in s.peers if p.alive]
+    behind = [p for p in live if not p.in_sync]
+    if not behind:
+        print(f"  sync        converged ({len(live)} live peers, all in sync)")
+    else:
+        print(f"  sync        converging ({len(behind)} of {len(live)} live peers differ)")
     for n in s.namespace_info:
         print(
             f"  namespace   {n.name:<28} {n.kind:<7} {n.contributions} contributions, "
@@ -212,6 +218,7 @@ def _cmd_materialise(args: argparse.Namespace) -> int:
             format=args.format or _format_of(args.out),
             provenance=args.provenance,
             progress=_progress(args),
+            round=args.round,
         )
     where = m.out_path or m.local_path
     what = f"strategy {m.strategy} {m.params_json}" if m.kind == "model" else f"{m.kind} {m.format}"
@@ -494,6 +501,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--strategy", default="")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dtype", default="")
+    p.add_argument(
+        "--round",
+        type=int,
+        default=None,
+        help="rounds namespaces: the round whose global to build (default: the latest)",
+    )
     client_options(p)
     p.set_defaults(func=_cmd_materialise)
 

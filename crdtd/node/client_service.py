@@ -423,6 +423,7 @@ class NodeService(pb_grpc.NodeServicer):
             dtype=request.dtype,
             format=request.format,
             provenance=request.provenance,
+            round=request.round if request.HasField("round") else None,
         )
         target = (
             self._out_path(request.out_path, output_name(ns, asked)) if request.out_path else None

@@ -131,8 +131,13 @@ class NamespaceConfig:
     base: bytes | None = None
     dtype: str | None = None
     kind: str = "model"
-    settings: Any = None  # the kind's settings object (None for model: the fields above)
+    settings: Any = None  # the kind's settings object (model: its round settings)
     encrypted: bool = False  # payloads sealed (crdtd.crypto.sealing); keys from the admin
+
+    @property
+    def rounds(self) -> bool:
+        """True for a model namespace with `rounds = true` (one live update per author)."""
+        return bool(getattr(self.settings, "rounds", False))
 
     @property
     def strategy(self) -> str:
@@ -160,6 +165,14 @@ class NamespaceConfig:
             out.update(
                 strategy=self.strategy, params=dict(self.params), payload_kind=self.payload_kind
             )
+            if self.rounds:
+                rs = self.settings
+                out.update(
+                    rounds=True,
+                    screen=rs.screen,
+                    max_staleness=rs.max_staleness,
+                    server_optimizer=rs.optimiser.name,
+                )
         elif is_dataclass(self.settings) and not isinstance(self.settings, type):
             out.update(asdict(self.settings))
         return out
@@ -224,6 +237,12 @@ class DaemonConfig:
         if not self.namespaces:
             return NamespaceConfig(name, self.trust.for_namespace(name))
         return self.namespaces.get(name)
+
+    def latest_only(self, name: str) -> bool:
+        """True when namespace `name` keeps one live contribution per author (`rounds`);
+        `E4State(latest_only=...)` asks this for every contribution it applies."""
+        ns = self.namespaces.get(name)
+        return ns is not None and ns.rounds
 
 
 def _value(spec: Field, value: Any, where: str, key: str, base: Path) -> Any:
@@ -389,6 +408,12 @@ def _namespaces(
             raise ConfigError(f"{path}: [{section}]: {exc}") from None
         if check and v["dtype"]:
             check_dtype(v["dtype"], key_location(path, section, "dtype"))
+        from crdtd import kinds
+
+        def where(key: str, _section: str = section) -> str:
+            return key_location(path, _section, key)
+
+        settings = kinds.get("model").parse_settings(v, where)
         out[name] = NamespaceConfig(
             name=name,
             policy=policy,
@@ -396,6 +421,7 @@ def _namespaces(
             base=base,
             dtype=v["dtype"] or None,
             encrypted=v["encrypted"],
+            settings=settings,
         )
     return out
 

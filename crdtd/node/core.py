@@ -35,7 +35,7 @@ from crdtd.kinds.base import ViewCache, check_payload_kind
 from crdtd.node.config import DaemonConfig, NamespaceConfig
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.keys import NamespaceKeys
-from crdtd.node.metrics import KINDS, NodeMetrics, StateSnapshot
+from crdtd.node.metrics import KINDS, NodeMetrics, RoundSnapshot, StateSnapshot
 from crdtd.node.observe import (
     EvidencePublisher,
     equivocation_observation,
@@ -45,15 +45,15 @@ from crdtd.state.e4 import ApplyResult, ApplyStatus, E4State
 from crdtd.state.entry import Entry, EquivocationProof, Kind, make_contribution, make_removal
 from crdtd.store import sqlite as db
 from crdtd.store.chunks import FileSource, Manifest
-from crdtd.trust.gating import (
-    Assessment,
-    FederationPolicy,
-    assess,
-    auto_revocation,
-    should_relay,
-)
+from crdtd.trust.gating import Assessment, assess, auto_revocation
 
-STATUS_NAMES = {db.LIVE: "live", db.TOMBSTONED: "erased", db.QUARANTINED: "quarantined"}
+STATUS_NAMES = {
+    db.LIVE: "live",
+    db.TOMBSTONED: "erased",
+    db.QUARANTINED: "quarantined",
+    db.SUPERSEDED: "superseded",
+    db.RETIRED: "retired",
+}
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,6 @@ class NodeCore:
         self._trust = _TrustCache()
         if config.trust.auto_revoke_equivocation and state.revocation_rule is None:
             state.revocation_rule = auto_revocation
-        self._relay_policy = FederationPolicy(
-            default=config.trust.default,
-            namespaces={name: ns.policy for name, ns in config.namespaces.items()},
-        )
         self.evidence = EvidencePublisher(self)
         self.keys = NamespaceKeys(self)
         state.store.namespace_key = self.keys.key_for
@@ -144,7 +140,11 @@ class NodeCore:
         key = node.load_key()
         rule = auto_revocation if config.trust.auto_revoke_equivocation else None
         state = E4State.open(
-            node.data_dir, node.federation.admin, node.federation.policy, revocation_rule=rule
+            node.data_dir,
+            node.federation.admin,
+            node.federation.policy,
+            revocation_rule=rule,
+            latest_only=config.latest_only,
         )
         try:
             membership = Entry.from_bytes(node.membership_bytes())
@@ -498,15 +498,6 @@ class NodeCore:
         """Hook for the evidence publisher: an evidence entry this node signed went in."""
         self._applied(entry, result, "trust")
 
-    def relayable(self, entry: Entry) -> bool:
-        """`crdtd.trust.should_relay` under this node's assessment and namespace policies:
-        False for a contribution of a revoked author or one gated in its namespace. The
-        admin's contributions (key envelopes) are always relayed."""
-        if entry.kind is not Kind.CONTRIBUTION or entry.author == self.state.admin.key_id:
-            return True
-        a = self.assessment()
-        return should_relay(entry, a.scores, a.revocations, self._relay_policy)
-
     def entry_applied_elsewhere(self, entry: Entry, status: str, source: str = "sync") -> None:
         """Hook for the sync layer: an entry it applied (metrics and Watch)."""
         self.metrics.entries_applied.labels(entry.kind.name.lower(), source).inc()
@@ -626,7 +617,19 @@ class NodeCore:
             state_root=self.state.merkle_root(),
             peers=tuple(rows),
             served_bytes=self.served_bytes(),
+            rounds=self.round_snapshots(),
         )
+
+    def round_snapshots(self) -> tuple[RoundSnapshot, ...]:
+        """Every rounds namespace's latest round, its participants and reported metrics."""
+        from crdtd.kinds.rounds import round_progress
+
+        out = []
+        for name in sorted(self.config.namespaces):
+            if self.config.namespaces[name].rounds:
+                r, participants, reported = round_progress(self, name)
+                out.append(RoundSnapshot(name, r, participants, reported))
+        return tuple(out)
 
     def peer_status(self, peers: list[PeerView]) -> list[PeerView]:
         """`peers` with revoked keys marked: a revoked peer is neither alive nor in sync,

@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from crdtd import __version__, errors
 
 KINDS = ("contribution", "removal", "evidence", "revocation", "membership")
-ENTRY_STATES = ("live", "erased", "quarantined", "held")
+ENTRY_STATES = ("live", "erased", "quarantined", "superseded", "retired", "held")
 DIRECTIONS = ("inbound", "outbound")
 BYTE_DIRECTIONS = ("sent", "received")
 RESULTS = ("ok", "error", "refused")
@@ -99,6 +99,16 @@ class PeerSnapshot:
 
 
 @dataclass(frozen=True)
+class RoundSnapshot:
+    """A rounds namespace's latest round: who took part and what their updates reported."""
+
+    namespace: str
+    round: int
+    participants: int
+    reported: Mapping[str, float] = field(default_factory=dict)  # loss, accuracy: means
+
+
+@dataclass(frozen=True)
 class StateSnapshot:
     """State-derived values for one scrape."""
 
@@ -106,6 +116,7 @@ class StateSnapshot:
     state_root: bytes
     peers: tuple[PeerSnapshot, ...] = ()
     served_bytes: int = 0
+    rounds: tuple[RoundSnapshot, ...] = ()
 
 
 class _StateCollector:
@@ -143,6 +154,10 @@ class _StateCollector:
             "Seconds since the last successful sync with the peer",
             labels=["peer"],
         )
+        converged = GaugeMetricFamily(
+            "crdtd_sync_converged",
+            "1 when the last sync with every live peer found equal state roots",
+        )
         trust = GaugeMetricFamily(
             "crdtd_peer_trust",
             "Trust score (0..1) of a member, per dimension, as this node computes it",
@@ -155,6 +170,7 @@ class _StateCollector:
             root.add_metric([], fingerprint(snap.state_root))
             known.add_metric([], len(snap.peers))
             alive.add_metric([], sum(p.alive for p in snap.peers))
+            converged.add_metric([], 1.0 if all(p.in_sync for p in snap.peers if p.alive) else 0.0)
             for p in snap.peers:
                 in_sync.add_metric([p.name], 1.0 if p.in_sync else 0.0)
                 revoked.add_metric([p.name], 1.0 if p.revoked else 0.0)
@@ -163,13 +179,43 @@ class _StateCollector:
                 for dim in DIMENSIONS:
                     if dim in p.trust:
                         trust.add_metric([p.name, dim], p.trust[dim])
+        fl_round = GaugeMetricFamily(
+            "crdtd_fl_round",
+            "Latest round an update of the rounds namespace declares",
+            labels=["namespace"],
+        )
+        fl_participants = GaugeMetricFamily(
+            "crdtd_fl_participants",
+            "Authors with an update in the namespace's latest round",
+            labels=["namespace"],
+        )
+        fl_accuracy = GaugeMetricFamily(
+            "crdtd_fl_reported_accuracy",
+            "Mean accuracy the latest round's updates report (each site's evaluation of the "
+            "global it trained from)",
+            labels=["namespace"],
+        )
+        fl_loss = GaugeMetricFamily(
+            "crdtd_fl_reported_loss",
+            "Mean loss the latest round's updates report",
+            labels=["namespace"],
+        )
+        if snap is not None:
+            for r in snap.rounds:
+                fl_round.add_metric([r.namespace], r.round)
+                fl_participants.add_metric([r.namespace], r.participants)
+                if "accuracy" in r.reported:
+                    fl_accuracy.add_metric([r.namespace], r.reported["accuracy"])
+                if "loss" in r.reported:
+                    fl_loss.add_metric([r.namespace], r.reported["loss"])
+        yield from (fl_round, fl_participants, fl_accuracy, fl_loss)
         served = CounterMetricFamily(
             "crdtd_sync_served_bytes",
             "Chunk bytes this node served to peers that pulled from it",
         )
         if snap is not None:
             served.add_metric([], snap.served_bytes)
-        yield from (entries, root, known, alive, in_sync, revoked, age, trust, served)
+        yield from (entries, root, known, alive, in_sync, converged, revoked, age, trust, served)
 
 
 class NodeMetrics:

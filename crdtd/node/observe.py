@@ -41,6 +41,7 @@ from crdtd.errors import (
     MalformedManifestError,
     ValidationError,
 )
+from crdtd.kinds.rounds import declared_int, is_global
 from crdtd.node.logs import event, get_logger
 from crdtd.state.entry import Entry, EquivocationProof, Kind
 from crdtd.store import sqlite as db
@@ -194,48 +195,110 @@ def _common_base(entries: Sequence[Entry]) -> bytes | None:
     return base if all(e.base_id == base or e.id == base for e in entries) else None
 
 
+def cohorts(entries: Sequence[Entry]) -> dict[int, list[Entry]]:
+    """Contributions grouped by the round they declare (0 when none), leaving out global
+    models: entries that say so, and entries another contribution names as its base."""
+    bases = {e.base_id for e in entries if e.base_id is not None}
+    out: dict[int, list[Entry]] = {}
+    for e in entries:
+        if is_global(e) or e.id in bases:
+            continue
+        out.setdefault(max(0, declared_int(e, "round") or 0), []).append(e)
+    return out
+
+
 def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> list[Observation]:
-    """Model-dimension accusations for the outliers of every safetensors namespace whose
-    visible set changed since `seen` (namespace -> visible ids, updated here)."""
+    """This node's model reports for every cohort (round) of every safetensors namespace
+    whose contributions changed since `seen` ((namespace, round) -> ids, updated here).
+
+    In a rounds namespace a cohort is a round's fresh updates, judged as task vectors
+    against the round's base global (`crdtd.kinds.rounds`); elsewhere the visible
+    contributions grouped by the round they declare, against the namespace's base.
+    """
     from crdtd.errors import CrdtdError
     from crdtd.trust.outliers import (
         ModelContribution,
         OutlierParams,
         model_outliers,
-        outlier_observations,
+        report_observation,
     )
 
     state = core.state
     params = OutlierParams.for_federation(len(state.members(include_revoked=True)))
-    by_ns: dict[str, list[Entry]] = {}
-    for e in state.visible():
-        if e.payload_kind == "safetensors":
-            by_ns.setdefault(e.namespace, []).append(e)
     out: list[Observation] = []
-    for name in sorted(by_ns):
-        ns = core.config.namespace(name)
-        if ns is None or ns.payload_kind != "safetensors" or ns.encrypted:
-            continue  # an encrypted namespace's tensors are not read for trust
-        entries = by_ns[name]
-        base_id = ns.base or _common_base(entries)
-        entries = [e for e in entries if e.id != base_id]
+    for name, round_, entries, base_of in _model_cohorts(core):
         ids = tuple(e.id for e in entries)
-        if seen.get(name) == ids or len(entries) < params.min_contributions:
+        key = f"{name}\x00{round_}"
+        if seen.get(key) == ids or len(entries) < params.min_contributions:
             continue
-        seen[name] = ids
         try:
-            base = None
-            if base_id is not None and state.store.entry_status(base_id) == db.LIVE:
-                base = _tensors(state.store, state.store.get_entry(base_id))
+            base = base_of()
             contributions = [
-                ModelContribution(e.id, e.author, _tensors(state.store, e)) for e in entries
+                ModelContribution(
+                    e.id,
+                    e.author,
+                    _tensors(state.store, e),
+                    declared_int(e, "num_examples"),
+                    e.seq,
+                )
+                for e in entries
             ]
             stats = model_outliers(contributions, base, params)
         except (CrdtdError, ValueError, OSError) as exc:
             event(log, "trust.model_check_failed", level=30, namespace=name, error=str(exc))
             continue
-        out.extend(outlier_observations(stats, name))
+        seen[key] = ids
+        out.append(report_observation(stats, name, round_, core.key_id))
     return out
+
+
+def _model_cohorts(
+    core: NodeCore,
+) -> list[tuple[str, int, list[Entry], Callable[[], Mapping[str, object] | None]]]:
+    """(namespace, round, contributions, base loader) for every cohort to judge."""
+    from crdtd.kinds.rounds import round_global, select_cohort
+
+    state = core.state
+    by_ns: dict[str, list[Entry]] = {}
+    for e in state.visible():
+        if e.payload_kind == "safetensors":
+            by_ns.setdefault(e.namespace, []).append(e)
+    out: list[tuple[str, int, list[Entry], Callable[[], Mapping[str, object] | None]]] = []
+    for name in sorted(by_ns):
+        ns = core.config.namespace(name)
+        if ns is None or ns.payload_kind != "safetensors" or ns.encrypted:
+            continue  # an encrypted namespace's tensors are not read for trust
+        if ns.rounds:
+            held = _held_updates(core, name)
+            for r in sorted({declared_int(e, "round") or 0 for e, _ in held} - {0}):
+                fresh = [e for e, s in select_cohort(held, r, 0).members if s == 0]
+
+                def base(_ns=ns, _r=r) -> Mapping[str, object] | None:
+                    return round_global(core, _ns, _r - 1).params
+
+                out.append((name, r, fresh, base))
+            continue
+        for round_, entries in sorted(cohorts(by_ns[name]).items()):
+            base_id = ns.base or _common_base(entries)
+            entries = [e for e in entries if e.id != base_id]
+
+            def legacy(_b=base_id) -> Mapping[str, object] | None:
+                if _b is not None and state.store.entry_status(_b) == db.LIVE:
+                    return _tensors(state.store, state.store.get_entry(_b))
+                return None
+
+            out.append((name, round_, entries, legacy))
+    return out
+
+
+def _held_updates(core: NodeCore, namespace: str) -> list[tuple[Entry, int]]:
+    """A rounds namespace's updates whose bytes this node holds (live or just superseded)."""
+    with core.state.store.reading() as c:
+        rows = c.execute(
+            "SELECT raw, status FROM entries WHERE kind = ? AND namespace = ? AND status IN (?, ?)",
+            (int(Kind.CONTRIBUTION), namespace, db.LIVE, db.SUPERSEDED),
+        ).fetchall()
+    return [(Entry.from_bytes(bytes(r)), int(st)) for r, st in rows]
 
 
 class EvidencePublisher:
@@ -279,7 +342,7 @@ class EvidencePublisher:
         self._epoch = max((ev.epoch for ev in decoded), default=0)
         for ev in decoded:
             self._done.add(self._key_of(ev.subject, ev.dimension, ev.proof_kind, ev.proof_data))
-            if not ev.self_proving and ev.epoch == self._epoch:
+            if not ev.self_proving and ev.epoch == self._epoch and ev.weight:
                 self._used += abs(ev.weight)
         self._epoch_started = self.clock()
         self._loaded = True
@@ -288,7 +351,7 @@ class EvidencePublisher:
     def _key_of(
         subject: bytes, dimension: str, kind: ProofKind, data: bytes
     ) -> tuple[bytes, str, bytes]:
-        if kind in PROVEN_DIMENSION:
+        if kind in PROVEN_DIMENSION or kind is ProofKind.MODEL_REPORT:
             return (subject, kind.name, data)
         return (subject, dimension, b"")
 
@@ -321,7 +384,14 @@ class EvidencePublisher:
         left: list[Observation] = []
         for obs in self.queue:
             key = self._key_of(obs.subject, obs.dimension, obs.kind, obs.data)
-            if key in self._done or obs.subject == self.core.key_id:
+            report = obs.kind is ProofKind.MODEL_REPORT
+            if key in self._done or (obs.subject == self.core.key_id and not report):
+                continue
+            if report:  # a verdict on one cohort: costs no budget, said once
+                self._done.add(key)
+                entry = self._sign(obs)
+                if entry is not None:
+                    out.append(entry)
                 continue
             if obs.subject not in keys or state.is_revoked(obs.subject):
                 continue

@@ -3,9 +3,11 @@
 The sync layer owns the Peer service, sessions, gossip and the peer table; this module
 wires them to the daemon's metrics (sessions, bytes, durations, rejections), Watch events
 (entries that arrived by sync, peers that came and went) and Status (the peer table), and to
-trust: the node serves and offers only what `NodeCore.relayable` allows (no contributions of
-gated or revoked authors), and what a peer sent that shows misbehaviour becomes evidence
-entries signed by this node (`crdtd.node.observe`), spread at once by push-notify.
+trust: what a peer sent that shows misbehaviour becomes evidence entries signed by this node
+(`crdtd.node.observe`), spread at once by push-notify. The node serves and offers every
+entry it holds, gated authors' contributions included: gating decides what a materialisation
+merges, not what honest nodes replicate, so honest nodes reach the same state root whatever
+trust has decided (revoked keys' entries above the cutoff are refused by the state itself).
 """
 
 from __future__ import annotations
@@ -242,7 +244,6 @@ async def start_sync(core: NodeCore, events: EventBus, metrics: NodeMetrics) -> 
         bootstrap=cfg.bootstrap,
         observer=observer,
         loopback_only=tls is None,
-        relay_filter=core.relayable,
     )
     node.core, node.metrics = core, metrics
     node._tasks = set()

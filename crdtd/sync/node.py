@@ -8,7 +8,7 @@ protocol, which answers with what to do next; this class only does the I/O.
 The daemon builds one of these; tests build many in one process.
 
 Two hooks connect it to trust: `relay_filter(entry)` False keeps an entry out of what this
-node serves and offers (the daemon passes `crdtd.trust.should_relay`), and
+node serves and offers (the daemon passes none: it replicates everything), and
 `on_misbehaviour(peer, items)` hears of every record a peer sent that shows misbehaviour,
 in either direction of a session (the daemon turns them into evidence entries).
 """

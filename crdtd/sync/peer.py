@@ -6,10 +6,10 @@ transport are adapters around it. Events the gossip layer cares about (a peer co
 handshake, a peer notified us, entries arrived by push, a peer sent something that shows
 misbehaviour) go to a `PeerEvents` object.
 
-A `relay_filter` (the daemon passes `crdtd.trust.should_relay`) keeps entries out of what
-this node serves: FetchEntries answers a filtered id as `unknown`, exactly as if it were not
-held. The Merkle digest still covers every id held, so two honest nodes that differ only in
-contributions of a gated author keep different roots (docs/sync.md, "Relay filter").
+An optional `relay_filter` keeps entries out of what this node serves: FetchEntries answers
+a filtered id as `unknown`, exactly as if it were not held. The Merkle digest still covers
+every id held, so nodes that filter differently keep different roots; the daemon therefore
+passes none (gating decides what is merged, not what is replicated: docs/trust.md).
 """
 
 from __future__ import annotations

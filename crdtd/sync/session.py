@@ -162,7 +162,7 @@ class AntiEntropySession:
     """Push-pull anti-entropy between our state and one connected peer.
 
     `relay_filter(entry)` False keeps an entry of ours out of what we offer (the daemon
-    passes `crdtd.trust.should_relay`: contributions of gated authors are not relayed).
+    passes none: it replicates every entry it holds).
     The digest exchange is chosen per peer from the handshake's shared capabilities unless
     `exchange` fixes one.
     """

@@ -23,7 +23,6 @@ from crdtd.trust.gating import (
     auto_revocation,
     collect_revocations,
     gate,
-    should_relay,
 )
 from crdtd.trust.scores import SCALE, Fault, TrustParams, TrustScores, compute_scores
 from crdtd.trust.weighting import MaterialisePlan, WeightedInput, plan_materialisation
@@ -52,5 +51,4 @@ __all__ = [
     "evidence_entry",
     "gate",
     "plan_materialisation",
-    "should_relay",
 ]

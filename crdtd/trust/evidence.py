@@ -17,7 +17,12 @@ Proof kinds and what every node can check from the bytes alone:
   subject (a peer) relayed. The bytes are checkable, the attribution is the observer's word:
   anyone can write any author into a header, so a bad signature proves nothing against the
   named author. It therefore counts as *subjective* evidence against the relaying peer.
-- `NONE`: purely subjective (timeouts, withholding, replay, statistical outliers, praise).
+- `NONE`: purely subjective (timeouts, withholding, replay, praise).
+- `MODEL_REPORT` (model): an observer's verdict on one cohort of a model namespace (one
+  round): for every contribution it judged, the author, the contribution id, its seq in the
+  author's chain and whether it looked like an outlier. The subject is the observer itself;
+  the verdicts are statistical, so they only count where observers holding half the trust
+  mass agree, and only over an author's last few judged contributions (crdtd.trust.scores).
 
 A proof that every node can see is false (a "bad" signature that verifies, a "fork" that is
 not one) convicts the *observer* instead: it signed a demonstrably false accusation.
@@ -55,16 +60,20 @@ __all__ = [
     "WEIGHT_UNIT",
     "Evidence",
     "Finding",
+    "ModelReport",
+    "ModelVerdict",
     "ProofKind",
     "Verdict",
     "check_proof",
     "decode_envelope",
+    "decode_model_report",
     "encode_envelope",
     "evidence_entry",
     "proof_for_bad_signature",
     "proof_for_chain_fork",
     "proof_for_equivocation",
     "proof_for_manifest_mismatch",
+    "proof_for_model_report",
     "proof_for_signed_malformed",
 ]
 
@@ -84,6 +93,7 @@ class ProofKind(IntEnum):
     SIGNED_MALFORMED = 3
     MANIFEST_MISMATCH = 4
     BAD_SIGNATURE = 5
+    MODEL_REPORT = 6
 
 
 PROVEN_DIMENSION: dict[ProofKind, str] = {
@@ -298,6 +308,67 @@ def proof_for_bad_signature(wire: bytes) -> bytes:
     return bytes(wire)
 
 
+@dataclass(frozen=True, order=True)
+class ModelVerdict:
+    """One judged contribution in a model report: author, contribution id, its seq in the
+    author's chain, and the outlier flags raised (a bit mask; 0 = looked normal)."""
+
+    author: bytes
+    content_id: bytes
+    seq: int
+    flags: int
+
+    @property
+    def outlier(self) -> bool:
+        return self.flags != 0
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """An observer's verdicts on one cohort (`round`) of `namespace`."""
+
+    namespace: str
+    round: int
+    verdicts: tuple[ModelVerdict, ...]
+
+
+def proof_for_model_report(namespace: str, round_: int, verdicts: list[ModelVerdict]) -> bytes:
+    """Proof data for a model report: `[namespace, round, [[author, id, seq, flags], ...]]`,
+    verdicts in content-id order."""
+    rows = sorted({v.content_id: v for v in verdicts}.values(), key=lambda v: v.content_id)
+    return _pack([namespace, round_, [[v.author, v.content_id, v.seq, v.flags] for v in rows]])
+
+
+def decode_model_report(data: bytes, where: str = "model report") -> ModelReport:
+    """The report in proof data; EvidenceError names what is malformed."""
+    obj = _decode_pair(data, 3)
+    if obj is None or type(obj[0]) is not str or type(obj[1]) is not int or obj[1] < 0:
+        raise EvidenceError(f"{where}: not [namespace, round, verdicts]")
+    if type(obj[2]) is not list:
+        raise EvidenceError(f"{where}: verdicts are not a list")
+    out = []
+    for row in obj[2]:
+        ok = (
+            type(row) is list
+            and len(row) == 4
+            and type(row[0]) is bytes
+            and len(row[0]) == 32
+            and type(row[1]) is bytes
+            and len(row[1]) == 32
+            and type(row[2]) is int
+            and 0 <= row[2] < 2**63
+            and type(row[3]) is int
+            and 0 <= row[3] < 2**16
+        )
+        if not ok:
+            raise EvidenceError(f"{where}: a verdict is not [author, id, seq, flags]")
+        out.append(ModelVerdict(row[0], row[1], row[2], row[3]))
+    ids = [v.content_id for v in out]
+    if ids != sorted(set(ids)):
+        raise EvidenceError(f"{where}: verdicts are not in content-id order, once each")
+    return ModelReport(obj[0], obj[1], tuple(out))
+
+
 # -- checking proofs --------------------------------------------------------------------------
 
 
@@ -322,6 +393,8 @@ def check_proof(ev: Evidence, keys: Mapping[bytes, PublicKeys]) -> Finding:
     """
     if ev.proof_kind is ProofKind.NONE:
         return Finding(Verdict.SUBJECTIVE, detail="no proof")
+    if ev.proof_kind is ProofKind.MODEL_REPORT:
+        return Finding(Verdict.SUBJECTIVE, detail="statistical model report")
     if ev.proof_kind is ProofKind.BAD_SIGNATURE:
         author = _claimed_author(ev.proof_data)
         pk = keys.get(author) if author is not None else None

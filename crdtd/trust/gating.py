@@ -34,7 +34,6 @@ __all__ = [
     "auto_revocation",
     "collect_revocations",
     "gate",
-    "should_relay",
 ]
 
 AUTO_REVOKING_FAULTS = ("equivocation", "chain_fork")
@@ -69,6 +68,8 @@ _TOP_KEYS = {
     "trim",
     "iterations",
     "reckless_limit",
+    "model_window",
+    "model_flags",
     "detect_model_outliers",
     "default",
     "namespace",
@@ -160,7 +161,7 @@ class FederationPolicy:
                 raise ConfigError(f"{where}.admins[{i}]: {text!r} is not a 64-hex-digit key id")
             admins.add(kid)
         pkw: dict[str, Any] = {}
-        for key in ("budget", "iterations", "reckless_limit"):
+        for key in ("budget", "iterations", "reckless_limit", "model_window", "model_flags"):
             if key in raw:
                 if isinstance(raw[key], bool) or not isinstance(raw[key], int):
                     raise ConfigError(f"{where}.{key}: expected an integer")
@@ -369,22 +370,6 @@ def gate(
             else:
                 accepted.append(a)
     return tuple(accepted), tuple(excluded)
-
-
-def should_relay(
-    entry: Entry, scores: TrustScores, revocations: Revocations, policy: FederationPolicy
-) -> bool:
-    """False for a contribution whose author is revoked or gated in its namespace.
-
-    Evidence, revocations, membership and removals always travel: they are what lets every
-    node reach the same verdict.
-    """
-    if entry.kind is not Kind.CONTRIBUTION:
-        return True
-    if revocations.is_revoked(entry.author):
-        return False
-    ns = policy.for_namespace(entry.body.namespace)  # type: ignore[union-attr]
-    return scores.score(entry.author, ns.dimensions) >= ns.threshold
 
 
 # -- one call from a node's entries -----------------------------------------------------------

@@ -1,22 +1,37 @@
-"""Model-dimension evidence: contributions that are statistical outliers in their namespace.
+"""Model-dimension evidence: which contributions of one round look like outliers.
 
-For each contribution x_i (a task vector: the tensors minus the base when one is given,
-flattened in sorted tensor-name order, float64), with r_i the coordinate-wise median of the
-OTHER contributions:
+For each contribution x_i of a cohort (a task vector: its tensors minus the round's base,
+flattened in sorted tensor-name order, float64), scaled by s_i = √n_i (n_i its declared
+`num_examples`, 1 when absent: a site with more rows takes more local steps and moves
+further, and √n is the conservative growth of a sum of noisy steps):
 
-- norm ratio `‖x_i‖ / ‖r_i‖` — large-norm noise and boosted updates stand out;
-- cosine `⟨x_i, r_i⟩ / (‖x_i‖‖r_i‖)` — sign flips and unrelated updates stand out;
+- norm ratio `(‖x_i‖/s_i) / median_j(‖x_j‖/s_j)`: flag `norm` above `max_norm_ratio` (5) —
+  large-norm noise and boosted updates stand out;
+- direction: the projection `p_i = ⟨x_i, m̂⟩/s_i` on the unit coordinate-wise median m̂ of
+  the cohort, as a robust z-score `(median(p) − p_i) / (1.4826 · MAD(p))`: flag `direction`
+  above `max_direction_z` (3) — updates pulling against the cohort (sign flips) stand out
+  by how far below the round's own spread they fall, not by a fixed cosine;
 - collusion similarity: the largest cosine between x_i − m and x_j − m over contributions
-  of other authors (m = median of all). Honest deviations are nearly orthogonal; colluders
-  sending the same crafted update ("a little is enough", FoolsGold's observation) are ~1.
+  of other authors (m the median of all): flag `collusion` at ≥ 0.99 — colluders sending
+  one crafted update ("a little is enough", FoolsGold's observation) are ~1.
+
+Both cut-offs move with the round: the norm one with the round's median, the direction one
+with its median and MAD, so a round of strongly non-IID (widely spread) honest updates
+raises the bar instead of ejecting its sites. One round's flags are never enough to gate an
+author: crdtd.trust.scores counts an author out only when observers holding half the trust
+mass flag several of its last contributions (`model_flags` of `model_window`).
 
 Deterministic on every platform: inputs sorted by content id, element-wise float64 ops,
-and every reduction through `math.fsum` (correctly rounded, independent of SIMD or BLAS).
+medians by selection, square roots (correctly rounded) and every reduction through
+`math.fsum` (correctly rounded, independent of SIMD or BLAS).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,33 +39,41 @@ from typing import Any
 import numpy as np
 
 from crdtd.errors import ConfigError, TensorMismatchError
-from crdtd.trust.evidence import WEIGHT_UNIT, Observation
+from crdtd.trust.evidence import (
+    ModelVerdict,
+    Observation,
+    ProofKind,
+    proof_for_model_report,
+)
 
 __all__ = [
+    "FLAG_BITS",
     "ContributionStats",
     "ModelContribution",
     "Observation",
     "OutlierParams",
     "model_outliers",
-    "outlier_observations",
+    "report_observation",
 ]
+
+FLAG_BITS = {"norm": 1, "direction": 2, "collusion": 4}
+"""Bits of a verdict's flag mask in a model report."""
 
 
 @dataclass(frozen=True)
 class OutlierParams:
-    """Flag thresholds. `sybil_cosine=None` turns the collusion check off."""
+    """Flag cut-offs. `sybil_cosine=None` turns the collusion check off."""
 
-    max_norm_ratio: float = 3.0
-    min_norm_ratio: float = 0.0
-    min_cosine: float = 0.0
+    max_norm_ratio: float = 5.0
+    max_direction_z: float = 3.0
     sybil_cosine: float | None = 0.99
     min_contributions: int = 3
 
     def __post_init__(self) -> None:
-        if not (self.max_norm_ratio > 1.0 and 0.0 <= self.min_norm_ratio < 1.0):
-            raise ConfigError("outlier norm ratios need 0 <= min_norm_ratio < 1 < max_norm_ratio")
-        if not -1.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"outlier min_cosine {self.min_cosine} is outside [-1, 1]")
+        if not self.max_norm_ratio > 1.0:
+            raise ConfigError(f"outlier max_norm_ratio {self.max_norm_ratio} must be above 1")
+        if not self.max_direction_z > 0.0:
+            raise ConfigError(f"outlier max_direction_z {self.max_direction_z} must be positive")
         if self.sybil_cosine is not None and not 0.0 < self.sybil_cosine <= 1.0:
             raise ConfigError(f"outlier sybil_cosine {self.sybil_cosine} is outside (0, 1]")
         if self.min_contributions < 3:
@@ -58,10 +81,10 @@ class OutlierParams:
 
     @classmethod
     def for_federation(cls, members: int, **kw: Any) -> OutlierParams:
-        """Thresholds that flag nothing until k ≥ 2L + 2 contributions are visible, L = ⌊(N−1)/3⌋.
+        """Cut-offs that flag nothing until k ≥ 2L + 2 contributions are visible, L = ⌊(N−1)/3⌋.
 
-        With at most L adversarial contributions among them, the others of any honest
-        contribution are then a majority of honest ones, so its reference median is honest.
+        With at most L adversarial contributions among them, the medians the statistics use
+        are honest ones.
         """
         limit = max(0, (members - 1) // 3)
         return cls(min_contributions=max(3, 2 * limit + 2), **kw)
@@ -69,11 +92,14 @@ class OutlierParams:
 
 @dataclass(frozen=True)
 class ModelContribution:
-    """One contribution to a namespace: content id, author key id, tensors by name."""
+    """One contribution of a cohort: content id, author, tensors by name, its declared
+    `num_examples` (None: unknown) and its seq in the author's chain."""
 
     content_id: bytes
     author: bytes
     tensors: Mapping[str, Any]
+    num_examples: int | None = None
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,14 +109,20 @@ class ContributionStats:
     content_id: bytes
     author: bytes
     norm_ratio: float
-    cosine: float
+    direction_z: float
     similarity: float
     flags: tuple[str, ...]
+    seq: int = 0
 
     @property
     def outlier(self) -> bool:
         """True when any flag was raised."""
         return bool(self.flags)
+
+    @property
+    def mask(self) -> int:
+        """The flags as a report's bit mask."""
+        return sum(FLAG_BITS[f] for f in self.flags)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,16 +165,66 @@ def _flatten(
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64))) if len(values) else 0.0
+
+
 def model_outliers(
     contributions: Sequence[ModelContribution],
     base: Mapping[str, Any] | None = None,
     params: OutlierParams | None = None,
 ) -> tuple[ContributionStats, ...]:
-    """Stats for every contribution, sorted by content id (none flagged below the minimum count)."""
+    """Stats for every contribution, sorted by content id (none flagged below the minimum count).
+
+    Memoised on everything it reads (ids, declared counts and seqs, the tensors' and the
+    base's bytes, the params): a node's report and its round screen judge a cohort once.
+    """
     params = params or OutlierParams()
     ordered = sorted(contributions, key=lambda c: c.content_id)
     if not ordered:
         return ()
+    key = _memo_key(ordered, base, params)
+    with _MEMO_LOCK:
+        got = _MEMO.get(key)
+        if got is not None:
+            _MEMO.move_to_end(key)
+            return got
+    out = _model_outliers(ordered, base, params)
+    with _MEMO_LOCK:
+        _MEMO[key] = out
+        while len(_MEMO) > 64:
+            _MEMO.popitem(last=False)
+    return out
+
+
+_MEMO: OrderedDict[bytes, tuple[ContributionStats, ...]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+
+
+def _memo_key(
+    ordered: Sequence[ModelContribution], base: Mapping[str, Any] | None, params: OutlierParams
+) -> bytes:
+    h = hashlib.sha256(repr(params).encode())
+
+    def tensors(t: Mapping[str, Any]) -> None:
+        for name in sorted(t):
+            arr = np.ascontiguousarray(t[name])
+            h.update(name.encode() + repr((arr.dtype.str, arr.shape)).encode() + arr.tobytes())
+
+    for c in ordered:
+        h.update(c.content_id + c.author + repr((c.num_examples, c.seq)).encode())
+        tensors(c.tensors)
+    if base is not None:
+        h.update(b"base")
+        tensors(base)
+    return h.digest()
+
+
+def _model_outliers(
+    ordered: Sequence[ModelContribution],
+    base: Mapping[str, Any] | None,
+    params: OutlierParams,
+) -> tuple[ContributionStats, ...]:
     names = sorted(ordered[0].tensors)
     shapes = {n: tuple(np.asarray(ordered[0].tensors[n]).shape) for n in names}
     if base is not None:
@@ -152,45 +234,63 @@ def model_outliers(
     x = np.stack([_flatten(c, names, shapes, base) for c in ordered])
     k = len(ordered)
     enough = k >= params.min_contributions
+    scale = [math.sqrt(max(1, c.num_examples or 1)) for c in ordered]
+    norms = [_norm(x[i]) / scale[i] for i in range(k)]
+    mid_norm = _median(norms)
     centre = np.median(x, axis=0)
+    n_centre = _norm(centre)
+    proj = [(_dot(x[i], centre) / n_centre if n_centre > 0 else 0.0) / scale[i] for i in range(k)]
+    mid_proj = _median(proj)
+    mad = 1.4826 * _median([abs(p - mid_proj) for p in proj])
+    spread = max(mad, 0.1 * _median([abs(p) for p in proj]), 1e-300)
     dev = x - centre
+    dev_norm = [_norm(dev[i]) for i in range(k)]
+    sims = [0.0] * k
+    for i in range(k):
+        for j in range(i + 1, k):
+            if ordered[i].author == ordered[j].author or dev_norm[i] == 0.0 or dev_norm[j] == 0.0:
+                continue
+            cos = max(-1.0, min(1.0, _dot(dev[i], dev[j]) / dev_norm[i] / dev_norm[j]))
+            sims[i] = max(sims[i], cos)
+            sims[j] = max(sims[j], cos)
     out = []
     for i, c in enumerate(ordered):
-        others = np.delete(x, i, axis=0)
-        ref = np.median(others, axis=0) if len(others) else np.zeros_like(x[i])
-        n_ref, n_x = _norm(ref), _norm(x[i])
-        ratio = (math.inf if n_x > 0 else 1.0) if n_ref == 0.0 else n_x / n_ref
-        cos = _cosine(x[i], ref)
-        sim = max(
-            (_cosine(dev[i], dev[j]) for j in range(k) if ordered[j].author != c.author),
-            default=0.0,
-        )
+        ratio = norms[i] / mid_norm if mid_norm > 0.0 else math.inf if norms[i] > 0 else 1.0
+        z = (mid_proj - proj[i]) / spread
+        sim = sims[i]
         flags: list[str] = []
         if enough:
             if ratio > params.max_norm_ratio:
-                flags.append("norm_high")
-            if ratio < params.min_norm_ratio:
-                flags.append("norm_low")
-            if cos < params.min_cosine:
-                flags.append("cosine")
+                flags.append("norm")
+            if z > params.max_direction_z:
+                flags.append("direction")
             if params.sybil_cosine is not None and sim >= params.sybil_cosine:
                 flags.append("collusion")
-        out.append(ContributionStats(c.content_id, c.author, ratio, cos, sim, tuple(flags)))
+        out.append(ContributionStats(c.content_id, c.author, ratio, z, sim, tuple(flags), c.seq))
     return tuple(out)
 
 
-def outlier_observations(
-    stats: Sequence[ContributionStats], namespace: str, weight: int = -WEIGHT_UNIT
-) -> list[Observation]:
-    """One model-dimension accusation per flagged contribution, sorted by content id."""
-    out = []
-    for s in sorted(stats, key=lambda s: s.content_id):
-        if not s.outlier:
-            continue
-        reason = (
-            f"model outlier in {namespace[:200]}: contribution {s.content_id.hex()[:16]} "
-            f"norm_ratio={s.norm_ratio:.4g} cosine={s.cosine:.4g} similarity={s.similarity:.4g} "
-            f"({', '.join(s.flags)})"
-        )
-        out.append(Observation(s.author, "model", weight, reason))
-    return out
+def report_observation(
+    stats: Sequence[ContributionStats], namespace: str, round_: int, observer: bytes
+) -> Observation:
+    """The observer's model report on one cohort: a verdict for every contribution judged.
+
+    The reason lists the flagged contributions with their statistics, for operators.
+    """
+    verdicts = [ModelVerdict(s.author, s.content_id, s.seq, s.mask) for s in stats]
+    flagged = [s for s in sorted(stats, key=lambda s: s.content_id) if s.outlier]
+    parts = [
+        f"{s.content_id.hex()[:16]} norm_ratio={s.norm_ratio:.4g} direction_z={s.direction_z:.4g} "
+        f"similarity={s.similarity:.4g} ({', '.join(s.flags)})"
+        for s in flagged[:8]
+    ]
+    reason = f"model report on {namespace[:200]} round {round_}: {len(stats)} judged, "
+    reason += f"{len(flagged)} outliers" + (": " + "; ".join(parts) if parts else "")
+    return Observation(
+        observer,
+        "model",
+        0,
+        reason[:2000],
+        ProofKind.MODEL_REPORT,
+        proof_for_model_report(namespace, round_, verdicts),
+    )

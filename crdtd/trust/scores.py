@@ -26,8 +26,16 @@ same evidence, members and revocations compute identical bytes. The formula (doc
    distinct subjects that the aggregate does not support (their agg > −`unsupported_level`
    and their trust ≥ SCALE − `unsupported_level`) is a reckless accuser: a consistency fault.
    An honest node only accuses adversaries, of which there are at most L when f < N/3.
-6. **Trust.** `t(s) = min_d dim(s, d)`, 0 when revoked. Because t weights the aggregate,
-   t is the fixed point of steps 4–6, iterated from t₀ (faults only) at most
+6. **Model reports.** Observers' per-round verdicts on model contributions (evidence with a
+   `MODEL_REPORT` proof) are statistical, so one round's outlier test gates nobody. A
+   contribution counts as *judged* when observers holding more than half of the trust mass
+   reported on it, and as an *outlier* when observers holding more than half flagged it
+   (an author's verdict on its own contribution is ignored). An author is gated on the model
+   dimension while at least `model_flags` (3) of its last `model_window` (5) judged
+   contributions, by its own chain order, are outliers: older verdicts fall out of the
+   window (decay), so an author whose updates look normal again recovers.
+7. **Trust.** `t(s) = min_d dim(s, d)`, 0 when revoked. Because t weights the aggregate,
+   t is the fixed point of steps 4–7, iterated from t₀ (faults only) at most
    `params.iterations` times, stopping early when t no longer changes.
 """
 
@@ -52,6 +60,7 @@ from crdtd.trust.evidence import (
     ProofKind,
     Verdict,
     check_proof,
+    decode_model_report,
 )
 
 __all__ = [
@@ -83,6 +92,8 @@ class TrustParams:
     accusation_level: int = SCALE // 2
     unsupported_level: int = SCALE // 2
     reckless_limit: int | None = None
+    model_window: int = 5
+    model_flags: int = 3
 
     def __post_init__(self) -> None:
         checks = [
@@ -93,6 +104,8 @@ class TrustParams:
             ("accusation_level", 0 < self.accusation_level <= SCALE),
             ("unsupported_level", 0 < self.unsupported_level <= SCALE),
             ("reckless_limit", self.reckless_limit is None or self.reckless_limit >= 0),
+            ("model_window", self.model_window >= 1),
+            ("model_flags", 1 <= self.model_flags <= self.model_window),
         ]
         for name, ok in checks:
             if not ok:
@@ -244,6 +257,57 @@ class _Derived:
     pos: dict[tuple[bytes, str], dict[bytes, int]]
     neg: dict[tuple[bytes, str], dict[bytes, int]]
     ignored: list[tuple[bytes, str]]
+    # (author, contribution id) -> observer -> (seq, flagged): the observer's latest verdict
+    verdicts: dict[tuple[bytes, bytes], dict[bytes, tuple[int, bool]]] = field(default_factory=dict)
+
+
+def _take_report(ev: Evidence, d: _Derived) -> None:
+    """Record a model report's verdicts (evidence comes in the observer's chain order, so a
+    later report, judged on a fuller cohort, replaces the observer's earlier verdict)."""
+    if ev.dimension != "model" or ev.subject != ev.observer:
+        d.ignored.append((ev.id, "a model report must be about its observer, on `model`"))
+        return
+    try:
+        report = decode_model_report(ev.proof_data, f"entry {ev.id.hex()[:16]}")
+    except EvidenceError as exc:
+        d.ignored.append((ev.id, str(exc)))
+        return
+    for v in report.verdicts:
+        if v.author == ev.observer:
+            continue  # nobody judges its own contribution
+        d.verdicts.setdefault((v.author, v.content_id), {})[ev.observer] = (v.seq, v.outlier)
+
+
+def model_gated(
+    d: _Derived, trust: Mapping[bytes, int], params: TrustParams
+) -> dict[bytes, tuple[int, int]]:
+    """Authors gated by corroborated model reports: author -> (outliers, judged) in its window.
+
+    Judged: observers holding more than half of the trust mass reported the contribution;
+    outlier: observers holding more than half flagged it. The window is the author's last
+    `model_window` judged contributions by seq (the seq most reporting mass names).
+    """
+    total = sum(trust.values())
+    if total == 0:
+        return {}
+    judged: dict[bytes, list[tuple[int, bytes, bool]]] = defaultdict(list)
+    for (author, cid), cell in sorted(d.verdicts.items()):
+        reported = sum(trust.get(o, 0) for o in cell)
+        if 2 * reported <= total:
+            continue
+        flagged = sum(trust.get(o, 0) for o, (_, f) in cell.items() if f)
+        by_seq: dict[int, int] = defaultdict(int)
+        for o, (seq, _) in cell.items():
+            by_seq[seq] += trust.get(o, 0)
+        seq = min(by_seq, key=lambda q: (-by_seq[q], q))
+        judged[author].append((seq, cid, 2 * flagged > total))
+    out: dict[bytes, tuple[int, int]] = {}
+    for author, rows in judged.items():
+        window = sorted(rows, reverse=True)[: params.model_window]
+        outliers = sum(1 for _, _, f in window if f)
+        if outliers >= params.model_flags:
+            out[author] = (outliers, len(window))
+    return out
 
 
 def _derive(
@@ -257,6 +321,9 @@ def _derive(
     faults: dict[bytes, dict[bytes, Fault]] = defaultdict(dict)
     ignored: list[tuple[bytes, str]] = []
     subjective: dict[tuple[bytes, int], list[Evidence]] = defaultdict(list)
+    pos: dict[tuple[bytes, str], dict[bytes, int]] = defaultdict(dict)
+    neg: dict[tuple[bytes, str], dict[bytes, int]] = defaultdict(dict)
+    d = _Derived(faults, pos, neg, ignored)
 
     def add_fault(f: Fault) -> None:
         faults[f.subject].setdefault(f.fault_id, f)
@@ -267,6 +334,9 @@ def _derive(
             continue
         if ev.subject not in keys:
             ignored.append((ev.id, "subject is not a member"))
+            continue
+        if ev.proof_kind is ProofKind.MODEL_REPORT:
+            _take_report(ev, d)
             continue
         finding = check_proof(ev, keys)
         if finding.verdict is Verdict.PENDING:
@@ -281,8 +351,6 @@ def _derive(
         else:
             subjective[(ev.observer, ev.epoch)].append(ev)
 
-    pos: dict[tuple[bytes, str], dict[bytes, int]] = defaultdict(dict)
-    neg: dict[tuple[bytes, str], dict[bytes, int]] = defaultdict(dict)
     for (observer, epoch), evs in sorted(subjective.items()):
         left = params.budget
         demand = 0
@@ -303,7 +371,7 @@ def _derive(
             fid = hashlib.sha256(b"flood" + observer + epoch.to_bytes(8, "big")).digest()
             detail = f"demanded {demand} weight units in epoch {epoch} (budget {params.budget})"
             add_fault(Fault(observer, "gossip", "flood", fid, evs[0].id, detail))
-    return _Derived(faults, pos, neg, ignored)
+    return d
 
 
 def _counters(d: _Derived, members: list[bytes]) -> dict[tuple[bytes, str], DimensionCounters]:
@@ -350,7 +418,7 @@ def compute_scores(
 
     def evaluate(
         trust: Mapping[bytes, int],
-    ) -> tuple[dict[bytes, tuple[int, ...]], dict[bytes, int], dict[bytes, Fault]]:
+    ) -> tuple[dict[bytes, tuple[int, ...]], dict[bytes, int], dict[bytes, list[Fault]]]:
         aggs: dict[tuple[bytes, str], int] = {}
         total = sum(trust.values())
         for cell, ops in opinions.items():
@@ -372,6 +440,11 @@ def compute_scores(
                 fid = hashlib.sha256(b"reckless" + o).digest()
                 detail = f"{len(unsupported[o])} unsupported accusations (limit {limit})"
                 reckless[o] = Fault(o, "consistency", "reckless_accuser", fid, b"", detail)
+        derived: dict[bytes, Fault] = {}
+        for a, (outliers, judged) in model_gated(d, trust, params).items():
+            fid = hashlib.sha256(b"model-outliers" + a).digest()
+            detail = f"{outliers} of its last {judged} judged contributions were outliers"
+            derived[a] = Fault(a, "model", "model_outliers", fid, b"", detail)
         dims: dict[bytes, tuple[int, ...]] = {}
         new_trust: dict[bytes, int] = {}
         for s in members:
@@ -382,10 +455,16 @@ def compute_scores(
                 if dim == "consistency" and s in reckless:
                     n_faults += 1
                 value = min(SCALE, SCALE + agg) - params.proven_penalty * n_faults
+                if dim == "model" and s in derived:
+                    value = 0
                 row.append(max(0, value))
             dims[s] = tuple(row)
             new_trust[s] = 0 if s in revoked_set else min(row)
-        return dims, new_trust, reckless
+        extra: dict[bytes, list[Fault]] = defaultdict(list)
+        for table in (reckless, derived):
+            for who, f in table.items():
+                extra[who].append(f)
+        return dims, new_trust, extra
 
     trust = {m: SCALE for m in members}
     # t0: faults only (no subjective opinions yet).
@@ -395,9 +474,9 @@ def compute_scores(
     converged = False
     iterations = 0
     dims: dict[bytes, tuple[int, ...]] = {}
-    reckless: dict[bytes, Fault] = {}
+    extra: dict[bytes, list[Fault]] = {}
     for iterations in range(1, params.iterations + 1):  # noqa: B007  (reported below)
-        dims, new_trust, reckless = evaluate(trust)
+        dims, new_trust, extra = evaluate(trust)
         if new_trust == trust:
             converged = True
             break
@@ -407,8 +486,7 @@ def compute_scores(
     all_faults: dict[bytes, tuple[Fault, ...]] = {}
     for s in members:
         fs = list(d.faults.get(s, {}).values())
-        if s in reckless:
-            fs.append(reckless[s])
+        fs.extend(extra.get(s, ()))
         if fs:
             all_faults[s] = tuple(sorted(fs, key=lambda f: (f.dimension, f.kind, f.fault_id)))
     return TrustScores(

@@ -9,7 +9,8 @@ t(a) the author's trust (when the namespace is trust-weighted, else 1), n_i its 
 `num_examples` (when example-weighted, else 1), c_a the number of a's accepted contributions
 in the namespace (so copies gain an author nothing). Weights are exact fractions summing to
 1; the strategy receives them as its per-model weight parameter (`num_examples` for FedAvg,
-`weight` for geometric median and the linear family). Order-statistic aggregators (median,
+`weight` for geometric median and the linear family). A stale round update's weight is also
+multiplied by its `factor`, 1/(1 + s) (crdtd.kinds.rounds). Order-statistic aggregators (median,
 trimmed mean, Krum, Multi-Krum, Bulyan, centered clipping) take no weights: trust acts on
 them through gating only. Their Byzantine count `f`, unless the policy fixes it, is the
 largest the rule supports for k inputs, capped at ⌊(k−1)/3⌋; with too few inputs for even
@@ -54,11 +55,13 @@ _INT_WEIGHT_SCALE = 1 << 40
 
 @dataclass(frozen=True)
 class WeightedInput:
-    """A visible contribution of the namespace: content id, author, declared examples."""
+    """A visible contribution of the namespace: content id, author, declared examples, and
+    a factor its weight is multiplied by (a stale round update's 1/(1 + s))."""
 
     content_id: bytes
     author: bytes
     num_examples: int | None = None
+    factor: Fraction = Fraction(1)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def plan_materialisation(
             raise StrategyParamError(
                 f"contribution {i.content_id.hex()[:16]}: num_examples {n} is negative"
             )
-        raw.append(Fraction(t * n, per_author[i.author]))
+        raw.append(Fraction(t * n, per_author[i.author]) * i.factor)
     total = sum(raw, Fraction(0))
     weights = tuple(w / total for w in raw) if total > 0 else tuple(Fraction(0) for _ in raw)
     strategy, params, note = robust_params(policy.strategy, len(kept), policy.strategy_params)

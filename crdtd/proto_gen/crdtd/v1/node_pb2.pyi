@@ -175,7 +175,7 @@ class EraseReply(_message.Message):
     def __init__(self, removal_id: _Optional[bytes] = ..., erased: _Optional[int] = ...) -> None: ...
 
 class MaterialiseRequest(_message.Message):
-    __slots__ = ("namespace", "strategy", "params", "out_path", "dtype", "format", "provenance")
+    __slots__ = ("namespace", "strategy", "params", "out_path", "dtype", "format", "provenance", "round")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class MaterialiseRequest(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     strategy: str
     params: _containers.RepeatedCompositeFieldContainer[Param]
@@ -190,7 +191,8 @@ class MaterialiseRequest(_message.Message):
     dtype: str
     format: str
     provenance: bool
-    def __init__(self, namespace: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Param, _Mapping]]] = ..., out_path: _Optional[str] = ..., dtype: _Optional[str] = ..., format: _Optional[str] = ..., provenance: _Optional[bool] = ...) -> None: ...
+    round: int
+    def __init__(self, namespace: _Optional[str] = ..., strategy: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Param, _Mapping]]] = ..., out_path: _Optional[str] = ..., dtype: _Optional[str] = ..., format: _Optional[str] = ..., provenance: _Optional[bool] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Param(_message.Message):
     __slots__ = ("key", "value")
