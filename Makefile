@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo demo-lib test lint fmt pytest test-slow test-all proto bench clean
+.PHONY: help venv demo demo-lib test lint fmt pytest test-slow test-all proto bench bench-fl clean
 
 help:
 	@echo "make demo   - set up .venv, start a three-site federation, train, push, merge"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-slow - run the slow scenario tests too"
 	@echo "make proto  - regenerate gRPC stubs from proto/"
 	@echo "make bench  - run the benchmarks at small sizes"
+	@echo "make bench-fl - federated learning on non-IID data: the full table (slow), then 10 daemons"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,11 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_tabular.py --rows 100000
+
+bench-fl: $(STAMP)
+	$(PY) benchmarks/bench_fl.py
+	$(PY) benchmarks/bench_fl.py --daemon
+	$(PY) benchmarks/bench_fl.py --daemon --flower
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,15 @@ the last line prints the default's clean gap to it.
     python benchmarks/bench_fl.py                     # the full table (slow on 2 cores)
     python benchmarks/bench_fl.py --quick             # digits, α = 0.5, seed 0, 10 rounds
     python benchmarks/bench_fl.py --datasets digits --alphas 0.5 --seeds 0 --rules default
+    python benchmarks/bench_fl.py --daemon            # one clean setting on 10 real daemons
+    python benchmarks/bench_fl.py --daemon --flower   # the same through the Flower bridge
+
+`--daemon` trains the first dataset/α/seed given (clean, the namespace default) on 10 real
+`crdtd start` daemons through `crdtd.fl` (each site a thread of this process talking to its
+own daemon) and checks that every node's final sha256 equals the in-process run's; with
+`--flower` each site is an unmodified flwr NumPyClient run through `crdtd.fl.flower`, and the
+figure is its accuracy next to the in-process one (the tensors are named by their Flower
+index there, so the bytes differ by name only).
 """
 
 from __future__ import annotations
@@ -104,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="local epochs per round")
     p.add_argument("--quick", action="store_true", help="digits, α = 0.5, seed 0, 10 rounds")
     p.add_argument("--verbose", action="store_true", help="one line per round")
+    p.add_argument("--daemon", action="store_true", help="one setting on 10 real daemons")
+    p.add_argument("--flower", action="store_true", help="with --daemon: Flower clients")
     a = p.parse_args(argv)
+    if a.daemon:
+        return daemon_main(a)
     if a.quick:
         a.datasets, a.alphas, a.seeds, a.rounds = "digits", "0.5", "0", 10
     datasets = [x for x in a.datasets.split(",") if x]
@@ -167,6 +180,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(f"bench_fl: {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def daemon_main(a: argparse.Namespace) -> int:
+    """--daemon: in-process run, then the same setting on real daemons; compare."""
+    from simulations.federated_daemons import run_daemons
+
+    cfg = SimConfig(
+        dataset=a.datasets.split(",")[0],
+        alpha=float(a.alphas.split(",")[0]),
+        seed=int(a.seeds.split(",")[0]),
+        rule="default",
+        attack="clean",
+        rounds=a.rounds,
+        train=TrainConfig(epochs=a.epochs),
+    )
+    task = make_task(cfg.dataset, cfg.sites, cfg.alpha, cfg.seed)
+    log = sys.stderr if a.verbose else None
+    ref = run(cfg, task, log)
+    print(
+        f"in-process: {cfg.dataset} α={cfg.alpha} seed {cfg.seed}, {cfg.rounds} rounds: "
+        f"accuracy {ref.accuracy:.4f}, final sha256 {ref.final_sha256} ({ref.seconds:.0f} s)"
+    )
+    d = run_daemons(cfg, task, flower=a.flower, log=log)
+    how = "Flower NumPyClients via crdtd.fl.flower" if a.flower else "crdtd.fl"
+    print(f"daemons ({how}): {len(d.shas)} nodes, accuracy {d.accuracy:.4f} ({d.seconds:.0f} s)")
+    for name, sha in sorted(d.shas.items()):
+        print(f"  {name}: {sha}")
+    same = d.identical
+    gap = 100 * abs(d.accuracy - ref.accuracy)
+    print(f"every node identical: {str(same).lower()}")
+    if a.flower:
+        print(f"flower_vs_in_process_accuracy_pp: {gap:.2f}")
+        return 0 if same and gap <= 1.0 else 1
+    matches = same and next(iter(d.shas.values())) == ref.final_sha256
+    print(f"daemons_equal_in_process: {str(matches).lower()}")
+    return 0 if matches else 1
 
 
 if __name__ == "__main__":

@@ -4,19 +4,19 @@ Every site is a real `NodeCore` (its config written by `crdtd federation add-nod
 `E4State` on a SQLite store, an Ed25519 key, the federation's trust policy), so pushes,
 evidence, trust, gating and materialisation are exactly the daemon's. Between nodes, a
 session is an in-process push-pull exchange of the entries one holds and the other lacks,
-each applied with `E4State.apply` against the sender's store, offering only what the sender's
-`NodeCore.relayable` allows (the daemon's relay filter); passes of random pairs run until a
+each applied with `E4State.apply` against the sender's store (like the daemon, a node offers
+everything it holds, gated authors' entries included); passes of random pairs run until a
 pass moves nothing.
 
-A round: every site trains from the current global (`crdtd.fl.tasks.fit`), erases its
-previous contribution and pushes the new one naming the global as its base (the global is
-pushed into the namespace by the first site, as a user of the daemon had to); nodes gossip;
-every honest node runs the daemon's model-outlier detector (`NodeCore.detect_models`) and
-publishes what it flags; nodes gossip again; the first honest node materialises the
-namespace with the rule under test, which is the next global. Attackers (3 of 10 by
-default, drawn from the seed) push poisoned updates and otherwise behave: sign flip (the
-honest update times −5), Gaussian noise (N(0, 1) per coordinate in place of the update) or
-label flipping (trained on label C−1−y).
+The namespace is a rounds namespace (`rounds = true`, crdtd.kinds.rounds). The first site
+pushes the initial model as the round-0 global. Round r: every site builds G_{r−1} on its
+own node (Materialise with `round = r − 1`), trains from it (`crdtd.fl.tasks.fit`) and pushes
+its update declaring `round = r` and naming G_{r−1}'s id as its base (its previous update is
+superseded, no erasure); nodes gossip; every honest node runs the daemon's model detector
+(`NodeCore.detect_models`: one report per round's cohort) and publishes it; nodes gossip
+again. Attackers (3 of 10 by default, drawn from the seed) push poisoned updates and
+otherwise behave: sign flip (the honest update times −5), Gaussian noise (N(0, 1) per
+coordinate in place of the update) or label flipping (trained on label C−1−y).
 
 `run(SimConfig(...))` returns a `RunResult`: final test accuracy, which honest authors any
 honest node ever gated, the round each attacker was gated at every honest node, and whether
@@ -126,20 +126,26 @@ def from_safetensors(data: bytes) -> Params:
 # -- the nodes --------------------------------------------------------------------------------
 
 
+UNGATED = {"screen": False, "trust_threshold": 0.0, "trust_weighted": False}
+TABLES: dict[str, dict[str, Any]] = {
+    "default": {"rounds": True, "example_weighted": True},
+    "fedavg": {"rounds": True, "example_weighted": True, **UNGATED},
+    "fedadam": {
+        "rounds": True,
+        "example_weighted": True,
+        "server_optimizer": "fedadam",
+        "server_lr": 0.01,
+        **UNGATED,
+    },
+    "multi_krum": {"rounds": True, "strategy": "multi_krum", **UNGATED},
+}
+
+
 def namespace_table(rule: str) -> dict[str, Any]:
-    """The `[namespaces."model/fl"]` table each rule runs under."""
-    if rule == "default":
-        return {"strategy": "fedavg", "example_weighted": True}
-    if rule == "fedavg":
-        return {
-            "strategy": "fedavg",
-            "example_weighted": True,
-            "trust_threshold": 0.0,
-            "trust_weighted": False,
-        }
-    if rule == "multi_krum":
-        return {"strategy": "multi_krum", "trust_threshold": 0.0, "trust_weighted": False}
-    raise ValueError(f"rule {rule!r} has no namespace table yet")
+    """The `[namespaces."model/fl"]` table each rule runs under: the namespace default
+    (FedAvg, trust-gated, the round screen on), and plain FedAvg, FedAdam and Multi-Krum
+    with neither gating nor screen (trust still runs and is reported)."""
+    return dict(TABLES[rule])
 
 
 class Federation:
@@ -188,9 +194,6 @@ class Federation:
         path.unlink()
         return out.entry
 
-    def erase(self, site: int, entry_id: bytes) -> None:
-        self.cores[site].erase([entry_id])
-
     # -- gossip -----------------------------------------------------------------------------
 
     @staticmethod
@@ -205,10 +208,7 @@ class Federation:
         for s, d in ((b, a), (a, b)):
             src, dst = self.cores[s], self.cores[d]
             entries = [src.state.store.get_entry(i) for i in sorted(ids[s] - ids[d])]
-            todo = sorted(
-                (e for e in entries if src.relayable(e)),
-                key=lambda e: (_JOIN_ORDER[e.kind], e.author, e.seq, e.id),
-            )
+            todo = sorted(entries, key=lambda e: (_JOIN_ORDER[e.kind], e.author, e.seq, e.id))
             while todo:
                 left = []
                 for e in todo:
@@ -249,13 +249,14 @@ class Federation:
         _, excluded = core.assessment().gate(policy, core.state.members(include_revoked=True))
         return {x.author for x in excluded}
 
-    def materialise(self, node: int, work: Path) -> tuple[str, Params]:
-        """The daemon's Materialise of the namespace on `node`: (sha256, tensors)."""
+    def materialise(self, node: int, work: Path, round_: int) -> tuple[str, Params]:
+        """The daemon's Materialise of round `round_` on `node`: (sha256, tensors)."""
+        from crdtd.kinds.base import MaterialiseRequest
         from crdtd.node.materialise import materialise
 
         core = self.cores[node]
         ns = core.namespace(NAMESPACE)
-        m = materialise(core, ns, work)
+        m = materialise(core, ns, MaterialiseRequest(round=round_), work)
         data = m.path.read_bytes()
         return m.sha256, from_safetensors(data)
 
@@ -314,23 +315,18 @@ def run(cfg: SimConfig, task: Task | None = None, log: Any = None) -> RunResult:
             bad_ids = {kid[i] for i in bad}
             policy = NamespacePolicy()
             global_ = init_params(task, cfg.seed)
-            previous: dict[int, bytes] = {}
-            global_entry: bytes | None = None
+            fed.push(honest[0], global_, {"role": "global", "round": 0})
+            fed.gossip(f"{cfg.seed}/0/push", cfg.fanout)
             gated_at: dict[int, int | None] = {i: None for i in bad}
             ever_gated: set[bytes] = set()
             curve: list[float] = []
             sha = ""
-            shas: set[str] = set()
             for r in range(1, cfg.rounds + 1):
-                if global_entry is not None:
-                    fed.erase(honest[0], global_entry)
-                global_entry = fed.push(honest[0], global_, {"role": "global", "round": r - 1}).id
+                sha, global_ = fed.materialise(honest[0], root / f"m{r}", r - 1)
                 for i in range(cfg.sites):
                     update = site_update(task, cfg, i, cfg.attack if i in bad else None, global_, r)
-                    if i in previous:
-                        fed.erase(i, previous[i])
                     meta = {"num_examples": len(task.sites[i]), "round": r}
-                    previous[i] = fed.push(i, update, meta, global_entry).id
+                    fed.push(i, update, meta, bytes.fromhex(sha))
                 fed.gossip(f"{cfg.seed}/{r}/push", cfg.fanout)
                 for i in honest:
                     fed.cores[i].detect_models()
@@ -341,8 +337,8 @@ def run(cfg: SimConfig, task: Task | None = None, log: Any = None) -> RunResult:
                 for i in bad:
                     if gated_at[i] is None and all(kid[i] in v for v in views):
                         gated_at[i] = r
-                sha, global_ = fed.materialise(honest[0], root / f"m{r}")
-                curve.append(evaluate(global_, task.x_test, task.y_test)[1])
+                sha, params = fed.materialise(honest[0], root / f"g{r}", r)
+                curve.append(evaluate(params, task.x_test, task.y_test)[1])
                 if log:
                     print(
                         f"  round {r:3d}: accuracy {curve[-1]:.4f}, gated "
@@ -350,7 +346,7 @@ def run(cfg: SimConfig, task: Task | None = None, log: Any = None) -> RunResult:
                         file=log,
                         flush=True,
                     )
-            shas = {fed.materialise(i, root / f"final-{i}")[0] for i in honest}
+            shas = {fed.materialise(i, root / f"final-{i}", cfg.rounds)[0] for i in honest}
             roots = fed.roots(honest)
             counts = fed.counts(honest[0])
         finally:
