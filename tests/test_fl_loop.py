@@ -75,9 +75,7 @@ def test_three_sites_train_rounds_and_end_on_one_global(nodes) -> None:
 
         def work() -> FLResult:
             with nodes[i].client() as c:
-                return run(
-                    c, NS, init_params(TASK, 0), fit_fn, eval_fn, rounds=3, progress=False
-                )
+                return run(c, NS, init_params(TASK, 0), fit_fn, eval_fn, rounds=3, progress=False)
 
         return work
 

@@ -9,7 +9,10 @@ from crdtd.errors import ConfigError
 from crdtd.fl.optimisers import ServerOptimiser, server_step
 
 RNG = np.random.default_rng(0)
-X0 = {"w": RNG.normal(size=(3, 4)).astype(np.float32), "b": RNG.normal(size=(4,)).astype(np.float32)}
+X0 = {
+    "w": RNG.normal(size=(3, 4)).astype(np.float32),
+    "b": RNG.normal(size=(4,)).astype(np.float32),
+}
 AGGREGATES = [
     {k: (v + RNG.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in X0.items()}
     for _ in range(4)

@@ -113,7 +113,7 @@ def test_round_one_is_fedavg_of_the_round_and_names_its_participants(four, tmp_p
         np.testing.assert_allclose(g1[k], want[k], rtol=1e-5, atol=1e-6)
     assert m.summary["participants"] == 4 and m.summary["round"] == 1
     assert len(m.inputs) == 4 and m.kind == "model"
-    latest, m_latest = build(node, tmp_path, None)
+    _latest, m_latest = build(node, tmp_path, None)
     assert m_latest.sha256 == m.sha256  # no round given: the latest one
 
 

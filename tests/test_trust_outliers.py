@@ -12,9 +12,8 @@ import torch
 
 from crdtd.errors import ConfigError, TensorMismatchError
 from crdtd.model import Contribution, ModelMerge
-from crdtd.trust.evidence import WEIGHT_UNIT
-from crdtd.trust.gating import NamespacePolicy, Revocations
 from crdtd.trust.evidence import ProofKind, decode_model_report
+from crdtd.trust.gating import NamespacePolicy, Revocations
 from crdtd.trust.outliers import (
     ModelContribution,
     OutlierParams,

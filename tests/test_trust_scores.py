@@ -231,9 +231,7 @@ HONEST = range(7)
 def _rounds(fed: Fed, flagged_in: dict[int, set[int]], rounds: range, observers=HONEST):
     """Every observer reports every round, flagging the authors `flagged_in[round]`."""
     return [
-        fed.report(o, r, flagged_in.get(r, set()), range(fed.n))
-        for r in rounds
-        for o in observers
+        fed.report(o, r, flagged_in.get(r, set()), range(fed.n)) for r in rounds for o in observers
     ]
 
 
