@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from crdtd.client import Client
@@ -307,7 +308,13 @@ def run_grpc(cfg: Any, sim: Any, log: Any = None, round_seconds: float = 1.0) ->
                     tensors = {k: v + delta for k, v in world.honest[a.index].items()}
                     data = sim._to_safetensors(tensors)
                     e = _first_contribution(a.key, ns, base, data)
-                    _push_signed(t, e, data)
+                    try:
+                        _push_signed(t, e, data)
+                    except grpc.RpcError as exc:
+                        # the twin reached `other` by gossip first: it refuses the second
+                        # header as an equivocation, which is the attack being detected
+                        if exc.code() is not grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                            raise
                     pushed[e.id] = tensors
             elif attack == "forged_signature":
                 forgers.append(

@@ -133,8 +133,7 @@ TABLES: dict[str, dict[str, Any]] = {
     "fedadam": {
         "rounds": True,
         "example_weighted": True,
-        "server_optimizer": "fedadam",
-        "server_lr": 0.01,
+        "server_optimizer": "fedadam",  # Flower's defaults: η = 0.1, β = (0.9, 0.99)
         **UNGATED,
     },
     "multi_krum": {"rounds": True, "strategy": "multi_krum", **UNGATED},

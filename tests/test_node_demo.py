@@ -29,4 +29,6 @@ def test_demo_ends_with_three_identical_hashes(tmp_path: Path) -> None:
     assert "exit codes [0, 0, 0]" in proc.stdout
     merged = float(re.search(r"merged\s+([0-9.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
     assert merged > 0.9
+    rounds = re.findall(r"round (\d+): accuracy ([0-9.]+), 3 hospitals", proc.stdout)
+    assert [int(r) for r, _ in rounds] == list(range(1, 7))
     assert seconds < 120

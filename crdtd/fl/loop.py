@@ -145,9 +145,11 @@ def run(
     poll: float = 0.2,
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
 ) -> FLResult:
     """Train `rounds` rounds against `node` (see the module docstring). `quorum`: authors per
-    round to wait for (default: every member of the federation)."""
+    round to wait for (default: every member of the federation); `on_round` hears each
+    round's report as it completes."""
 
     from tqdm import tqdm
 
@@ -207,6 +209,8 @@ def run(
                 seconds=time.monotonic() - started,
             )
             reports.append(report)
+            if on_round is not None:
+                on_round(report)
             shown: dict[str, object] = {"participants": report.participants}
             shown.update({k: f"{v:.4f}" for k, v in report.evaluation.items()})
             bar.set_postfix(shown)

@@ -1,14 +1,17 @@
-"""`make demo`: three hospitals train locally, push, converge, and materialise one model.
+"""`make demo`: three hospitals train one model together over several rounds, no coordinator.
 
 1. `crdtd federation init` and `add-node` x3 under a scratch directory (keys, CA, certs).
 2. Three `crdtd start` daemons on loopback; peers talk mutual TLS, clients use a token.
-3. Each site trains the same small MLP (same initial weights) on its own share of scikit-
-   learn's breast-cancer data (bundled, no download) and pushes it with `num_examples`.
-4. Wait until the three state roots agree, materialise on every node (FedAvg weighted by
-   examples), and print the three sha256s, the merged model's accuracy next to each
-   site's, and where the metrics are. Then SIGTERM every daemon (exit 0).
+   The namespace is a rounds namespace (`rounds = true`, docs/fl.md).
+3. Each hospital holds a label-skewed share of scikit-learn's breast-cancer data (bundled,
+   no download) and runs `crdtd.fl.loop.run` against its own daemon: every round it takes
+   the round's global from its node, trains locally, pushes its update, and waits for the
+   other two. The demo prints the global's accuracy on a held-out test set after each round.
+4. Wait until the three state roots agree, build the last round on every node and print the
+   three sha256s, the final accuracy next to each hospital's model trained alone, and the
+   round gauges. Then SIGTERM every daemon (exit 0).
 
-Run: `python -m crdtd.node.demo [--dir DIR] [--keep]`.
+Run: `python -m crdtd.node.demo [--dir DIR] [--keep] [--rounds N]`.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from pathlib import Path
 
 NAMESPACE = "model/breast-cancer-mlp"
 SITES = ("hospital-a", "hospital-b", "hospital-c")
-SHARES = (0.5, 0.3, 0.2)  # of the training rows: unequal sites, as in real federations
-HIDDEN = 16
-EPOCHS = 60
+ROUNDS = 6
+ALPHA = 0.5  # label skew of the sites' shares (Dirichlet α)
 SEED = 7
 
 
@@ -54,77 +56,24 @@ def cli(*argv: str) -> str:
     return out.getvalue()
 
 
-# -- data and models --------------------------------------------------------------------------
+# -- data and training --------------------------------------------------------------------
 
 
-def dataset() -> tuple[list, list, tuple]:
-    """Site shares and a held-out test set; features scaled with an agreed-on scaler."""
-    import numpy as np
-    import torch
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
+def site_functions(task: object, site: int) -> tuple[object, object]:
+    """The hospital's `fit` (two local epochs on its rows) and `evaluate` (held-out test)."""
+    from crdtd.fl.tasks import TrainConfig, evaluate, fit
 
-    x, y = load_breast_cancer(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.3, random_state=SEED, stratify=y
-    )
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-8
-    rng = np.random.default_rng(SEED)
-    order = rng.permutation(len(x_train))
-    cuts = np.cumsum([int(s * len(order)) for s in SHARES[:-1]])
-    shares = []
-    for idx in np.split(order, cuts):
-        shares.append(
-            (
-                torch.tensor((x_train[idx] - mean) / std, dtype=torch.float32),
-                torch.tensor(y_train[idx], dtype=torch.float32),
-            )
-        )
-    test = (
-        torch.tensor((x_test - mean) / std, dtype=torch.float32),
-        torch.tensor(y_test, dtype=torch.float32),
-    )
-    return shares, [len(s[1]) for s in shares], test
+    x, y = task.site_data(site)  # type: ignore[attr-defined]
 
+    def fit_fn(params: dict, config: dict) -> tuple:
+        seed = SEED * 1000 + 10 * int(config["server_round"]) + site
+        return fit(params, x, y, TrainConfig(epochs=2), seed), len(y), {}
 
-def make_model() -> object:
-    import torch
+    def eval_fn(params: dict, config: dict) -> tuple:
+        loss, acc = evaluate(params, task.x_test, task.y_test)  # type: ignore[attr-defined]
+        return loss, len(task.y_test), {"accuracy": acc}  # type: ignore[attr-defined]
 
-    g = torch.Generator().manual_seed(SEED)  # one agreed initial model for every site
-    model = torch.nn.Sequential(
-        torch.nn.Linear(30, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1)
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
-
-
-def train(model: object, x: object, y: object, site: int) -> object:
-    import torch
-
-    g = torch.Generator().manual_seed(SEED + site)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # type: ignore[attr-defined]
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    n = len(y)  # type: ignore[arg-type]
-    for _ in range(EPOCHS):
-        perm = torch.randperm(n, generator=g)
-        for start in range(0, n, 32):
-            idx = perm[start : start + 32]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]).squeeze(1), y[idx])  # type: ignore[index, operator]
-            loss.backward()
-            opt.step()
-    return model
-
-
-def accuracy(model: object, test: tuple) -> float:
-    import torch
-
-    x, y = test
-    with torch.no_grad():
-        pred = (model(x).squeeze(1) > 0).float()  # type: ignore[operator]
-    return float((pred == y).float().mean())
+    return fit_fn, eval_fn
 
 
 # -- the federation ---------------------------------------------------------------------------
@@ -134,7 +83,7 @@ def daemon_sections() -> str:
     from crdtd.node.config import render_daemon_sections
 
     return render_daemon_sections(
-        {NAMESPACE: {"strategy": "fedavg", "example_weighted": True, "trust_weighted": True}},
+        {NAMESPACE: {"rounds": True, "example_weighted": True, "trust_weighted": True}},
         log={"format": "json"},
         limits={"max_payload": "64MiB", "drain_timeout_ms": 5000},
     )
@@ -203,18 +152,18 @@ def metric(address: str, name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns 0 when the three materialised hashes agree."""
+    """Run the demo; returns 0 when the three nodes build identical bytes for the last round."""
     parser = argparse.ArgumentParser(prog="python -m crdtd.node.demo", description=__doc__)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="training rounds")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    import torch
-
-    torch.set_num_threads(1)
-    from safetensors.torch import load_file, save_file
+    import threading
 
     from crdtd.client import Client
+    from crdtd.fl.loop import FLResult, RoundReport, run
+    from crdtd.fl.tasks import TrainConfig, evaluate, fit, init_params, make_task
 
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="crdtd-demo-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -235,66 +184,100 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     with daemons(configs, scratch) as procs:
         clients = [Client.from_config(c, timeout=120) for c in configs]
-        shares, sizes, test = dataset()
+        task = make_task("breast_cancer", sites=len(SITES), alpha=ALPHA, seed=SEED)
+        sizes = task.site_sizes()
         say(
-            f"   dataset: breast cancer (scikit-learn), sites hold {sizes} rows, test {len(test[1])}"
+            f"   dataset: breast cancer (scikit-learn), sites hold {sizes} rows "
+            f"(label skew α = {ALPHA}), test {len(task.y_test)}"
         )
-        site_acc = []
-        for i, (x, y) in enumerate(shares):
-            model = train(make_model(), x, y, i)
-            site_acc.append(accuracy(model, test))
-            path = scratch / f"{SITES[i]}.safetensors"
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))  # type: ignore[attr-defined]
-            if i == 0:
-                wait_ready(clients, procs, scratch)
-                say(f"   daemons up after {time.monotonic() - started:.1f}s")
-            r = clients[i].push(NAMESPACE, path, metadata={"num_examples": sizes[i]})
-            say(
-                f"   {SITES[i]} trained ({sizes[i]} rows, accuracy {site_acc[i]:.3f}) and pushed "
-                f"entry {r.entry_id.hex()[:16]}"
-            )
+        wait_ready(clients, procs, scratch)
+        say(f"   daemons up after {time.monotonic() - started:.1f}s")
+        initial = init_params(task, SEED)
+        results: list[FLResult | None] = [None] * len(SITES)
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def show(report: RoundReport) -> None:
+            with lock:
+                say(
+                    f"   round {report.round}: accuracy {report.evaluation['accuracy']:.3f}, "
+                    f"{report.participants} hospitals, global {report.global_id[:16]}"
+                )
+
+        def site(i: int) -> None:
+            fit_fn, eval_fn = site_functions(task, i)
+            try:
+                results[i] = run(
+                    clients[i],
+                    NAMESPACE,
+                    initial,
+                    fit_fn,  # type: ignore[arg-type]
+                    eval_fn,  # type: ignore[arg-type]
+                    rounds=args.rounds,
+                    quorum=len(SITES),
+                    timeout=60,
+                    progress=False,
+                    on_round=show if i == 0 else None,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        say(f"\n== {args.rounds} rounds: each hospital trains on its own rows, pushes, waits")
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=site, args=(i,)) for i in range(len(SITES))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        say(f"   {args.rounds} rounds in {time.monotonic() - t0:.1f}s")
 
         t0 = time.monotonic()
         while True:
             roots = {c.status().state_root for c in clients}
-            if len(roots) == 1 and all(
-                c.status().entry_counts.get("contribution") == 3 for c in clients
-            ):
+            if len(roots) == 1:
                 break
             if time.monotonic() - t0 > 60:
                 raise SystemExit("state roots did not converge within 60 s")
             time.sleep(0.1)
+        say(f"\n== converged: state root {roots.pop().hex()[:16]} on all three")
+
+        say(f"\n== round {args.rounds} of {NAMESPACE} built on every node")
+        built = [
+            c.materialise(
+                NAMESPACE, out=scratch / f"global-on-{SITES[i]}.safetensors", round=args.rounds
+            )
+            for i, c in enumerate(clients)
+        ]
+        for i, m in enumerate(built):
+            say(f"   {SITES[i]}: sha256 {m.output_sha256}")
+        same = len({m.output_sha256 for m in built}) == 1
         say(
-            f"\n== converged in {time.monotonic() - t0:.2f}s: state root {roots.pop().hex()[:16]} on all three"
+            f"   identical: {same} (FedAvg of {built[0].summary.get('participants')} updates, "
+            f"weighted by rows; round {built[0].summary.get('round')})"
         )
 
-        say(f"\n== materialise {NAMESPACE} on every node")
-        results = []
-        for i, c in enumerate(clients):
-            merged_path = scratch / f"merged-on-{SITES[i]}.safetensors"
-            results.append(c.materialise(NAMESPACE, out=merged_path))
-            say(f"   {SITES[i]}: sha256 {results[-1].output_sha256}")
-        same = len({m.output_sha256 for m in results}) == 1
-        say(
-            f"   identical: {same} (strategy {results[0].strategy}, input set "
-            f"{results[0].input_set_digest[:16]}, {len(results[0].inputs)} inputs)"
-        )
-
-        merged = make_model()
-        merged.load_state_dict(load_file(str(scratch / f"merged-on-{SITES[0]}.safetensors")))  # type: ignore[attr-defined]
         say("\n== accuracy on the held-out test set")
+        epochs = 2 * args.rounds
         for i, name in enumerate(SITES):
-            say(f"   {name:<12} {site_acc[i]:.3f}  (trained on {sizes[i]} rows)")
-        say(
-            f"   {'merged':<12} {accuracy(merged, test):.3f}  (FedAvg of all three, weighted by rows)"
-        )
+            x, y = task.site_data(i)
+            alone = fit(initial, x, y, TrainConfig(epochs=epochs), SEED + i)
+            acc = evaluate(alone, task.x_test, task.y_test)[1]
+            say(f"   {name:<12} {acc:.3f}  (alone: {sizes[i]} rows, {epochs} epochs)")
+        final = results[0]
+        assert final is not None
+        merged = evaluate(final.params, task.x_test, task.y_test)[1]
+        say(f"   {'merged':<12} {merged:.3f}  (round {args.rounds} global, no coordinator)")
 
         say("\n== metrics (Prometheus text at /metrics)")
         for i, c in enumerate(clients):
             st = c.status()
             fp = metric(st.metrics_address, "crdtd_state_root_fingerprint")
+            rnd = metric(st.metrics_address, "crdtd_fl_round")
             say(
-                f"   {SITES[i]}: http://{st.metrics_address}/metrics  crdtd_state_root_fingerprint {fp}"
+                f"   {SITES[i]}: http://{st.metrics_address}/metrics  "
+                f"crdtd_state_root_fingerprint {fp}  crdtd_fl_round {rnd}"
             )
         for c in clients:
             c.close()
@@ -305,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
     else:
-        say(f"   kept {scratch} (configs, logs, merged files)")
+        say(f"   kept {scratch} (configs, logs, global files)")
     return code if all(e == 0 for e in exits) else 1
 
 
