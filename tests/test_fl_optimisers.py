@@ -146,3 +146,19 @@ def test_bad_optimiser_settings_name_the_setting() -> None:
         ServerOptimiser("fedadam", beta_1=1.5)
     with pytest.raises(ConfigError, match="eta"):
         ServerOptimiser("fedyogi", eta=0.0)
+
+
+def test_fedprox_proximal_loss_has_li_et_al_gradient() -> None:
+    torch = pytest.importorskip("torch")
+    from crdtd.fl.fedprox import anchor_of, proximal_loss
+
+    model = torch.nn.Linear(4, 3)
+    anchor = anchor_of(model.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    proximal_loss(model.parameters(), anchor, mu=0.2).backward()
+    for p, p0 in zip(model.parameters(), anchor):
+        assert torch.allclose(p.grad, 0.2 * (p.detach() - p0))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="anchor has 1 tensors"):
+        proximal_loss(model.parameters(), anchor[:1], mu=0.2)
