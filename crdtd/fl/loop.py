@@ -31,6 +31,7 @@ import numpy as np
 
 from crdtd.client import Client
 from crdtd.errors import ConfigError, CrdtdError, MergeError
+from crdtd.kinds.rounds import metadata_int
 
 __all__ = ["FLResult", "RoundReport", "from_bytes", "run", "to_bytes"]
 
@@ -78,14 +79,7 @@ def from_bytes(data: bytes) -> dict[str, np.ndarray]:
 
 
 def _declared(info: Any, key: str) -> int | None:
-    value = info.metadata.get(key)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+    return metadata_int(info.metadata, key)
 
 
 def _float(value: Any) -> float | None:

@@ -32,7 +32,7 @@ from crdtd.kinds.base import (
     sha256_file,
     write_payload,
 )
-from crdtd.kinds.rounds import SETTINGS_DOC, RoundSettings, is_global, merge_round
+from crdtd.kinds.rounds import SETTINGS_DOC, RoundSettings, declared_int, is_global, merge_round
 from crdtd.state.entry import Entry
 from crdtd.store import sqlite as db
 from crdtd.trust.weighting import WeightedInput, plan_materialisation
@@ -163,17 +163,6 @@ def effective(ns: NamespaceConfig, request: MaterialiseRequest) -> NamespaceConf
     return replace(ns, policy=policy, dtype=request.dtype or ns.dtype)
 
 
-def _num_examples(e: Entry) -> int | None:
-    value = e.body.metadata.get("num_examples")  # type: ignore[union-attr]
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
 def merge_models(core: Any, ns: NamespaceConfig, work_dir: Path) -> Materialised:
     """Merge namespace `ns` (already validated, see `effective`) into
     `work_dir/out/model.safetensors`. `core` is a `NodeCore`; runs as long as the merge does."""
@@ -200,7 +189,7 @@ def merge_models(core: Any, ns: NamespaceConfig, work_dir: Path) -> Materialised
         raise MergeError(f"namespace {ns.name!r} has no visible contributions to merge")
     assessment = core.assessment()
     plan = plan_materialisation(
-        [WeightedInput(e.id, e.author, _num_examples(e)) for e in candidates],
+        [WeightedInput(e.id, e.author, declared_int(e, "num_examples")) for e in candidates],
         assessment.scores,
         assessment.revocations,
         ns.policy,

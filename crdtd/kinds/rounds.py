@@ -64,6 +64,7 @@ __all__ = [
     "is_global",
     "latest_round",
     "merge_round",
+    "metadata_int",
     "round_global",
     "select_cohort",
 ]
@@ -125,7 +126,12 @@ SETTINGS_DOC = {
 
 def declared_int(e: Entry, key: str) -> int | None:
     """An integer a contribution declares in its metadata (`round`, `num_examples`)."""
-    value = e.body.metadata.get(key)  # type: ignore[union-attr]
+    return metadata_int(e.body.metadata, key)  # type: ignore[union-attr]
+
+
+def metadata_int(metadata: Mapping[str, Any], key: str) -> int | None:
+    """An integer under `key` in contribution metadata (an int, or a string of digits)."""
+    value = metadata.get(key)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
