@@ -10,10 +10,10 @@ import pytest
 from safetensors.numpy import save
 
 from crdtd.crypto.keys import NodeKey
-from crdtd.errors import DigestMismatchError
+from crdtd.errors import DigestMismatchError, EquivocationError, SignatureError, ValidationError
 from crdtd.state import ApplyStatus, E4State
-from crdtd.state.entry import Entry
-from crdtd.state.testing import Federation
+from crdtd.state.entry import Entry, make_contribution
+from crdtd.state.testing import Federation, fingerprint
 from crdtd.store.chunks import Manifest, chunk_bytes, chunk_digest, manifest_of
 from crdtd.store.merkle import root_from_ids
 
@@ -136,3 +136,67 @@ def test_duplicates_and_chains_inside_one_batch(fed: Federation, tmp_path: Path)
     assert {e.id for e in state.visible()} == {e.id for e in entries}
     assert state.held_ids() == []
     state.close()
+
+
+def test_a_run_of_contributions_ends_as_one_entry_at_a_time_would_leave_it(
+    fed: Federation, tmp_path: Path
+) -> None:
+    """Bulk runs (lookups once per run, one write per table) against the reference path,
+    with everything that must leave a run: duplicates, a forged signature, an equivocation,
+    a missing predecessor, a spoiled chunk, a payload the source lacks, a chunk file."""
+    members = [fed.add_member(name) for name in ("alice", "bob")]
+    small = [bytes([i]) * 60 for i in range(40)]
+    chain = [fed.contribute("alice", p) for p in small[:30]]
+    bobs = [fed.contribute("bob", p) for p in small[30:36]]
+    big = model(7, 40_000)  # two chunk files
+    with_file = fed.contribute("bob", big)
+    after_file = fed.contribute("bob", small[36])
+    key = fed.key("alice")
+    twin = make_contribution(key, 5, chain[3].id, "test/ns", *_digest(small[37]))
+    gap = fed.contribute("alice", small[38])  # its predecessor never comes
+    orphan = fed.contribute("alice", small[39])
+    lacking = make_contribution(key, 1, None, "test/other", *_digest(b"never offered" * 9))
+    source = Source(*small[:37], small[37], small[38], small[39], big)
+    source.spoil.add(chunk_digest(small[33]))  # bobs[3]
+    items = [
+        *chain[:10],
+        *(chain[4], forged(chain[10]), twin),
+        *chain[10:20],
+        *bobs,
+        *(with_file, after_file, chain[20], orphan, lacking),
+        *chain[21:],
+    ]
+    del gap
+    one = E4State.open(tmp_path / "one", ADMIN.public_keys)
+    many = E4State.open(tmp_path / "many", ADMIN.public_keys)
+    for m in members:
+        one.apply(m)
+        many.apply(m)
+    one.bulk = False
+    singly = []
+    for e in items:
+        try:
+            singly.append(one.apply(e, source).status)
+        except ValidationError as exc:
+            singly.append(type(exc))
+    batched = [
+        type(r) if isinstance(r, ValidationError) else r.status
+        for r in many.apply_many(items, source)
+    ]
+    assert batched == singly
+    assert ApplyStatus.HELD in singly and EquivocationError in singly
+    assert SignatureError in singly and DigestMismatchError in singly
+    assert fingerprint(many) == fingerprint(one)
+    assert many.merkle_root() == root_from_ids(many.store.all_ids())
+    one.close()
+    many.close()
+
+
+def _digest(payload: bytes) -> tuple[bytes, int]:
+    m = manifest_of(chunk_bytes(payload))
+    return m.digest, m.size
+
+
+def forged(e: Entry) -> Entry:
+    """The same header with a signature that does not verify."""
+    return Entry.from_parts(e.header_bytes, [[s.scheme, bytes(64)] for s in e.signatures])

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import msgpack
@@ -80,12 +81,13 @@ class Manifest:
 
     chunks: tuple[ChunkRef, ...]
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(c.size for c in self.chunks)
 
-    @property
+    @cached_property
     def digest(self) -> bytes:
+        """The payload digest (computed once per manifest: it hashes every chunk ref)."""
         return payload_digest(self.chunks)
 
     def to_bytes(self) -> bytes:

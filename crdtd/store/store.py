@@ -199,6 +199,30 @@ class NodeStore:
             out.update(bytes(r[0]) for r in self._q(sql, tuple(part)))
         return out
 
+    def links(self, ids: Sequence[bytes]) -> dict[bytes, tuple[bytes, int]]:
+        """id -> (author, seq) for those of `ids` held in the set."""
+        out: dict[bytes, tuple[bytes, int]] = {}
+        for part in _parts(ids):
+            sql = f"SELECT id, author, seq FROM entries WHERE id IN ({_marks(part)})"
+            out.update((bytes(i), (bytes(a), int(s))) for i, a, s in self._q(sql, tuple(part)))
+        return out
+
+    def ids_at(self, author: bytes, lo: int, hi: int) -> dict[int, list[bytes]]:
+        """seq -> ids of `author`'s entries in the set with lo <= seq <= hi."""
+        out: dict[int, list[bytes]] = {}
+        sql = "SELECT seq, id FROM entries WHERE author = ? AND seq BETWEEN ? AND ?"
+        for seq, i in self._q(sql, (author, lo, hi)):
+            out.setdefault(int(seq), []).append(bytes(i))
+        return out
+
+    def small_chunks_among(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of `digests` stored inline (in SQLite)."""
+        out: set[bytes] = set()
+        for part in _parts(digests):
+            sql = f"SELECT digest FROM small_chunks WHERE digest IN ({_marks(part)})"
+            out.update(bytes(r[0]) for r in self._q(sql, tuple(part)))
+        return out
+
     def _in_transaction(self) -> bool:
         """True when the calling thread is inside `transaction()`."""
         return self._depth > 0 and self._owner == threading.get_ident()
@@ -351,6 +375,49 @@ class NodeStore:
         self._changed.add(entry.id)
         self._clock_dirty.setdefault(entry.author, False)
 
+    def insert_contributions(
+        self,
+        entries: Sequence[Entry],
+        manifests: Sequence[Manifest],
+        chunks: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Write checked live contributions at once (inside `transaction()`): their inline
+        chunks as (digest, bytes), their payloads' manifests, then the entries, with one
+        statement per table instead of per row."""
+        c = self.conn
+        c.executemany("INSERT OR IGNORE INTO small_chunks (digest, data) VALUES (?, ?)", chunks)
+        c.executemany(
+            "INSERT OR IGNORE INTO payloads (digest, size, manifest) VALUES (?, ?, ?)",
+            [(m.digest, m.size, m.to_bytes()) for m in manifests],
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO payload_chunks (chunk, payload) VALUES (?, ?)",
+            [(ref.digest, m.digest) for m in manifests for ref in m.chunks],
+        )
+        rows = []
+        for e in entries:
+            body = e.body
+            rows.append(
+                (
+                    e.id,
+                    e.author,
+                    e.seq,
+                    int(e.kind),
+                    e.prev,
+                    body.namespace,  # type: ignore[union-attr]
+                    body.payload_digest,  # type: ignore[union-attr]
+                    db.LIVE,
+                    e.to_bytes(),
+                )
+            )
+            self._changed.add(e.id)
+            self._clock_dirty.setdefault(e.author, False)
+        c.executemany(
+            "INSERT INTO entries (id, author, seq, kind, prev, namespace, payload_digest, status, "
+            "raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
     def delete_entry(self, entry_id: bytes) -> None:
         row = self.conn.execute("SELECT author FROM entries WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
@@ -373,13 +440,18 @@ class NodeStore:
         self._clock_dirty.clear()
 
     def _advance_clock(self, author: bytes) -> None:
+        """Walk the author's seqs above its clock until the first gap (one query)."""
         row = self.conn.execute("SELECT seq FROM clock WHERE author = ?", (author,)).fetchone()
-        seq = int(row[0]) if row else 0
-        while self.conn.execute(
-            "SELECT 1 FROM entries WHERE author = ? AND seq = ? LIMIT 1", (author, seq + 1)
-        ).fetchone():
-            seq += 1
-        self._set_clock(author, seq)
+        start = seq = int(row[0]) if row else 0
+        rows = self.conn.execute(
+            "SELECT seq FROM entries WHERE author = ? AND seq > ? ORDER BY seq", (author, seq)
+        )
+        for (s,) in rows:
+            if s > seq + 1:
+                break
+            seq = s
+        if seq != start or row is None:
+            self._set_clock(author, seq)
 
     def _recompute_clock(self, author: bytes) -> None:
         self.conn.execute("DELETE FROM clock WHERE author = ?", (author,))
