@@ -207,6 +207,15 @@ class NodeStore:
             out.update((bytes(i), (bytes(a), int(s))) for i, a, s in self._q(sql, tuple(part)))
         return out
 
+    def chain_keys(self, ids: Sequence[bytes]) -> dict[bytes, tuple[int, bytes, int]]:
+        """id -> (kind, author, seq) for those of `ids` held in the set."""
+        out: dict[bytes, tuple[int, bytes, int]] = {}
+        for part in _parts(ids):
+            sql = f"SELECT id, kind, author, seq FROM entries WHERE id IN ({_marks(part)})"
+            for i, k, a, s in self._q(sql, tuple(part)):
+                out[bytes(i)] = (int(k), bytes(a), int(s))
+        return out
+
     def ids_at(self, author: bytes, lo: int, hi: int) -> dict[int, list[bytes]]:
         """seq -> ids of `author`'s entries in the set with lo <= seq <= hi."""
         out: dict[int, list[bytes]] = {}

@@ -18,7 +18,17 @@ PROTOCOL_VERSION = 1
 RIBLT_CAPABILITY = "riblt/1"
 """Set reconciliation with a rateless IBLT in front of the Merkle descent (crdtd.sync.reconcile)."""
 
-CAPABILITIES: tuple[str, ...] = ("merkle/1", RIBLT_CAPABILITY, "chunks/1", "notify/1", "peers/1")
+CHAIN_ORDER_CAPABILITY = "chain-order/1"
+"""FetchEntries answers in apply order up to a limit (each batch applied as it arrives)."""
+
+CAPABILITIES: tuple[str, ...] = (
+    "merkle/1",
+    RIBLT_CAPABILITY,
+    "chunks/1",
+    "notify/1",
+    "peers/1",
+    CHAIN_ORDER_CAPABILITY,
+)
 """Capabilities this implementation offers in the handshake (`SyncConfig.capabilities`)."""
 
 MiB = 1024 * 1024
@@ -86,6 +96,10 @@ class SyncConfig:
     # -- applying ----------------------------------------------------------------------------
     apply_batch: int = 1000
     """Entries received in one session are committed this many per durable transaction."""
+    chain_order: bool = True
+    """Offer "chain-order/1": FetchEntries answered in apply order up to a limit, so a puller
+    applies each batch while the next one arrives. False answers in request order, as the
+    previous version does."""
     # -- transfer ----------------------------------------------------------------------------
     piece_size: int = 1 * MiB
     """Bytes of chunk data per ChunkPiece message (<= 1 MiB: never one giant message)."""
@@ -115,9 +129,12 @@ class SyncConfig:
     @property
     def capabilities(self) -> tuple[str, ...]:
         """What this node offers in its handshake hello."""
-        if self.set_reconciliation:
-            return CAPABILITIES
-        return tuple(c for c in CAPABILITIES if c != RIBLT_CAPABILITY)
+        off = set()
+        if not self.set_reconciliation:
+            off.add(RIBLT_CAPABILITY)
+        if not self.chain_order:
+            off.add(CHAIN_ORDER_CAPABILITY)
+        return tuple(c for c in CAPABILITIES if c not in off)
 
     def suspicion_timeout(self, known_peers: int) -> float:
         """Seconds a peer stays suspect before it is declared dead (memberlist's formula)."""

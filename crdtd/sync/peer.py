@@ -30,6 +30,7 @@ from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import HandshakeServer, Identity, PeerIdentity, Session
 from crdtd.sync.receive import (
     INLINE_PAYLOAD_MAX,
+    JOIN_ORDER,
     Incoming,
     Misbehaviour,
     Receiver,
@@ -132,9 +133,17 @@ class LocalPeer:
         ids = [bytes(i) for i in req.ids]
         if len(ids) > MAX_IDS_PER_FETCH:
             raise ProtocolError(f"fetch of {len(ids)} ids exceeds {MAX_IDS_PER_FETCH}")
+        unknown: list[bytes] = []
+        if req.chain_order and self.config.chain_order:
+            ids, unknown = await asyncio.to_thread(
+                chain_ordered, self.state.store, ids, req.limit or len(ids)
+            )
         start = 0
         while start < len(ids) or start == 0:
             batch, start = await asyncio.to_thread(self._batch, ids, start)
+            if unknown:
+                batch.unknown.extend(unknown)
+                unknown = []
             self.stats.entries_served += len(batch.records)
             yield batch
             if start >= len(ids):
@@ -287,6 +296,20 @@ class LocalPeer:
     def _misbehaved(self, peer: PeerIdentity, items: Sequence[Misbehaviour]) -> None:
         if items:
             self.events.misbehaved(peer, items)
+
+
+def chain_ordered(
+    store: NodeStore, ids: Sequence[bytes], limit: int
+) -> tuple[list[bytes], list[bytes]]:
+    """(the first `limit` of `ids` held here in apply order, the ids not held).
+
+    Apply order is `sort_for_apply`'s: membership, revocations, removals, evidence,
+    contributions, each author's chain by seq, so a receiver applying batches as they arrive
+    never waits for a predecessor that is still to come."""
+    keys = store.chain_keys(ids)
+    order = {int(k): v for k, v in JOIN_ORDER.items()}
+    held = sorted(keys, key=lambda i: (order[keys[i][0]], keys[i][1], keys[i][2], i))
+    return held[:limit], [i for i in ids if i not in keys]
 
 
 def records_for(

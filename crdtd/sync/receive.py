@@ -244,7 +244,7 @@ class Receiver:
     def check(
         self,
         records: Sequence[pb.EntryRecord],
-        expected: Sequence[bytes] | None,
+        expected: Sequence[bytes] | set[bytes] | None,
         peer: str,
     ) -> Checked:
         """Decode and verify records before any payload moves.
@@ -255,7 +255,9 @@ class Receiver:
         author we cannot check yet (its membership entry has not reached us) is *deferred*
         and asked for again in a later session.
         """
-        asked = set(expected) if expected is not None else None
+        asked = (
+            None if expected is None else expected if isinstance(expected, set) else set(expected)
+        )
         decoded: list[tuple[Entry, bytes, bytes]] = []
         inline: dict[bytes, tuple[bytes, ...]] = {}
         originals: dict[bytes, pb.EntryRecord] = {}

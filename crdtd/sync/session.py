@@ -27,7 +27,7 @@ from crdtd.errors import HandshakeError, PeerRefusedError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
 from crdtd.state.e4 import E4State
 from crdtd.state.entry import Entry, Kind
-from crdtd.sync.config import SyncConfig
+from crdtd.sync.config import CHAIN_ORDER_CAPABILITY, SyncConfig
 from crdtd.sync.handshake import (
     NONCE_SIZE,
     Identity,
@@ -35,11 +35,12 @@ from crdtd.sync.handshake import (
     client_hello,
     verify_server_hello,
 )
-from crdtd.sync.peer import records_for
+from crdtd.sync.peer import MAX_IDS_PER_FETCH, records_for
 from crdtd.sync.receive import (
     Checked,
     Incoming,
     Misbehaviour,
+    Outcome,
     Receiver,
     pieces_of,
     record_of,
@@ -158,6 +159,12 @@ class SessionResult:
         return bool(self.pulled)
 
 
+def _refused_items(items: Sequence[Incoming], outcome: Outcome) -> list[Incoming]:
+    """The items `outcome` refused (to be offered once more at the end of the pull)."""
+    ids = {i for i, _ in outcome.refused}
+    return [i for i in items if i.id in ids] if ids else []
+
+
 class AntiEntropySession:
     """Push-pull anti-entropy between our state and one connected peer.
 
@@ -203,7 +210,9 @@ class AntiEntropySession:
         )
         if pull and diff.missing_here:
             wanted = await asyncio.to_thread(self._not_held, diff.missing_here)
-            if wanted:
+            if wanted and CHAIN_ORDER_CAPABILITY in peer.capabilities:
+                await self._pull_ordered(conn, wanted[:MAX_IDS_PER_FETCH], result)
+            elif wanted:
                 await self._pull(conn, wanted[: self.config.max_entries_per_session], result)
         if push and diff.missing_there:
             await self._push(conn, diff.missing_there, result)
@@ -234,26 +243,117 @@ class AntiEntropySession:
         got = {i.id for i in checked.verified} | set(checked.deferred)
         got |= {m.entry_id for m in checked.misbehaviour}
         result.unserved.extend(i for i in ids if i not in got)
-        client = conn.client
         first = await self.receiver.apply(checked.verified)
-        result.pulled.extend(first.applied)
-        result.held.extend(first.held)
-        result.refused.extend(first.refused)
-        result.misbehaviour.extend(first.misbehaviour)
-        waiting = first.incomplete
-        if not waiting:
-            return
+        self._file(first, result)
+        if first.incomplete:
+            await self._complete(conn, first.incomplete, peer, result)
+
+    async def _pull_ordered(
+        self, conn: Connection, ids: Sequence[bytes], result: SessionResult
+    ) -> None:
+        """Pull with "chain-order/1": the peer answers in apply order, up to
+        max_entries_per_session records, and every `apply_batch` records are checked and then
+        applied (one durable transaction) while the next ones arrive and are checked.
+
+        Records are checked with the keys known then; those deferred for want of their
+        author's membership are checked once more at the end with every membership entry the
+        transfer brought, entries refused are offered once more at the end (as the passes of
+        `Receiver.apply` would), and chunks not inline are fetched last."""
+        peer = conn.peer.short if conn.peer else conn.address
+        asked = set(ids)
+        request = pb.FetchEntriesRequest(
+            ids=ids, chain_order=True, limit=self.config.max_entries_per_session
+        )
+        step = self.config.apply_batch
+        groups: asyncio.Queue[list[pb.EntryRecord] | None] = asyncio.Queue(maxsize=2)
+        checked: asyncio.Queue[Checked | None] = asyncio.Queue(maxsize=1)
+        failures: list[Exception] = []
+        unknown: list[bytes] = []
+
+        async def fetch() -> None:
+            group: list[pb.EntryRecord] = []
+            try:
+                async for batch in conn.client.fetch_entries(request):
+                    unknown.extend(bytes(i) for i in batch.unknown)
+                    group.extend(batch.records)
+                    while len(group) >= step:
+                        await groups.put(group[:step])
+                        group = group[step:]
+            except Exception as exc:  # the records that did arrive are still applied
+                failures.append(exc)
+            if group:
+                await groups.put(group)
+            await groups.put(None)
+
+        async def check() -> None:
+            try:
+                while (group := await groups.get()) is not None:
+                    part = await asyncio.to_thread(self.receiver.check, group, asked, peer)
+                    await checked.put(part)
+            except Exception as exc:
+                failures.append(exc)
+            await checked.put(None)
+
+        later: list[pb.EntryRecord] = []
+        members: list[pb.EntryRecord] = []
+        retry: list[Incoming] = []  # refused, or deferred and verified at the end
+        waiting: list[Incoming] = []
+        tasks = [asyncio.create_task(fetch()), asyncio.create_task(check())]
+        try:
+            while (part := await checked.get()) is not None:
+                result.rejected.extend(part.rejected)
+                result.misbehaviour.extend(part.misbehaviour)
+                later.extend(part.deferred_records)
+                members.extend(
+                    record_of(i) for i in part.verified if i.entry.kind is Kind.MEMBERSHIP
+                )
+                outcome = await self.receiver.apply(part.verified)
+                retry.extend(_refused_items(part.verified, outcome))
+                waiting.extend(outcome.incomplete)
+                result.pulled.extend(outcome.applied)
+                result.held.extend(outcome.held)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if failures:
+            raise failures[0]
+        result.unserved.extend(unknown)
+        if later:
+            again = await asyncio.to_thread(self.receiver.check, later + members, asked, peer)
+            result.rejected.extend(again.rejected)
+            result.misbehaviour.extend(again.misbehaviour)
+            result.deferred.extend(again.deferred)
+            retry.extend(again.verified)
+        if retry:
+            last = await self.receiver.apply(retry)
+            self._file(last, result)
+            waiting.extend(last.incomplete)
+        if waiting:
+            await self._complete(conn, waiting, peer, result)
+
+    @staticmethod
+    def _file(outcome: Outcome, result: SessionResult) -> None:
+        """Add what applying did to the session's result."""
+        result.pulled.extend(outcome.applied)
+        result.held.extend(outcome.held)
+        result.refused.extend(outcome.refused)
+        result.misbehaviour.extend(outcome.misbehaviour)
+
+    async def _complete(
+        self, conn: Connection, waiting: list[Incoming], peer: str, result: SessionResult
+    ) -> None:
+        """Fetch the chunks entries still wait for, then apply them."""
         missing = self.receiver.missing_chunks(waiting)
         if missing:
             expected = dict(missing)
-            pieces = client.fetch_chunks(pb.FetchChunksRequest(digests=[d for d, _ in missing]))
+            pieces = conn.client.fetch_chunks(
+                pb.FetchChunksRequest(digests=[d for d, _ in missing])
+            )
             stored = await self.receiver.store_chunks(pieces, expected, peer)
             result.chunks_fetched += len(stored)
         second = await self.receiver.apply(waiting)
-        result.pulled.extend(second.applied)
-        result.held.extend(second.held)
-        result.refused.extend(second.refused)
-        result.misbehaviour.extend(second.misbehaviour)
+        self._file(second, result)
         result.incomplete.extend(i.id for i in second.incomplete)
 
     async def _fetch_and_check(

@@ -169,10 +169,14 @@ class DigestResponse(_message.Message):
     def __init__(self, merkle: _Optional[_Union[MerkleNodes, _Mapping]] = ..., riblt: _Optional[_Union[RibltSymbols, _Mapping]] = ...) -> None: ...
 
 class FetchEntriesRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "chain_order", "limit")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ORDER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    chain_order: bool
+    limit: int
+    def __init__(self, ids: _Optional[_Iterable[bytes]] = ..., chain_order: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class EntryRecord(_message.Message):
     __slots__ = ("entry", "manifest", "chunks")
