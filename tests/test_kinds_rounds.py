@@ -193,3 +193,20 @@ def test_fedadam_namespace_applies_the_server_step_to_the_rounds_fedavg(tmp_path
             np.testing.assert_allclose(g1[k], want[k], rtol=1e-4, atol=1e-6)
     finally:
         node.close()
+
+
+def test_a_rounds_global_is_the_same_bytes_whoever_signed_its_inputs(tmp_path: Path) -> None:
+    """Two federations (other keys, so other entry ids) pushing the same updates build
+    byte-identical globals: what --daemon compares against the in-process run."""
+    shas = []
+    for name in ("one", "two"):
+        node, sites = start(tmp_path / name, 3)
+        try:
+            g0 = tensors(0.6)
+            sites[0].push(g0, role="global", round=0)
+            for i, s in enumerate(sites):
+                s.push(near(g0, i), round=1, num_examples=10 + i)
+            shas.append(build(node, tmp_path / name, 1)[1].sha256)
+        finally:
+            node.close()
+    assert shas[0] == shas[1]

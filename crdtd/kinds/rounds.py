@@ -411,6 +411,7 @@ def _global(core: Any, ns: NamespaceConfig, entries: list[tuple[Entry, int]], ro
     if not plan.content_ids:
         raise MergeError(f"namespace {ns.name!r}: round {round_} has no update left to merge")
     merged = _merge(plan, loaded)
+    by_id = {e.id: e for e, _ in cohort.members}
     params, state = server_step(settings.optimiser, base.params, merged, base.state, round_)
     params = {k: params[k].astype(base.params[k].dtype, copy=False) for k in sorted(params)}
     summary = {
@@ -423,7 +424,11 @@ def _global(core: Any, ns: NamespaceConfig, entries: list[tuple[Entry, int]], ro
         "base": base.id.hex(),
         "strategy": plan.strategy,
         "optimiser": settings.optimiser.name,
-        "inputs_digest": hashlib.sha256(b"".join(plan.content_ids)).hexdigest(),
+        # the inputs' payload digests, not their entry ids: the same updates signed by other
+        # keys (another deployment) give the same global bytes
+        "inputs_digest": hashlib.sha256(
+            b"".join(sorted(by_id[c].body.payload_digest for c in plan.content_ids))  # type: ignore[union-attr]
+        ).hexdigest(),
     }
     data = _save(params, _global_meta(round_, summary))
     got = Round(round_, global_id(data), data, params, state, summary)
