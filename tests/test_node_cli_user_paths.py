@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
 from crdtd.cli import main
@@ -41,6 +42,19 @@ def one_line_error(err: str, verb: str) -> str:
     """The CLI's error line, checked to be one `crdtd VERB: error: ...` line, no traceback."""
     assert "Traceback" not in err and err.startswith(f"crdtd {verb}: error: "), err
     return err
+
+
+def test_a_sql_syntax_error_is_the_callers_mistake_not_an_internal_error(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with nodes[0].client() as c, pytest.raises(CrdtdError) as caught:
+        c.sql("SELEC 1")
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "syntax error" in str(caught.value)
+    code, _, err = run(
+        capsys, "sql", "SELEC ward FROM records_visits", "--config", str(nodes[0].config)
+    )
+    assert code == 1 and "syntax error" in one_line_error(err, "sql")
 
 
 def test_pushing_a_missing_file_or_a_directory_names_the_path(

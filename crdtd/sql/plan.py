@@ -36,7 +36,13 @@ class Plan:
 
 def parse(con: Any, query: str) -> Plan:
     """Parse one SELECT (SqlError naming DuckDB's complaint otherwise)."""
-    if len(con.extract_statements(query)) != 1:
+    import duckdb
+
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:  # a syntax error: the caller's query, not the node, is wrong
+        raise SqlError(f"not a query crdtd runs: {exc}") from None
+    if len(statements) != 1:
         raise SqlError("a query must be exactly one SELECT statement")
     tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
     if tree.get("error"):
