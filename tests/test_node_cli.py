@@ -63,7 +63,7 @@ def test_push_ls_materialise_erase_round_trip(
     assert pushed["entry_id"] in result["inputs"] and len(result["output_sha256"]) == 64
 
     code, out, _ = run(capsys, "erase", pushed["entry_id"], "--config", cfg)
-    assert code == 0 and "1 entries erased here" in out
+    assert code == 0 and "1 entry erased here" in out
     code, out, _ = run(capsys, "ls", NAMESPACE, "--all", "--config", cfg)
     assert "[erased]" in out
 

@@ -4,6 +4,7 @@ mistake gets one line naming what was wrong (no traceback, no INTERNAL), the sho
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -118,6 +119,35 @@ def test_a_query_after_the_options_is_still_the_query(
     assert run(capsys, "push", "agents/notes", str(notes), "--config", cfg)[0] == 0
     code, out, err = run(capsys, "recall", "agents/notes", "-k", "1", "saline", "--config", cfg)
     assert code == 0 and "short of saline" in out, err
+
+
+def test_erase_and_ls_take_the_short_ids_and_names_that_ls_prints(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(nodes[0].config)
+    visits = tmp_path / "visits.csv"
+    visits.write_text("visit,ward\nv-short-id,a\n")
+    code, out, _ = run(capsys, "push", "records/visits", str(visits), "--config", cfg, "--json")
+    entry = json.loads(out)["entry_id"]
+    code, out, _ = run(capsys, "ls", "--author", "site-a", "--config", cfg)
+    assert code == 0 and entry[:16] in out
+    code, out, err = run(capsys, "ls", "--author", "site-z", "--config", cfg)
+    assert code == 1 and "no member has that name" in one_line_error(err, "ls")
+    assert "site-a" in err and "site-b" in err
+    code, out, err = run(capsys, "erase", entry[:16], "--config", cfg)
+    assert code == 0 and "1 entry erased here" in out, err
+    code, out, _ = run(capsys, "ls", "records/visits", "--all", "--config", cfg)
+    assert f"{entry[:16]}" in out and "[erased]" in out
+    code, _, err = run(capsys, "erase", "1", "--config", cfg)
+    assert code == 1 and "first 4 or more" in one_line_error(err, "erase")
+
+
+def test_admin_entries_are_listed_as_the_admin(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "ls", "--config", str(nodes[0].config), "--json")
+    memberships = [e for e in json.loads(out) if e["kind"] == "membership"]
+    assert memberships and {e["author_name"] for e in memberships} == {"admin"}
 
 
 def test_a_node_that_is_not_running_is_named_with_what_to_check() -> None:

@@ -67,14 +67,55 @@ def _meta_value(text: str) -> Any:
     return text
 
 
-def _hex(text: str, what: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise ConfigError(f"{what} {text!r}: expected 64 hex digits")
-    return value
+def _is_full_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _prefix(text: str, what: str) -> str:
+    """`text` as a lower-case hex prefix of at least 4 digits, or ConfigError."""
+    if len(text) < 4 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ConfigError(
+            f"{what} {text!r}: expected an id (64 hex digits, or the first 4 or more of them "
+            "as `crdtd ls` prints)"
+        )
+    return text.lower()
+
+
+def _unique(text: str, what: str, candidates: dict[str, str]) -> bytes:
+    """The one candidate id (hex -> label) that `text` names, or ConfigError."""
+    found = sorted(h for h in candidates if h.startswith(text))
+    if len(found) == 1:
+        return bytes.fromhex(found[0])
+    if not found:
+        raise ConfigError(f"{what} {text!r}: no id on this node starts with {text}")
+    shown = ", ".join(f"{h[:16]} ({candidates[h]})" if candidates[h] else h[:16] for h in found)
+    raise ConfigError(f"{what} {text!r} is ambiguous: {shown}; give more digits")
+
+
+def resolve_entry_ids(client: Any, texts: list[str], what: str = "entry id") -> list[bytes]:
+    """Entry ids from full ids or the short prefixes `crdtd ls` prints (asks the node)."""
+    if all(_is_full_id(t) for t in texts):
+        return [bytes.fromhex(t) for t in texts]
+    prefixes = [None if _is_full_id(t) else _prefix(t, what) for t in texts]
+    held = {e.id.hex(): e.namespace or e.kind for e in client.list("", include_removed=True)}
+    return [
+        bytes.fromhex(t) if p is None else _unique(p, what, held)
+        for t, p in zip(texts, prefixes, strict=True)
+    ]
+
+
+def resolve_author(client: Any, text: str, what: str = "--author") -> bytes:
+    """A member key id from 64 hex digits, a member name, or a key id prefix (asks the node)."""
+    if _is_full_id(text):
+        return bytes.fromhex(text)
+    members = {s.key_id.hex(): s.name for s in client.trust().scores}
+    named = [k for k, name in members.items() if name and name == text]
+    if len(named) == 1:
+        return bytes.fromhex(named[0])
+    if len(text) < 4 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        known = ", ".join(sorted(n for n in members.values() if n)) or "none"
+        raise ConfigError(f"{what} {text!r}: no member has that name (members: {known})")
+    return _unique(text.lower(), what, members)
 
 
 # -- verbs ------------------------------------------------------------------------------------
@@ -131,7 +172,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
             args.namespace,
             args.path,
             metadata=meta,
-            base_id=_hex(args.base, "--base") if args.base else None,
+            base_id=resolve_entry_ids(c, [args.base], "--base")[0] if args.base else None,
             payload_kind=args.kind,
             key=key,
             progress=_progress(args),
@@ -156,7 +197,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         entries = c.list(
             args.namespace or "",
             include_removed=args.all,
-            author=_hex(args.author, "--author") if args.author else b"",
+            author=resolve_author(c, args.author) if args.author else b"",
         )
     if args.json:
         _print(args, "", [e.to_json() for e in entries])
@@ -269,33 +310,34 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 
     if not args.ids and not args.author:
         raise ConfigError("erase needs entry ids or --author KEYID")
-    ids = [_hex(i, "entry id") for i in args.ids]
-    author = _hex(args.author, "--author") if args.author else None
     key = NodeKey.load(args.member_key) if args.member_key else None
     signed = None
-    if args.admin_dir:
-        from crdtd.crypto.federation import Federation
-        from crdtd.state.entry import make_removal
-
-        federation = Federation.load(args.admin_dir)
-        signed = federation.sign_admin_entry(
-            lambda admin, seq, prev: make_removal(
-                admin,
-                seq,
-                prev,
-                ids,
-                target_author=author,
-                reason=args.reason,
-                policy=federation.policy,
-            )
-        )
     with client_for(args) as c:
+        ids = resolve_entry_ids(c, args.ids) if args.ids else []
+        author = resolve_author(c, args.author) if args.author else None
         if args.admin_dir:
+            from crdtd.crypto.federation import Federation
+            from crdtd.state.entry import make_removal
+
+            federation = Federation.load(args.admin_dir)
+            signed = federation.sign_admin_entry(
+                lambda admin, seq, prev: make_removal(
+                    admin,
+                    seq,
+                    prev,
+                    ids,
+                    target_author=author,
+                    reason=args.reason,
+                    policy=federation.policy,
+                )
+            )
             send_admin_chain(c, federation, signed)
         removal, erased = c.erase(ids, author=author, reason=args.reason, key=key, removal=signed)
+    noun = "entry" if erased == 1 else "entries"
     _print(
         args,
-        f"removal {removal.hex()}: {erased} entries erased here; peers erase them as it spreads",
+        f"removal {removal.hex()}: {erased} {noun} erased here; peers erase "
+        f"{'it' if erased == 1 else 'them'} as the removal spreads",
         {"removal_id": removal.hex(), "erased": erased},
     )
     return 0
@@ -467,7 +509,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("namespace")
     p.add_argument("path")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--base", default="", metavar="ENTRY_ID", help="the contribution this tunes")
+    p.add_argument(
+        "--base", default="", metavar="ENTRY_ID", help="the contribution this tunes (id or prefix)"
+    )
     p.add_argument("--kind", default="", help="payload kind (default: the namespace's)")
     p.add_argument("--key", dest="member_key", default=None, help="sign with this member key")
     client_options(p)
@@ -476,7 +520,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p = subparsers.add_parser("ls", help="list entries (a namespace's contributions, or all)")
     p.add_argument("namespace", nargs="?")
     p.add_argument("--all", action="store_true", help="include erased entries")
-    p.add_argument("--author", default="", metavar="KEYID")
+    p.add_argument(
+        "--author", default="", metavar="MEMBER", help="only this member's (name or key id)"
+    )
     client_options(p)
     p.set_defaults(func=_cmd_ls)
 
@@ -530,8 +576,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_cmd_recall)
 
     p = subparsers.add_parser("erase", help="erase entries everywhere (right to be forgotten)")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--author", default="", metavar="KEYID", help="every entry of this author")
+    p.add_argument("ids", nargs="*", metavar="ID", help="entry ids (or the prefixes ls prints)")
+    p.add_argument(
+        "--author",
+        default="",
+        metavar="MEMBER",
+        help="every entry of this member (name or key id); needs --admin-dir",
+    )
     p.add_argument("--reason", default="")
     p.add_argument(
         "--admin-dir",

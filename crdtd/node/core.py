@@ -176,6 +176,11 @@ class NodeCore:
             out.setdefault(e.body.member, e.body.name)  # type: ignore[union-attr]
         return out
 
+    def author_names(self) -> dict[bytes, str]:
+        """Key id -> what List shows as the author: member names, and `admin` for the
+        federation admin (it signs memberships, revocations, key envelopes)."""
+        return {**self.member_names(), self.state.admin.key_id: "admin"}
+
     def namespace(self, name: str) -> NamespaceConfig:
         """The namespace's config, or UnknownNamespaceError naming the declared ones."""
         ns = self.config.namespace(name)
@@ -523,7 +528,7 @@ class NodeCore:
         self, namespace: str = "", include_removed: bool = False, author: bytes = b""
     ) -> list[EntryView]:
         """Entries in the set, id order: contributions of a namespace, or every kind."""
-        names = self.member_names()
+        names = self.author_names()
         out: list[EntryView] = []
         for e, st in self.state.store.iter_entries():
             if namespace and (e.kind is not Kind.CONTRIBUTION or e.body.namespace != namespace):  # type: ignore[union-attr]
@@ -539,7 +544,7 @@ class NodeCore:
         """One entry (NotFoundError when absent)."""
         e = self.state.store.get_entry(entry_id)
         st = self.state.store.entry_status(entry_id)
-        return EntryView(e, db.LIVE if st is None else st, self.member_names().get(e.author, ""))
+        return EntryView(e, db.LIVE if st is None else st, self.author_names().get(e.author, ""))
 
     def payload_chunks(self, entry_id: bytes) -> Iterator[bytes]:
         """The payload of a visible contribution, chunk by chunk, each re-verified."""
