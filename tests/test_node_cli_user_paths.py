@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -15,7 +17,8 @@ import pytest
 from crdtd.cli import main
 from crdtd.client import Client
 from crdtd.errors import CrdtdError
-from tests.node_support import REPO, InProcessNode, crdtd_command, federation
+from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
+from tests.node_support import REPO, InProcessNode, checkpoint, crdtd_command, federation, wait_for
 
 NAMESPACES = {
     "model/mlp": {"strategy": "fedavg"},
@@ -148,6 +151,37 @@ def test_admin_entries_are_listed_as_the_admin(
     code, out, _ = run(capsys, "ls", "--config", str(nodes[0].config), "--json")
     memberships = [e for e in json.loads(out) if e["kind"] == "membership"]
     assert memberships and {e["author_name"] for e in memberships} == {"admin"}
+
+
+def test_a_watcher_of_a_namespace_sees_an_erasure_made_on_another_node(
+    nodes: list[InProcessNode], tmp_path: Path
+) -> None:
+    a, b = nodes
+    with a.client() as c:
+        pushed = c.push("model/mlp", checkpoint(tmp_path / "w.safetensors", 3.0))
+    wait_for(lambda: b.core.state.store.entry_status(pushed.entry_id) is not None, 60, "sync")
+    events: list[pb.Event] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with b.client() as w:
+            stream = w.watch("model/mlp")
+            ready.set()
+            for ev in stream:
+                events.append(ev)
+                if ev.kind == "entry_erased":
+                    return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    ready.wait(10)
+    time.sleep(0.5)  # the stream is open once the server has the call
+    with a.client() as c:
+        c.erase([pushed.entry_id])
+    t.join(60)
+    erased = [e for e in events if e.kind == "entry_erased"]
+    assert [e.entry_id for e in erased] == [pushed.entry_id]
+    assert erased[0].namespace == "model/mlp" and erased[0].entry_kind == "contribution"
 
 
 def test_a_node_that_is_not_running_is_named_with_what_to_check() -> None:

@@ -448,9 +448,39 @@ class NodeCore:
             raise
         erased = before - self._live(targets, author)
         self._applied(entry, result, "client")
-        for t in sorted(erased):
-            self.events.publish(NodeEvent("entry_erased", t, detail=f"removal {entry.id.hex()}"))
+        self._publish_erased([self.state.store.get_entry(t) for t in sorted(erased)], entry.id)
         return entry, len(erased)
+
+    def _publish_erased(self, erased: list[Entry], removal_id: bytes) -> None:
+        """One `entry_erased` Watch event per erased entry, with its namespace (so a watcher
+        of that namespace sees it)."""
+        for e in erased:
+            ns = e.body.namespace if e.kind is Kind.CONTRIBUTION else ""  # type: ignore[union-attr]
+            self.events.publish(
+                NodeEvent(
+                    "entry_erased",
+                    e.id,
+                    ns,
+                    e.author,
+                    e.kind.name.lower(),
+                    f"removal {removal_id.hex()}",
+                )
+            )
+
+    def _erased_by(self, removal: Entry) -> list[Entry]:
+        """The entries a removal names that are erased here now, in id order."""
+        store = self.state.store
+        body = removal.body
+        found: dict[bytes, Entry] = {}
+        for t in body.targets:  # type: ignore[union-attr]
+            if store.entry_status(t) == db.TOMBSTONED:
+                found[t] = store.get_entry(t)
+        author = body.target_author  # type: ignore[union-attr]
+        if author is not None:
+            for e, _ in store.iter_entries(status=db.TOMBSTONED):
+                if e.author == author:
+                    found[e.id] = e
+        return [found[k] for k in sorted(found)]
 
     def _live(self, targets: list[bytes], author: bytes | None) -> set[bytes]:
         live = {t for t in targets if self.state.store.entry_status(t) == db.LIVE}
@@ -504,12 +534,15 @@ class NodeCore:
         self._applied(entry, result, "trust")
 
     def entry_applied_elsewhere(self, entry: Entry, status: str, source: str = "sync") -> None:
-        """Hook for the sync layer: an entry it applied (metrics and Watch)."""
+        """Hook for the sync layer: an entry it applied (metrics and Watch; a removal also
+        announces the entries it erased here)."""
         self.metrics.entries_applied.labels(entry.kind.name.lower(), source).inc()
         ns = entry.body.namespace if entry.kind is Kind.CONTRIBUTION else ""  # type: ignore[union-attr]
         self.events.publish(
             NodeEvent("entry_applied", entry.id, ns, entry.author, entry.kind.name.lower(), status)
         )
+        if entry.kind is Kind.REMOVAL and self.state.store.entry_status(entry.id) == db.LIVE:
+            self._publish_erased(self._erased_by(entry), entry.id)
 
     def entry_rejected_elsewhere(self, exc: BaseException, entry_id: bytes = b"") -> None:
         """Hook for the sync layer: an entry it refused."""
