@@ -150,6 +150,7 @@ def test_admin_entries_are_listed_as_the_admin(
 ) -> None:
     code, out, _ = run(capsys, "ls", "--config", str(nodes[0].config), "--json")
     memberships = [e for e in json.loads(out) if e["kind"] == "membership"]
+    assert code == 0
     assert memberships and {e["author_name"] for e in memberships} == {"admin"}
 
 
