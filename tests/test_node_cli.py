@@ -112,3 +112,44 @@ def test_config_check_reports_ok_or_the_bad_key(
     bad.write_text(node.config.read_text() + '\n[log]\nformat = "yaml"\n')
     code, _, err = run(capsys, "config", "check", str(bad))
     assert code == 2 and str(bad) in err and "[log] format" in err
+
+
+def test_config_check_opens_the_key_membership_and_certificate_that_start_needs(
+    node: InProcessNode, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = node.config.read_text()
+    fed_dir = node.config.parent
+    other = tmp_path / "other.key"
+    assert run(capsys, "keygen", "--out", str(other))[0] == 0
+    assert (
+        run(
+            capsys,
+            "tls",
+            "--dir",
+            str(fed_dir),
+            "--name",
+            "other",
+            "--key",
+            str(other),
+            "--out-dir",
+            str(tmp_path),
+        )[0]
+        == 0
+    )
+    cases = {
+        "key file not found": text.replace('key = "site-a.key"', f'key = "{tmp_path / "x.key"}"'),
+        "is not the membership entry of key": text.replace(
+            'key = "site-a.key"', f'key = "{other}"'
+        ),
+        "names key": text.replace(
+            'cert = "site-a.tls.pem"', f'cert = "{tmp_path / "other.tls.pem"}"'
+        ),
+    }
+    for why, variant in cases.items():
+        assert variant != text, why
+        bad = fed_dir / "variant.toml"
+        bad.write_text(variant)
+        code, _, err = run(capsys, "config", "check", str(bad))
+        assert code == 2 and why in err, (why, err)
+    code, out, _ = run(capsys, "config", "check", str(node.config))
+    assert code == 0 and "key, membership and TLS certificate match" in out

@@ -92,6 +92,22 @@ def test_invalid_config_exits_2_naming_the_key_and_file(tmp_path: Path) -> None:
     assert "'open' is not one of token, mtls, none" in proc.stderr
 
 
+def test_a_certificate_of_another_key_exits_2_at_start_not_at_the_first_handshake(
+    tmp_path: Path,
+) -> None:
+    configs = federation(tmp_path, 2)
+    text = configs[0].read_text()
+    configs[0].write_text(text.replace('cert = "site-a.tls.pem"', 'cert = "site-b.tls.pem"'))
+    proc = subprocess.run(
+        [*crdtd_command(), "start", "--config", str(configs[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "site-b.tls.pem names key" in proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     (config,) = federation(tmp_path, 1)

@@ -128,16 +128,18 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from crdtd.node.config import load_daemon_config
+    from crdtd.node.config import load_daemon_config, load_identity
 
     try:
         cfg = load_daemon_config(args.file)
+        key, _ = load_identity(cfg.node)
     except ConfigError as exc:
         print(f"crdtd config check: {exc}", file=sys.stderr)
         return 2
     data = {
         "config": str(cfg.path),
         "node": cfg.node.name,
+        "key_id": key.key_id.hex(),
         "federation": cfg.node.federation.id,
         "client": cfg.client_address,
         "peer": cfg.node.advertise,
@@ -147,19 +149,28 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         "max_payload": cfg.max_payload,
         "namespaces": {name: ns.describe() for name, ns in sorted(cfg.namespaces.items())},
     }
-    spaces = ", ".join(
-        f"{n} ({ns.kind}{': ' + ns.strategy if ns.kind == 'model' else ''})"
-        for n, ns in sorted(cfg.namespaces.items())
-    )
+    spaces = ", ".join(f"{n} ({_namespace_label(ns)})" for n, ns in sorted(cfg.namespaces.items()))
     _print(
         args,
-        f"{cfg.path}: ok\n  node {cfg.node.name} in {cfg.node.federation.id}\n"
+        f"{cfg.path}: ok\n  node {cfg.node.name} ({key.key_id.hex()[:16]}) in "
+        f"{cfg.node.federation.id}; key, membership and TLS certificate match\n"
         f"  client {cfg.client_address} ({cfg.auth_mode}{', tls' if cfg.client_tls else ''}), "
         f"peer {cfg.node.advertise}, metrics {cfg.metrics_address or 'off'}\n"
         f"  namespaces: {spaces or 'any (none declared)'}",
         data,
     )
     return 0
+
+
+def _namespace_label(ns: Any) -> str:
+    """What `config check` says a namespace is: its kind, and what it merges with."""
+    if ns.kind == "model":
+        what = "bytes, not merged" if ns.payload_kind == "bytes" else ns.strategy
+        return f"model: {what}"
+    if ns.kind == "sketch":
+        name, size = ns.settings.size
+        return f"sketch: {ns.settings.type}, {name} {size}"
+    return str(ns.kind)
 
 
 def _cmd_push(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crdtd.crypto.node_config import (
     Field,
@@ -30,6 +30,10 @@ from crdtd.crypto.node_config import (
     parse_section,
 )
 from crdtd.errors import ConfigError, CrdtdError, StrategyError, echo
+
+if TYPE_CHECKING:
+    from crdtd.crypto.keys import NodeKey
+    from crdtd.state.entry import Entry
 from crdtd.trust.gating import FederationPolicy, NamespacePolicy
 from crdtd.trust.scores import SCALE
 
@@ -572,6 +576,39 @@ def ensure_token(path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private_file(path, (secrets.token_urlsafe(32) + "\n").encode())
     return read_token(path)
+
+
+def load_identity(node: NodeConfig) -> tuple[NodeKey, Entry]:
+    """The node's signing key and its membership entry, checked against each other and
+    against the TLS certificate; what `crdtd start` opens first and `crdtd config check`
+    checks (ConfigError naming the file otherwise)."""
+    from crdtd.state.entry import Entry, Kind
+
+    key = node.load_key()
+    try:
+        membership = Entry.from_bytes(node.membership_bytes())
+    except ConfigError:
+        raise
+    except CrdtdError as exc:
+        raise ConfigError(
+            f"{node.path}: [node] membership {node.membership} is not an entry ({exc})"
+        ) from None
+    if membership.kind is not Kind.MEMBERSHIP or membership.body.member != key.key_id:  # type: ignore[union-attr]
+        raise ConfigError(
+            f"{node.path}: [node] membership {node.membership} is not the membership "
+            f"entry of key {key.key_id.hex()}"
+        )
+    tls = node.tls_material()
+    try:
+        named = tls.key_id
+    except CrdtdError as exc:
+        raise ConfigError(f"{node.path}: [tls] cert {node.tls_cert}: {exc}") from None
+    if named != key.key_id:
+        raise ConfigError(
+            f"{node.path}: [tls] cert {node.tls_cert} names key {named.hex()}, not this "
+            f"node's key {key.key_id.hex()} ([node] key {node.key})"
+        )
+    return key, membership
 
 
 def read_token(path: Path) -> str:

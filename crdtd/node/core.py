@@ -32,7 +32,7 @@ from crdtd.errors import (
     echo,
 )
 from crdtd.kinds.base import ViewCache, check_payload_kind
-from crdtd.node.config import DaemonConfig, NamespaceConfig
+from crdtd.node.config import DaemonConfig, NamespaceConfig, load_identity
 from crdtd.node.events import EventBus, NodeEvent
 from crdtd.node.keys import NamespaceKeys
 from crdtd.node.metrics import KINDS, NodeMetrics, RoundSnapshot, StateSnapshot
@@ -137,7 +137,7 @@ class NodeCore:
     ) -> NodeCore:
         """Open the store, load the key and make sure this node's membership entry is held."""
         node = config.node
-        key = node.load_key()
+        key, membership = load_identity(node)
         rule = auto_revocation if config.trust.auto_revoke_equivocation else None
         state = E4State.open(
             node.data_dir,
@@ -147,12 +147,6 @@ class NodeCore:
             latest_only=config.latest_only,
         )
         try:
-            membership = Entry.from_bytes(node.membership_bytes())
-            if membership.kind is not Kind.MEMBERSHIP or membership.body.member != key.key_id:  # type: ignore[union-attr]
-                raise ConfigError(
-                    f"{node.path}: [node] membership {node.membership} is not the membership "
-                    f"entry of key {key.key_id.hex()}"
-                )
             state.apply(membership)
         except BaseException:
             state.close()
