@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from crdtd import kinds
+from crdtd.crypto.node_config import SCHEMA as IDENTITY_SCHEMA
 from crdtd.errors import ConfigError
 from crdtd.node.config import (
     DAEMON_SCHEMA,
@@ -156,7 +157,7 @@ def test_hospital_example_loads_and_comments_every_key() -> None:
     cfg = load_daemon_config(path, env={})
     assert cfg.node.name == "hospital-a" and cfg.namespaces
     lines = path.read_text().splitlines()
-    for section, fields in DAEMON_SCHEMA.items():
+    for section, fields in {**IDENTITY_SCHEMA, **DAEMON_SCHEMA}.items():
         assert f"[{section}]" in lines, section
         for key in fields:
             assert any(line.startswith(f"{key} = ") for line in lines), f"[{section}] {key}"
