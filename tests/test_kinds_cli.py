@@ -4,6 +4,7 @@ namespace kind, as a user types them, against a real in-process node."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -118,9 +119,41 @@ def test_every_kind_pushes_lists_shows_and_materialises_from_the_cli(
         "--config",
         cfg,
     )
-    assert "estimate" in out and "lower_bound" in out
+    estimate = re.search(r"estimate ([\d.]+) \[([\d.]+), ([\d.]+)\] \(99\.73% confidence\)", out)
+    assert estimate is not None, out
+    low, value, high = float(estimate[2]), float(estimate[1]), float(estimate[3])
+    assert low <= 300 <= high and low <= value <= high
+    assert "  sketch, 1 input," in out and "  sketch hll, lg_k 10" in out
     code, out = run(capsys, "recall", "agents/notes", "saline", "-k", "1", "--config", cfg)
     assert "ward b is short of saline" in out
+
+
+def test_sketch_push_builds_with_the_namespaces_size_and_refuses_another_type_first(
+    node: InProcessNode, files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(node.config)
+    out_file = tmp_path / "ids.hll.sketch"
+    argv = ["sketch", "hll", str(files["ids"]), "--column", "patient_id", "--out", str(out_file)]
+    code, out = run(capsys, *argv, "--push", "stats/patients", "--config", cfg, "--json")
+    assert code == 0 and json.loads(out)["summary"]["lg_k"] == 10  # the namespace's, not 12
+    code = main(
+        [
+            "sketch",
+            "kll",
+            str(files["ids"]),
+            "--column",
+            "patient_id",
+            "--push",
+            "stats/patients",
+            "--config",
+            cfg,
+            "--out",
+            str(tmp_path / "x.sketch"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "takes hll sketches, not kll sketches" in err
+    assert not (tmp_path / "x.sketch").exists()
 
 
 def test_watch_reports_pushes_of_every_kind(

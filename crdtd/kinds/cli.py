@@ -45,38 +45,57 @@ def column_values(path: Path, column: str, kind: str) -> list[Any]:
     return list(series.to_list())
 
 
+SIZES = {"lg_k": 12, "k": 200, "lg_max_map_size": 10}
+"""Each size option's default when neither the command line nor a namespace gives it."""
+
+
+def _namespace_sizes(client: Any, namespace: str, kind: str) -> dict[str, int]:
+    """The sizes a sketch namespace takes (from the node's Status), or ConfigError when it
+    is not a sketch namespace of `kind`: caught before anything is built."""
+    info = {n.name: n for n in client.status().namespace_info}.get(namespace)
+    if info is None:
+        return {}  # the push names the namespace's problem (not declared, ...)
+    settings = info.settings
+    if info.kind != "sketch" or settings.get("type", kind) != kind:
+        what = f"{settings.get('type')} sketches" if info.kind == "sketch" else info.kind
+        raise ConfigError(f"namespace {namespace!r} takes {what}, not {kind} sketches")
+    return {k: int(settings[k]) for k in SIZES if k in settings}
+
+
 def _cmd_sketch(args: argparse.Namespace) -> int:
     from crdtd.kinds.sketch import SketchSettings, build_sketch, decode_sketch, summarise
+    from crdtd.node.cli import summary_lines
 
-    s = SketchSettings(
-        type=args.type, lg_k=args.lg_k, k=args.k, lg_max_map_size=args.lg_max_map_size
-    )
-    src = Path(args.file)
-    values = column_values(src, args.column, args.type)
-    data = build_sketch(s, values)
-    out = Path(args.out or f"{src.stem}.{args.column}.{args.type}.sketch")
-    out.write_bytes(data)
-    summary = summarise(s, decode_sketch(data, s, "(local)"))
-    pushed = None
+    given = {k: getattr(args, k) for k in SIZES if getattr(args, k) is not None}
+    client = None
     if args.push:
         from crdtd.node.cli import client_for
 
-        with client_for(args) as c:
-            pushed = c.push(args.push, out, payload_kind="sketch")
+        client = client_for(args)
+    try:
+        node_sizes = _namespace_sizes(client, args.push, args.type) if client else {}
+        s = SketchSettings(type=args.type, **{**SIZES, **node_sizes, **given})
+        src = Path(args.file)
+        values = column_values(src, args.column, args.type)
+        data = build_sketch(s, values)
+        out = Path(args.out or f"{src.stem}.{args.column}.{args.type}.sketch")
+        out.write_bytes(data)
+        summary = summarise(s, decode_sketch(data, s, "(local)"))
+        pushed = None
+        if client is not None:
+            pushed = client.push(args.push, out, payload_kind="sketch")
+    finally:
+        if client is not None:
+            client.close()
     report = {"out": str(out), "values": len(values), "bytes": len(data), "summary": summary}
     if pushed is not None:
         report["entry_id"] = pushed.entry_id.hex()
     if args.json:
         print(json.dumps(report, sort_keys=True))
         return 0
-    line = f"{out}: {args.type} sketch of {len(values)} values, {len(data)} B"
-    if "estimate" in summary:
-        line += (
-            f"; estimate {summary['estimate']:.1f} "
-            f"[{summary['lower_bound']:.1f}, {summary['upper_bound']:.1f}] "
-            f"({summary['confidence']:.2%} confidence)"
-        )
-    print(line)
+    print(f"{out}: {args.type} sketch of {len(values)} values, {len(data)} B")
+    for line in summary_lines(summary):
+        print(f"  {line}")
     if pushed is not None:
         print(f"pushed to {args.push}: {pushed.entry_id.hex()}")
     return 0
@@ -93,9 +112,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("file", help="Parquet, Arrow IPC, CSV or JSON Lines file")
     p.add_argument("--column", required=True)
     p.add_argument("--out", default=None, help="default: FILE-STEM.COLUMN.TYPE.sketch")
-    p.add_argument("--lg-k", type=int, default=12, help="HLL / Theta size (default 12)")
-    p.add_argument("--k", type=int, default=200, help="KLL accuracy (default 200)")
-    p.add_argument("--lg-max-map-size", type=int, default=10, help="frequent items (default 10)")
-    p.add_argument("--push", default="", metavar="NAMESPACE", help="push the sketch there")
+    p.add_argument(
+        "--lg-k", type=int, default=None, help="HLL / Theta size (default: --push's, else 12)"
+    )
+    p.add_argument("--k", type=int, default=None, help="KLL accuracy (default: --push's, else 200)")
+    p.add_argument(
+        "--lg-max-map-size",
+        type=int,
+        default=None,
+        help="frequent items size (default: --push's, else 10)",
+    )
+    p.add_argument(
+        "--push",
+        default="",
+        metavar="NAMESPACE",
+        help="push the sketch there, built with that namespace's size",
+    )
     client_options(p)
     p.set_defaults(func=_cmd_sketch)

@@ -173,6 +173,58 @@ def _namespace_label(ns: Any) -> str:
     return str(ns.kind)
 
 
+def _num(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _bounded(value: Any, lower: Any, upper: Any) -> str:
+    return f"{_num(value)} [{_num(lower)}, {_num(upper)}]"
+
+
+TOP_SHOWN = 10
+"""Frequent items a printed summary lists (`--json` has them all)."""
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A kind's summary for people: its facts on one line, then an estimate with its bounds,
+    quantiles and frequent items one per line (`--json` prints the summary as it is)."""
+    s = dict(summary)
+    estimate = None
+    if {"estimate", "lower_bound", "upper_bound"} <= s.keys():
+        estimate = "estimate " + _bounded(
+            s.pop("estimate"), s.pop("lower_bound"), s.pop("upper_bound")
+        )
+        s.pop("std_devs", None)
+        if "confidence" in s:
+            estimate += f" ({s.pop('confidence'):.2%} confidence)"
+    quantiles = s.pop("quantiles", None)
+    top = s.pop("top", None)
+    facts = []
+    for key, value in sorted(s.items(), key=lambda kv: (kv[0] != "sketch", kv[0])):
+        if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+            facts.append(f"{key} [{', '.join(_num(v) for v in value)}]")
+        elif isinstance(value, (dict, list)):
+            facts.append(f"{key} {json.dumps(value, sort_keys=True)}")
+        else:
+            facts.append(f"{key} {_num(value)}")
+    lines = [", ".join(facts)] if facts else []
+    if estimate:
+        lines.append(estimate)
+    if isinstance(quantiles, dict):
+        lines += [
+            f"quantile at rank {r}: {_bounded(q['value'], q['lower'], q['upper'])}"
+            for r, q in quantiles.items()
+        ]
+    if isinstance(top, list):
+        lines += [
+            f"item {t['item']!r}: {_bounded(t['estimate'], t['lower'], t['upper'])}"
+            for t in top[:TOP_SHOWN]
+        ]
+        if len(top) > TOP_SHOWN:
+            lines.append(f"... {len(top) - TOP_SHOWN} more items (--json)")
+    return lines
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from crdtd.crypto.keys import NodeKey
 
@@ -273,14 +325,16 @@ def _cmd_materialise(args: argparse.Namespace) -> int:
             round=args.round,
         )
     where = m.out_path or m.local_path
-    what = f"strategy {m.strategy} {m.params_json}" if m.kind == "model" else f"{m.kind} {m.format}"
+    if m.kind == "model":
+        what = f"strategy {m.strategy} {m.params_json}"
+    else:
+        what = m.kind if m.format in ("", m.kind) else f"{m.kind} {m.format}"
     lines = [
         f"{m.output_sha256}  {where}",
-        f"  {what}, {len(m.inputs)} inputs, "
+        f"  {what}, {len(m.inputs)} input{'' if len(m.inputs) == 1 else 's'}, "
         f"input set {m.input_set_digest[:16]}, {m.size} B in {m.seconds:.2f}s",
     ]
-    if m.summary:
-        lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(m.summary.items())))
+    lines += [f"  {line}" for line in summary_lines(m.summary or {})]
     if m.provenance_path:
         lines.append(f"  provenance {m.provenance_sha256[:16]}  {m.provenance_path}")
     lines += [f"  excluded {a.hex()[:16]}: {why}" for a, why in m.excluded]
