@@ -1,4 +1,4 @@
-"""`crdtd fsck --data-dir DIR` finds corruption and exits 1; a healthy store exits 0."""
+"""`crdtd fsck --data-dir DIR` (or `--config NODE.toml`) finds corruption and exits 1; a healthy store exits 0."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from crdtd.cli import main
+from crdtd.node.config import load_daemon_config
 from crdtd.store import cli
 from crdtd.store.store import DB_NAME, NodeStore
+from tests.node_support import federation
 from tests.store_support import small_store
 
 
@@ -80,6 +83,24 @@ def test_stale_merkle_cache_is_found(data_dir: Path) -> None:
     assert run_fsck(data_dir) == 1
 
 
-def test_a_directory_without_a_store_is_an_error(tmp_path: Path) -> None:
-    assert run_fsck(tmp_path / "nothing") == 1
+def test_a_directory_without_a_store_is_an_error_not_corruption(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fsck", "--data-dir", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("crdtd fsck: error: ") and "is not a crdtd data directory" in err
+    assert "CORRUPT" not in err
     assert not (tmp_path / "nothing" / DB_NAME).exists()
+
+
+def test_fsck_finds_the_data_directory_from_the_node_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (config,) = federation(tmp_path, 1)
+    assert main(["fsck", "--config", str(config)]) == 1  # the node never started: no store
+    assert "is not a crdtd data directory" in capsys.readouterr().err
+    data_dir = load_daemon_config(config, check_strategies=False).node.data_dir
+    data_dir.rmdir()
+    small_store(tmp_path).rename(data_dir)
+    assert main(["fsck", "--config", str(config)]) == 0
+    assert f"fsck {data_dir}: ok: 5 entries" in capsys.readouterr().out

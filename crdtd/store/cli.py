@@ -1,4 +1,4 @@
-"""CLI verbs for the node store: `fsck --data-dir DIR`.
+"""CLI verbs for the node store: `fsck --data-dir DIR` (or `--config NODE.toml`).
 
 Wired into `crdtd` by `crdtd.cli` through `add_commands(subparsers)`.
 """
@@ -10,11 +10,35 @@ import json
 import sys
 from pathlib import Path
 
-from crdtd.store.fsck import fsck
+from crdtd.errors import ConfigError
+from crdtd.store.fsck import chunk_file_bytes, fsck
+from crdtd.store.store import DB_NAME
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The directory to check: --data-dir, or the [node] data_dir of --config."""
+    if args.config:
+        from crdtd.node.config import load_daemon_config
+
+        d = load_daemon_config(args.config, check_strategies=False).node.data_dir
+    else:
+        d = Path(args.data_dir)
+    if not (d / DB_NAME).is_file():
+        raise ConfigError(
+            f"{d} is not a crdtd data directory (no {DB_NAME}); give the node's [node] "
+            "data_dir, or --config NODE.toml"
+        )
+    return d
 
 
 def _cmd_fsck(args: argparse.Namespace) -> int:
-    report = fsck(args.data_dir)
+    from tqdm import tqdm
+
+    data_dir = _data_dir(args)
+    show = not args.json and sys.stderr.isatty()
+    total = chunk_file_bytes(data_dir) if show else 0
+    with tqdm(total=total, unit="B", unit_scale=True, desc="fsck", disable=not show) as bar:
+        report = fsck(data_dir, progress=bar.update)
     if args.json:
         print(
             json.dumps(
@@ -34,7 +58,7 @@ def _cmd_fsck(args: argparse.Namespace) -> int:
             print(f"CORRUPT {p}", file=sys.stderr)
         state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         print(
-            f"fsck {args.data_dir}: {state}: {report.entries} entries, {report.payloads} live "
+            f"fsck {data_dir}: {state}: {report.entries} entries, {report.payloads} live "
             f"payloads, {report.chunks} chunks verified "
             f"({report.unreferenced_chunks} not referenced by any manifest)"
         )
@@ -46,6 +70,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fsck", help="re-verify every entry, payload and chunk of a data directory"
     )
-    p.add_argument("--data-dir", type=Path, required=True, help="the node's data directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="the node's data directory")
+    where.add_argument("--config", metavar="FILE.toml", help="the node config naming it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_fsck)

@@ -9,7 +9,7 @@ version vector.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from crdtd.state.entry import ContributionBody, Entry, Kind
 from crdtd.store import sqlite as db
 from crdtd.store.chunks import Manifest, chunk_digest
 from crdtd.store.merkle import EMPTY_HASH, FANOUT, leaf_hash, node_hash
-from crdtd.store.store import DB_NAME, NodeStore
+from crdtd.store.store import CHUNK_DIR, DB_NAME, NodeStore
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class Report:
         return not self.problems
 
 
-def fsck(data_dir: Path | str) -> Report:
-    """Verify the store in `data_dir` without changing it."""
+def fsck(data_dir: Path | str, progress: Callable[[int], object] | None = None) -> Report:
+    """Verify the store in `data_dir` without changing it; `progress(n)` is told the bytes
+    of each chunk file once it is hashed (the long part: `chunk_file_bytes` is the total)."""
     d = Path(data_dir)
     if not (d / DB_NAME).is_file():
         return Report([Problem(str(d), f"no {DB_NAME}: not a crdtd data directory")])
@@ -59,7 +60,7 @@ def fsck(data_dir: Path | str) -> Report:
         report = Report([])
         report.problems.extend(_check_entries(store, report))
         report.problems.extend(_check_payloads(store, report))
-        report.problems.extend(_check_chunks(store, report))
+        report.problems.extend(_check_chunks(store, report, progress))
         report.problems.extend(_check_merkle(store))
         report.problems.extend(_check_clock(store))
         return report
@@ -141,7 +142,15 @@ def _check_payloads(store: NodeStore, report: Report) -> Iterator[Problem]:
                 yield Problem(where, f"chunk {i} ({ref.digest.hex()}) is missing from disk")
 
 
-def _check_chunks(store: NodeStore, report: Report) -> Iterator[Problem]:
+def chunk_file_bytes(data_dir: Path | str) -> int:
+    """Bytes of the chunk files under `data_dir` (what fsck hashes, for a progress bar)."""
+    root = Path(data_dir) / CHUNK_DIR
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
+def _check_chunks(
+    store: NodeStore, report: Report, progress: Callable[[int], object] | None = None
+) -> Iterator[Problem]:
     c = store.conn
     for digest, data in c.execute("SELECT digest, data FROM small_chunks ORDER BY digest"):
         report.chunks += 1
@@ -153,6 +162,8 @@ def _check_chunks(store: NodeStore, report: Report) -> Iterator[Problem]:
         report.chunks += 1
         path = store.chunks.path(digest)
         data = path.read_bytes()
+        if progress is not None:
+            progress(len(data))
         if chunk_digest(data) != digest:
             yield Problem(str(path), "chunk file does not hash to its name (corrupted)")
         if not c.execute(
