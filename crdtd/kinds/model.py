@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtd.crypto.node_config import Field
-from crdtd.errors import ConfigError, InputReadError, MergeError, NotFoundError, echo
+from crdtd.errors import (
+    ConfigError,
+    CrdtdError,
+    InputReadError,
+    MergeError,
+    NotFoundError,
+    echo,
+)
 from crdtd.fl.optimisers import OPTIMISERS
 from crdtd.kinds.base import (
     Excluded,
@@ -140,6 +147,17 @@ def _materialise_round(
 KIND = ModelKind()
 
 
+def check_dtype(name: str, where: str) -> str:
+    """Raise ConfigError naming `where` unless `name` is a dtype the merge engine writes."""
+    from crdtd.model.io import parse_dtype
+
+    try:
+        parse_dtype(name)
+    except CrdtdError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return name
+
+
 def effective(ns: NamespaceConfig, request: MaterialiseRequest) -> NamespaceConfig:
     """The namespace's config with a request's strategy/params/dtype applied and validated.
 
@@ -157,8 +175,6 @@ def effective(ns: NamespaceConfig, request: MaterialiseRequest) -> NamespaceConf
         policy = replace(policy, strategy_params={**policy.strategy_params, **request.params})
     registry.get(policy.strategy).validate(policy.strategy_params, [{}])
     if request.dtype:
-        from crdtd.node.config import check_dtype
-
         check_dtype(request.dtype, "dtype")
     return replace(ns, policy=policy, dtype=request.dtype or ns.dtype)
 

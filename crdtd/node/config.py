@@ -411,6 +411,8 @@ def _namespaces(
         except ConfigError as exc:
             raise ConfigError(f"{path}: [{section}]: {exc}") from None
         if check and v["dtype"]:
+            from crdtd.kinds.model import check_dtype
+
             check_dtype(v["dtype"], key_location(path, section, "dtype"))
         from crdtd import kinds
 
@@ -466,17 +468,6 @@ def _kind_namespace(
         kind=kind_name,
         settings=settings,
     )
-
-
-def check_dtype(name: str, where: str) -> str:
-    """Raise ConfigError naming `where` unless `name` is a dtype the merge engine writes."""
-    from crdtd.model.io import parse_dtype
-
-    try:
-        parse_dtype(name)
-    except CrdtdError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return name
 
 
 def load_daemon_config(
