@@ -4,6 +4,7 @@ alive nor in sync. Three real daemons (in-process: real gRPC, mutual TLS, real s
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,7 +45,9 @@ def metric(node: InProcessNode, line_start: str) -> float | None:
 
 
 def test_a_revoked_peer_is_shown_revoked_everywhere_not_alive_in_sync(
-    fed: tuple[Path, list[InProcessNode]], capsys: pytest.CaptureFixture[str]
+    fed: tuple[Path, list[InProcessNode]],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fed_dir, (a, b, c) = fed
 
@@ -79,8 +82,12 @@ def test_a_revoked_peer_is_shown_revoked_everywhere_not_alive_in_sync(
     wait_for(lambda: b.core.state.store.has_entry(pushed), 60, "the push to reach site-b")
     with b.client() as client:
         client.push("blobs/raw", b"also after it")
-    time.sleep(3)  # several gossip rounds and push-pull intervals of the fast test settings
+    with caplog.at_level(logging.INFO, logger="crdtd"):
+        time.sleep(3)  # several gossip rounds and push-pull intervals of the fast test settings
     assert not c.core.state.store.has_entry(pushed)
+    # the cut-off node says so once per peer (sync.failed), not again at every gossip round
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refused == [], [r.getMessage() for r in refused[:3]]
     assert not peer_row(a, "site-c").in_sync
 
 

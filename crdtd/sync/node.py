@@ -200,8 +200,8 @@ class SyncNode:
         if forget is not None:
             await forget(address)
         self.protocol.contact_failed(address, self.clock(), str(exc))
-        if isinstance(exc, PeerRefusedError):
-            log.warning("peer %s refused: %s", address, exc)
+        if isinstance(exc, PeerRefusedError):  # the observer reports it once per peer
+            log.debug("peer %s refused: %s", address, exc)
         if self.observer is not None:
             self.observer.session_done(address, None, exc)
 
