@@ -210,3 +210,18 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_sql_json_prints_one_document_with_the_rows_and_input_sets(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = str(nodes[0].config)
+    visits = tmp_path / "visits.csv"
+    visits.write_text("visit,ward\nv-json,c\n")
+    assert run(capsys, "push", "records/visits", str(visits), "--config", cfg)[0] == 0
+    query = "SELECT visit, ward FROM records_visits WHERE visit = 'v-json'"
+    code, out, err = run(capsys, "sql", query, "--config", cfg, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["rows"] == [{"visit": "v-json", "ward": "c"}]
+    assert list(doc["input_set_digests"]) == ["records/visits"]

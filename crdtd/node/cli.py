@@ -467,15 +467,21 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         local = bool(parse(con, args.query).merges)
     finally:
         con.close()
+    digests: dict[str, str] = {}
     if not local:
         with client_for(args) as c:
-            table = c.sql(args.query).table
+            result = c.sql(args.query)
+        table, digests = result.table, dict(result.input_set_digests)
     elif args.config or args.node or os.environ.get("CRDTD_NODE"):
         with client_for(args) as c:
             names = [n.name for n in c.status().namespace_info if n.kind == "table"]
             table = run(args.query, lambda ns: c.table(ns), names, files=True).table
     else:
         table = run(args.query, {}, files=True).table
+    if args.json:  # one JSON document: the rows, and each namespace's input set
+        doc = {"rows": table.to_pylist(), "input_set_digests": dict(sorted(digests.items()))}
+        print(json.dumps(doc, sort_keys=True, default=str))
+        return 0
     _write_rows(table, args.format, args.out)
     return 0
 
