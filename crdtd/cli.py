@@ -72,7 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
             _missing_extra(verbs, extra, err)(sub)
             continue
         mod.add_commands(sub)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)verb without a description its one-line help, so `crdtd VERB --help`
+    opens with what the verb does."""
+    for group in parser._actions:
+        if isinstance(group, argparse._SubParsersAction):
+            for action in group._choices_actions:
+                verb = group.choices[action.dest]
+                if verb.description is None and action.help:
+                    verb.description = action.help[0].upper() + action.help[1:] + "."
+                _describe(verb)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -4,6 +4,7 @@ mistake gets one line naming what was wrong (no traceback, no INTERNAL), the sho
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -225,3 +226,26 @@ def test_sql_json_prints_one_document_with_the_rows_and_input_sets(
     doc = json.loads(out)
     assert doc["rows"] == [{"visit": "v-json", "ward": "c"}]
     assert list(doc["input_set_digests"]) == ["records/visits"]
+
+
+def test_every_verb_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from crdtd.cli import build_parser
+
+    def verbs(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out.append((*prefix, name))
+                    out += verbs(sub, (*prefix, name))
+        return out
+
+    found = verbs(build_parser(), ())
+    assert ("federation", "revoke") in found and ("sql",) in found
+    for argv in found:
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert done.value.code == 0
+        description = text.split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), (argv, text)

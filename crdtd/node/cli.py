@@ -577,9 +577,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     c.set_defaults(func=_cmd_config_check)
 
     p = subparsers.add_parser("push", help="push a contribution (file) into a namespace")
-    p.add_argument("namespace")
-    p.add_argument("path")
-    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("namespace", help="a namespace the node's config declares")
+    p.add_argument("path", help="the file to push (one contribution)")
+    p.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata (repeatable); integers and true/false are typed, e.g. num_examples=1200",
+    )
     p.add_argument(
         "--base", default="", metavar="ENTRY_ID", help="the contribution this tunes (id or prefix)"
     )
@@ -589,7 +595,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_cmd_push)
 
     p = subparsers.add_parser("ls", help="list entries (a namespace's contributions, or all)")
-    p.add_argument("namespace", nargs="?")
+    p.add_argument("namespace", nargs="?", help="only this namespace's contributions")
     p.add_argument("--all", action="store_true", help="include erased entries")
     p.add_argument(
         "--author", default="", metavar="MEMBER", help="only this member's (name or key id)"
@@ -603,7 +609,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
     p = subparsers.add_parser("materialise", help="merge a namespace into one file")
     p.add_argument("namespace")
-    p.add_argument("--out", required=True, metavar="PATH")
+    p.add_argument(
+        "--out", required=True, metavar="PATH", help="where the merged file goes (streamed back)"
+    )
     p.add_argument("--on-node", action="store_true", help="write PATH on the node's disk")
     p.add_argument(
         "--format",
@@ -615,9 +623,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         action="store_true",
         help="also write PATH.provenance.FORMAT: the entries every output value came from",
     )
-    p.add_argument("--strategy", default="")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--dtype", default="")
+    p.add_argument(
+        "--strategy", default="", help="model namespaces: merge with this strategy this once"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a strategy parameter (repeatable; the value is read as JSON, else text)",
+    )
+    p.add_argument("--dtype", default="", help="model namespaces: output dtype, e.g. bfloat16")
     p.add_argument(
         "--round",
         type=int,
@@ -637,8 +653,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_cmd_sql)
 
     p = subparsers.add_parser("recall", help="the memories of a memory namespace nearest a query")
-    p.add_argument("namespace")
-    p.add_argument("query", nargs="?", default="")
+    p.add_argument("namespace", help="a memory namespace")
+    p.add_argument("query", nargs="?", default="", help="words to rank memories by (BM25)")
     p.add_argument("-k", type=int, default=5, help="memories to return (default 5)")
     p.add_argument(
         "--embedding", default="", help="the query's embedding: a JSON list, or @FILE holding one"
@@ -672,6 +688,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=_cmd_trust)
 
     p = subparsers.add_parser("watch", help="print a node's events as they happen")
-    p.add_argument("namespace", nargs="?")
+    p.add_argument("namespace", nargs="?", help="only this namespace's entry events")
     client_options(p)
     p.set_defaults(func=_cmd_watch)
