@@ -60,6 +60,8 @@ class PushResult:
     already_present: bool
     author: bytes
     seq: int
+    erased: bool = False
+    """Held but erased on arrival: every entry of this author is erased (`erase --author`)."""
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,9 @@ class Client:
                         yield pb.PushRequest(data=block)
 
         r = self._call(self.stub.PushContribution, requests())
-        return PushResult(r.entry_id, r.payload_digest, r.already_present, r.author, r.seq)
+        return PushResult(
+            r.entry_id, r.payload_digest, r.already_present, r.author, r.seq, r.erased
+        )
 
     def _sign_contribution(
         self,

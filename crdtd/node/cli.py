@@ -243,11 +243,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
     _print(
         args,
         f"{r.entry_id.hex()}  {args.namespace}  seq {r.seq}"
-        + ("  (already present)" if r.already_present else ""),
+        + ("  (already present)" if r.already_present else "")
+        + (
+            "\n  erased on arrival: every entry of this author is erased (crdtd erase --author);"
+            " no materialisation will use it"
+            if r.erased
+            else ""
+        ),
         {
             "entry_id": r.entry_id.hex(),
             "payload_digest": r.payload_digest.hex(),
             "already_present": r.already_present,
+            "erased": r.erased,
             "author": r.author.hex(),
             "seq": r.seq,
         },

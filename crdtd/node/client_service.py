@@ -204,6 +204,7 @@ class NodeService(pb_grpc.NodeServicer):
             finally:
                 path.unlink(missing_ok=True)
         e = outcome.entry
+        erased = self.core.is_erased(e.id)
         event(
             log,
             "push.accepted",
@@ -213,6 +214,7 @@ class NodeService(pb_grpc.NodeServicer):
             author=e.author[:8],
             seq=e.seq,
             already_present=outcome.already_present,
+            erased=erased,
         )
         if not outcome.already_present:
             self.nudge()
@@ -222,6 +224,7 @@ class NodeService(pb_grpc.NodeServicer):
             already_present=outcome.already_present,
             author=e.author,
             seq=e.seq,
+            erased=erased,
         )
 
     async def _receive(

@@ -170,6 +170,11 @@ class NodeCore:
             out.setdefault(e.body.member, e.body.name)  # type: ignore[union-attr]
         return out
 
+    def is_erased(self, entry_id: bytes) -> bool:
+        """True when the entry is held as erased (a pushed entry can be erased on arrival:
+        a removal of all of its author's entries covers later ones too)."""
+        return self.state.store.entry_status(entry_id) == db.TOMBSTONED
+
     def author_names(self) -> dict[bytes, str]:
         """Key id -> what List shows as the author: member names, and `admin` for the
         federation admin (it signs memberships, revocations, key envelopes)."""

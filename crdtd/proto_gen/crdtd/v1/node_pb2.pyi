@@ -51,18 +51,20 @@ class PushRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PushHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("entry_id", "payload_digest", "already_present", "author", "seq")
+    __slots__ = ("entry_id", "payload_digest", "already_present", "author", "seq", "erased")
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
     entry_id: bytes
     payload_digest: bytes
     already_present: bool
     author: bytes
     seq: int
-    def __init__(self, entry_id: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., already_present: _Optional[bool] = ..., author: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    erased: bool
+    def __init__(self, entry_id: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., already_present: _Optional[bool] = ..., author: _Optional[bytes] = ..., seq: _Optional[int] = ..., erased: _Optional[bool] = ...) -> None: ...
 
 class SubmitEntryRequest(_message.Message):
     __slots__ = ("entry",)
