@@ -95,6 +95,24 @@ def test_an_unknown_key_error_names_its_line(base_config: Path, tmp_path: Path) 
         load_daemon_config(path, env={})
 
 
+def test_an_unknown_section_is_named_with_its_line_and_every_section_a_daemon_takes(
+    base_config: Path, tmp_path: Path
+) -> None:
+    path = with_text(base_config, tmp_path, "[limitz]\nmax_payload = 10\n")
+    line = path.read_text().splitlines().index("[limitz]") + 1
+    with pytest.raises(ConfigError) as exc:
+        load_daemon_config(path, env={})
+    assert f":{line}: unknown section [limitz]" in str(exc.value)
+    assert "limits" in str(exc.value) and "namespaces" in str(exc.value)
+
+
+def test_a_missing_required_key_points_at_its_section(base_config: Path, tmp_path: Path) -> None:
+    path = with_text(base_config, tmp_path, '[namespaces."t/x"]\nkind = "table"\n')
+    line = path.read_text().splitlines().index('[namespaces."t/x"]') + 1
+    with pytest.raises(ConfigError, match=rf':{line}: \[namespaces."t/x"\] key: a table'):
+        load_daemon_config(path, env={})
+
+
 def test_environment_overrides_the_file(base_config: Path, tmp_path: Path) -> None:
     path = with_text(base_config, tmp_path, '[limits]\nmax_payload = "1MiB"\n')
     env = {"CRDTD_LIMITS_MAX_PAYLOAD": "2MiB", "CRDTD_LOG_FORMAT": "json"}

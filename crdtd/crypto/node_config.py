@@ -18,7 +18,7 @@ from typing import Any
 
 from crdtd.crypto.keys import NodeKey
 from crdtd.crypto.schemes import PublicKeys, SignaturePolicy, key_id_of
-from crdtd.crypto.toml_io import TomlValue, key_line, read_toml, render_table
+from crdtd.crypto.toml_io import TomlValue, key_line, read_toml, render_table, section_line
 from crdtd.crypto.x509 import TlsMaterial
 from crdtd.errors import ConfigError
 
@@ -96,7 +96,9 @@ def valid_node_name(name: str) -> str:
 
 
 def key_location(path: Path, section: str, key: str) -> str:
-    line = key_line(path, section, key)
+    """`FILE:LINE: [section] key` for messages: the key's line, else (a key that is
+    missing) its section's header line."""
+    line = key_line(path, section, key) or section_line(path, section)
     return f"{path}:{line}: [{section}] {key}" if line else f"{path}: [{section}] {key}"
 
 
@@ -351,14 +353,19 @@ def load_node_config(
     path = Path(path)
     raw = read_toml(path)
     base = path.parent.resolve()
-    allowed_extra = set(extra_sections)
+    extras = list(extra_sections)
+    allowed_extra = set(extras)
     values: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
     for section in raw:
         if section in allowed_extra:
             extra[section] = raw[section]
         elif section not in SCHEMA:
-            raise ConfigError(f"{path}: unknown section [{section}]; known: {', '.join(SCHEMA)}")
+            line = section_line(path, section)
+            known = ", ".join([*SCHEMA, *(s for s in extras if s not in SCHEMA)])
+            raise ConfigError(
+                f"{path}{f':{line}' if line else ''}: unknown section [{section}]; known: {known}"
+            )
     for section, fields in SCHEMA.items():
         values[section] = parse_section(
             path,

@@ -88,6 +88,20 @@ def read_toml(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: a value is nested too deep") from None
 
 
+def section_line(path: Path | str, section: str) -> int | None:
+    """Best-effort line number of the `[section]` header (for error messages)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        header = stripped.strip("[] ")
+        if stripped.startswith("[") and (header == section or header.startswith(section + ".")):
+            return number
+    return None
+
+
 def key_line(path: Path | str, section: str, key: str) -> int | None:
     """Best-effort line number of `key` inside `[section]` (for error messages)."""
     try:
