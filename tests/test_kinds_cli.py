@@ -84,7 +84,7 @@ def test_every_kind_pushes_lists_shows_and_materialises_from_the_cli(
         ("agents/notes", "memory"),
     ):
         assert any(
-            ns in line and kind in line and "1 contributions" in line for line in out.splitlines()
+            ns in line and kind in line and "1 contribution," in line for line in out.splitlines()
         )
     outs = {
         "model/mlp": "merged.safetensors",

@@ -77,6 +77,9 @@ def test_status_and_trust_print_for_people_and_machines(
     assert code == 0 and status["node_name"] == "site-a" and len(status["state_root"]) == 64
     code, out, _ = run(capsys, "status", "--config", cfg)
     assert "state root" in out and status["state_root"] in out
+    (entries,) = [line for line in out.splitlines() if line.strip().startswith("entries")]
+    kinds, states = entries.split(";")  # what the entries are; then live, visible, erased...
+    assert "membership" in kinds and "live" not in kinds and "live" in states
     assert "sync        converged (0 live peers, all in sync)" in out
     code, out, _ = run(capsys, "trust", "--config", cfg)
     assert code == 0 and "site-a" in out and "threshold 0.500" in out

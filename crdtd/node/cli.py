@@ -289,7 +289,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print(args, "", s.to_json())
         return 0
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(s.entry_counts.items()))
+    states = ("live", "visible", "erased", "held", "quarantined")
+    by_kind = ", ".join(f"{k} {v}" for k, v in sorted(s.entry_counts.items()) if k not in states)
+    by_state = ", ".join(f"{k} {s.entry_counts[k]}" for k in states if k in s.entry_counts)
+    counts = f"{by_kind}; {by_state}" if by_kind and by_state else by_kind or by_state
     print(f"node {s.node_name} ({s.node_id.hex()[:16]}) in {s.federation_id}, crdtd {s.version}")
     print(f"  state root  {s.state_root.hex()}")
     print(f"  entries     {counts}")
@@ -305,7 +308,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  sync        converging ({len(behind)} of {len(live)} live peers differ)")
     for n in s.namespace_info:
         print(
-            f"  namespace   {n.name:<28} {n.kind:<7} {n.contributions} contributions, "
+            f"  namespace   {n.name:<28} {n.kind:<7} {n.contributions} "
+            f"contribution{'' if n.contributions == 1 else 's'}, "
             f"{n.payload_bytes} B"
         )
     for p in s.peers:
