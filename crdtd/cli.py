@@ -105,6 +105,22 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return intermixed
 
 
+def verb_path(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The verbs `argv` names, e.g. `federation add-node` (for error lines)."""
+    words: list[str] = []
+    for token in argv:
+        verbs = next(
+            (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+        )
+        if verbs is None or token not in verbs.choices:
+            if token.startswith("-") or verbs is None:
+                break
+            continue
+        words.append(token)
+        parser = verbs.choices[token]
+    return " ".join(words)
+
+
 def _file_error(err: OSError) -> str:
     """An OSError as one line naming the file (no traceback)."""
     where = f"{err.filename}: " if err.filename is not None else ""
@@ -114,24 +130,26 @@ def _file_error(err: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `crdtd` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(parser, argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    verb = verb_path(parser, argv) or args.command
     try:
         code = int(func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except CrdtdError as err:
-        print(f"crdtd {args.command}: error: {err}", file=sys.stderr)
+        print(f"crdtd {verb}: error: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `crdtd ls --json | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as err:  # a local file named on the command line
-        print(f"crdtd {args.command}: error: {_file_error(err)}", file=sys.stderr)
+        print(f"crdtd {verb}: error: {_file_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

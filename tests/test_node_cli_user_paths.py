@@ -249,3 +249,15 @@ def test_every_verb_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -
         assert done.value.code == 0
         description = text.split("\n\n")[1]
         assert not description.startswith(("positional", "options")), (argv, text)
+
+
+def test_an_error_line_names_the_whole_verb(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fed_dir = tmp_path / "fed"
+    assert main(["federation", "init", "--dir", str(fed_dir)]) == 0
+    assert main(["federation", "add-node", "site-a", "--dir", str(fed_dir)]) == 0
+    capsys.readouterr()
+    assert main(["federation", "add-node", "site-a", "--dir", str(fed_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("crdtd federation add-node: error: ") and "already exists" in err
