@@ -261,3 +261,19 @@ def test_an_error_line_names_the_whole_verb(
     assert main(["federation", "add-node", "site-a", "--dir", str(fed_dir)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("crdtd federation add-node: error: ") and "already exists" in err
+
+
+def test_erasing_what_this_node_did_not_sign_says_how_to_sign_it(
+    nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a, b = nodes
+    with b.client() as c:
+        pushed = c.push("model/mlp", checkpoint(tmp_path / "b.safetensors", 5.0))
+    wait_for(lambda: a.core.state.store.entry_status(pushed.entry_id) is not None, 60, "sync")
+    cfg = str(a.config)
+    code, _, err = run(capsys, "erase", pushed.entry_id.hex()[:16], "--config", cfg)
+    assert code == 1 and "--admin-dir FED_DIR" in one_line_error(err, "erase")
+    assert "--key MEMBER.key" in err
+    code, _, err = run(capsys, "erase", "--author", "site-b", "--config", cfg)
+    assert code == 1 and "--admin-dir FED_DIR" in one_line_error(err, "erase")
+    assert "admin.key" not in err  # signing with the admin key outside its chain would fork it

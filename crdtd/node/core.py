@@ -409,7 +409,8 @@ class NodeCore:
             if author is not None and author != self.key_id:
                 raise UnauthorizedError(
                     f"erasing every entry of {echo(author)} needs a removal signed by the "
-                    "federation admin (crdtd erase --author KEY --key admin.key)"
+                    "federation admin: crdtd erase --author MEMBER --admin-dir FED_DIR (it "
+                    "continues the admin's chain kept there)"
                 )
             for t in ids:
                 try:
@@ -419,7 +420,8 @@ class NodeCore:
                 if e.author != self.key_id:
                     raise UnauthorizedError(
                         f"entry {t.hex()} was signed by {e.author.hex()}, not this node "
-                        f"({self.key_id.hex()}); its author or the federation admin must "
+                        f"({self.key_id.hex()}); its author (erase on its own node, or "
+                        "--key MEMBER.key) or the federation admin (--admin-dir FED_DIR) must "
                         "sign the removal"
                     )
             targets = sorted(set(ids))
