@@ -267,6 +267,7 @@ def test_erasing_what_this_node_did_not_sign_says_how_to_sign_it(
     nodes: list[InProcessNode], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     a, b = nodes
+    wait_for(b.core.is_member, 60, "site-b's membership (it follows site-a's)")
     with b.client() as c:
         pushed = c.push("model/mlp", checkpoint(tmp_path / "b.safetensors", 5.0))
     wait_for(lambda: a.core.state.store.entry_status(pushed.entry_id) is not None, 60, "sync")
@@ -277,3 +278,26 @@ def test_erasing_what_this_node_did_not_sign_says_how_to_sign_it(
     code, _, err = run(capsys, "erase", "--author", "site-b", "--config", cfg)
     assert code == 1 and "--admin-dir FED_DIR" in one_line_error(err, "erase")
     assert "admin.key" not in err  # signing with the admin key outside its chain would fork it
+
+
+def test_a_node_started_before_the_nodes_added_earlier_says_why_it_cannot_take_pushes_yet(
+    tmp_path: Path,
+) -> None:
+    cfg_a, cfg_b = federation(tmp_path, 2, namespaces=NAMESPACES)
+    b = InProcessNode(cfg_b)  # site-b's membership follows site-a's in the admin's chain
+    a = None
+    try:
+        assert not b.core.is_member()
+        with b.client() as c, pytest.raises(CrdtdError) as caught:
+            c.push("model/mlp", checkpoint(tmp_path / "early.safetensors", 1.0))
+        assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert "this node's own membership entry is not in its state yet" in str(caught.value)
+        assert "bootstrap" in str(caught.value)
+        a = InProcessNode(cfg_a)
+        wait_for(b.core.is_member, 60, "site-b's membership to apply after a sync")
+        with b.client() as c:
+            c.push("model/mlp", tmp_path / "early.safetensors")
+    finally:
+        for n in (b, a):
+            if n is not None:
+                n.stop()

@@ -24,6 +24,7 @@ from crdtd.errors import (
     EquivocationError,
     MalformedEntryError,
     NotFoundError,
+    NotMemberError,
     PayloadError,
     UnauthorizedError,
     UnknownNamespaceError,
@@ -314,10 +315,30 @@ class NodeCore:
         except ValidationError as exc:
             self.metrics.rejected(exc)
             self._equivocation_seen(exc)
+            self._not_a_member_yet(exc)
             raise
         self._applied(entry, result, "client")
         self.metrics.push_bytes.inc(size)
         return PushOutcome(entry, result.status is ApplyStatus.DUPLICATE)
+
+    def is_member(self) -> bool:
+        """True once this node's own membership entry is in its state."""
+        return self.key_id in self.state.members()
+
+    def membership_wait(self) -> str:
+        """Why this node's own membership is not in its state yet, and what makes it so."""
+        bootstrap = ", ".join(self.config.node.bootstrap) or "none configured"
+        return (
+            "this node's own membership entry is not in its state yet: the admin signed it "
+            "after earlier admin entries (the memberships of the nodes added before it) that "
+            "this node has not received; it applies at the first sync with a node that holds "
+            f"them ([peer] bootstrap: {bootstrap})"
+        )
+
+    def _not_a_member_yet(self, exc: BaseException) -> None:
+        """A refusal of this node's own entry because its membership waits: say so."""
+        if isinstance(exc, NotMemberError) and not self.is_member():
+            raise NotMemberError(self.membership_wait()) from None
 
     def _push_signed(
         self, wire: bytes, namespace: str, kind: str, manifest: Manifest, source: FileSource
@@ -446,6 +467,8 @@ class NodeCore:
         except ValidationError as exc:
             self.metrics.rejected(exc)
             self._equivocation_seen(exc)
+            if entry is not None and entry.author == self.key_id:
+                self._not_a_member_yet(exc)
             raise
         erased = before - self._live(targets, author)
         self._applied(entry, result, "client")

@@ -83,6 +83,8 @@ class Daemon:
         except BaseException:
             await self.stop()
             raise
+        if not self.core.is_member():
+            event(log, "daemon.membership_waiting", level=30, detail=self.core.membership_wait())
         event(
             log,
             "daemon.started",
