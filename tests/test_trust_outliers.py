@@ -73,9 +73,11 @@ def test_large_norm_noise_is_flagged_by_norm_ratio():
 
 
 def test_a_site_with_more_rows_may_move_further_without_being_flagged():
-    """Norms are compared per √num_examples: a big site's longer step is not an outlier."""
-    ts = [_honest(i) for i in range(8)]
-    big = {k: BASE[k] + 8 * (ts[0][k] - BASE[k]) for k in BASE}
+    """Norms are compared per √num_examples: a big site's longer step is not an outlier.
+    (Non-IID: every site moves its own way; the big site's step is 8× theirs.)"""
+    rng = np.random.default_rng(5)
+    ts = [{k: BASE[k] + rng.normal(0, 0.1, v.shape) for k, v in BASE.items()} for _ in range(8)]
+    big = {k: BASE[k] + rng.normal(0, 0.8, v.shape) for k, v in BASE.items()}
     rows = [100] * 8 + [6400]
     contribs = [
         ModelContribution(_cid(i), _author(i), t, rows[i]) for i, t in enumerate([*ts, big])
@@ -215,3 +217,19 @@ def test_trust_weighted_plan_materialises_through_model_merge_identically_in_any
     expected = sum(float(w) * i for w, i in zip(plan.weights, range(4)))
     got = np.frombuffer(run(inputs), dtype=np.float32)[0]
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_big_step_the_way_the_cohort_goes_is_a_site_still_learning() -> None:
+    """Late in training most sites have converged (a tiny median norm); one still moving
+    along the cohort's direction is not a norm outlier, a big step elsewhere is."""
+    rng = np.random.default_rng(11)
+    d = {k: rng.normal(0, 0.1, v.shape) for k, v in BASE.items()}
+    quiet = [
+        {k: BASE[k] + 0.05 * d[k] + rng.normal(0, 0.002, v.shape) for k, v in BASE.items()}
+        for _ in range(8)
+    ]
+    learning = {k: BASE[k] + 3.0 * d[k] for k in BASE}
+    stray = {k: BASE[k] + rng.normal(0, 0.3, v.shape) for k, v in BASE.items()}
+    flags = _flags([*quiet, learning, stray])
+    assert "norm" not in flags[8]
+    assert "norm" in flags[9]

@@ -5,15 +5,24 @@ flattened in sorted tensor-name order, float64), scaled by s_i = √n_i (n_i its
 `num_examples`, 1 when absent: a site with more rows takes more local steps and moves
 further, and √n is the conservative growth of a sum of noisy steps):
 
-- norm ratio `(‖x_i‖/s_i) / median_j(‖x_j‖/s_j)`: flag `norm` above `max_norm_ratio` (5) —
-  large-norm noise and boosted updates stand out;
+- norm ratio `(‖x_i‖/s_i) / median_j(‖x_j‖/s_j)`: flag `norm` above `max_norm_ratio` (5)
+  when the update also moves the model by more than `min_norm_share` (10 %) of the base's
+  norm and it does not point the way the others go (cosine with the coordinate-wise median
+  of the *other* updates below `aligned_cosine`, 0.3; noise scores about 0.1) — large-norm
+  noise and boosted updates stand out, while
+  a site still learning when the others have converged (a tiny median), or one whose data
+  the merge keeps leaving out, does not;
 - direction: the projection `p_i = ⟨x_i, m̂⟩/s_i` on the unit coordinate-wise median m̂ of
-  the cohort, as a robust z-score `(median(p) − p_i) / (1.4826 · MAD(p))`: flag `direction`
-  above `max_direction_z` (3) — updates pulling against the cohort (sign flips) stand out
-  by how far below the round's own spread they fall, not by a fixed cosine;
+  the cohort, as a robust z-score `(median(p) − p_i) / spread`, spread = max(1.4826·MAD(p),
+  `min_spread` (0.2) × the median scaled norm): flag `direction` above `max_direction_z`
+  (3) — updates pulling against the cohort (sign flips) stand out by how far below the
+  round's own spread they fall, not by a fixed cosine, and a late round's near-orthogonal
+  updates (a tiny MAD) do not make small disagreements extreme;
 - collusion similarity: the largest cosine between x_i − m and x_j − m over contributions
-  of other authors (m the median of all): flag `collusion` at ≥ 0.99 — colluders sending
-  one crafted update ("a little is enough", FoolsGold's observation) are ~1.
+  of other authors that both moved (scaled norm at least a tenth of the median; m the
+  median of all): flag `collusion` at ≥ 0.99 — colluders sending one crafted update ("a
+  little is enough", FoolsGold's observation) are ~1, two converged sites sending nothing
+  are not colluders.
 
 Both cut-offs move with the round: the norm one with the round's median, the direction one
 with its median and MAD, so a round of strongly non-IID (widely spread) honest updates
@@ -66,6 +75,9 @@ class OutlierParams:
 
     max_norm_ratio: float = 5.0
     max_direction_z: float = 3.0
+    min_spread: float = 0.2
+    min_norm_share: float = 0.1
+    aligned_cosine: float = 0.3
     sybil_cosine: float | None = 0.99
     min_contributions: int = 3
 
@@ -74,6 +86,12 @@ class OutlierParams:
             raise ConfigError(f"outlier max_norm_ratio {self.max_norm_ratio} must be above 1")
         if not self.max_direction_z > 0.0:
             raise ConfigError(f"outlier max_direction_z {self.max_direction_z} must be positive")
+        if not 0.0 <= self.min_spread < 1.0:
+            raise ConfigError(f"outlier min_spread {self.min_spread} is outside [0, 1)")
+        if not -1.0 <= self.aligned_cosine <= 1.0:
+            raise ConfigError(f"outlier aligned_cosine {self.aligned_cosine} is outside [-1, 1]")
+        if not 0.0 <= self.min_norm_share < 1.0:
+            raise ConfigError(f"outlier min_norm_share {self.min_norm_share} is outside [0, 1)")
         if self.sybil_cosine is not None and not 0.0 < self.sybil_cosine <= 1.0:
             raise ConfigError(f"outlier sybil_cosine {self.sybil_cosine} is outside (0, 1]")
         if self.min_contributions < 3:
@@ -165,6 +183,15 @@ def _flatten(
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _along(x: np.ndarray, i: int) -> float:
+    """Cosine of row i with the coordinate-wise median of the other rows (its own update
+    does not shape the direction it is compared with)."""
+    others = np.delete(x, i, axis=0)
+    if not len(others):
+        return 0.0
+    return _cosine(x[i], np.median(others, axis=0))
+
+
 def _median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64))) if len(values) else 0.0
 
@@ -233,23 +260,36 @@ def _model_outliers(
                 raise TensorMismatchError(f"base model has no tensor {n!r}")
     x = np.stack([_flatten(c, names, shapes, base) for c in ordered])
     k = len(ordered)
+    base_norm = 0.0
+    if base is not None:
+        flat = [np.asarray(base[n], dtype=np.float64).reshape(-1) for n in names]
+        base_norm = _norm(np.concatenate(flat) if flat else np.zeros(0))
+    raw = [_norm(x[i]) for i in range(k)]
     enough = k >= params.min_contributions
     scale = [math.sqrt(max(1, c.num_examples or 1)) for c in ordered]
-    norms = [_norm(x[i]) / scale[i] for i in range(k)]
+    norms = [raw[i] / scale[i] for i in range(k)]
     mid_norm = _median(norms)
     centre = np.median(x, axis=0)
     n_centre = _norm(centre)
     proj = [(_dot(x[i], centre) / n_centre if n_centre > 0 else 0.0) / scale[i] for i in range(k)]
     mid_proj = _median(proj)
     mad = 1.4826 * _median([abs(p - mid_proj) for p in proj])
-    spread = max(mad, 0.1 * _median([abs(p) for p in proj]), 1e-300)
+    spread = max(
+        mad,
+        0.1 * _median([abs(p) for p in proj]),
+        params.min_spread * mid_norm,
+        1e-300,
+    )
     dev = x - centre
     dev_norm = [_norm(dev[i]) for i in range(k)]
     sims = [0.0] * k
+    moving = [mid_norm > 0.0 and norms[i] >= 0.1 * mid_norm for i in range(k)]
     for i in range(k):
         for j in range(i + 1, k):
             if ordered[i].author == ordered[j].author or dev_norm[i] == 0.0 or dev_norm[j] == 0.0:
                 continue
+            if not (moving[i] and moving[j]):
+                continue  # sites whose training moved nothing are alike, not colluding
             cos = max(-1.0, min(1.0, _dot(dev[i], dev[j]) / dev_norm[i] / dev_norm[j]))
             sims[i] = max(sims[i], cos)
             sims[j] = max(sims[j], cos)
@@ -260,8 +300,9 @@ def _model_outliers(
         sim = sims[i]
         flags: list[str] = []
         if enough:
-            if ratio > params.max_norm_ratio:
-                flags.append("norm")
+            big = ratio > params.max_norm_ratio and raw[i] > params.min_norm_share * base_norm
+            if big and _along(x, i) < params.aligned_cosine:
+                flags.append("norm")  # (a big step the way the others go: a site still learning)
             if z > params.max_direction_z:
                 flags.append("direction")
             if params.sybil_cosine is not None and sim >= params.sybil_cosine:
