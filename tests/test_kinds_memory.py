@@ -17,9 +17,11 @@ from crdtd.errors import CrdtdError
 from crdtd.kinds.memory import (
     EXACT_PAIRS_MAX,
     MemorySettings,
+    keyword_index,
     merge_records,
     quantise,
     read_records,
+    recall,
     similar_pairs,
 )
 from tests.node_support import InProcessNode, federation
@@ -119,6 +121,47 @@ def test_recall_ranks_by_embedding_or_by_keyword(client: Client) -> None:
     assert by_words[0][0] > by_words[2][0]  # "is" alone matches less than "on call"
     with pytest.raises(CrdtdError, match="dimension 2, the namespace's dim is 3"):
         client.recall(MEM, k=1, embedding=[1.0, 0.0])
+
+
+def bm25_reference(texts: list[str], query: str, k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """BM25 written out term by term over Python lists: the formula the vectorised one must give."""
+    import math
+    import re
+
+    docs = [re.findall(r"\w+", t.lower()) for t in texts]
+    avg = sum(len(d) for d in docs) / len(docs)
+    scores = [0.0] * len(docs)
+    for term in sorted(set(re.findall(r"\w+", query.lower()))):
+        df = sum(1 for d in docs if term in d)
+        if not df:
+            continue
+        idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+        for i, d in enumerate(docs):
+            tf = d.count(term)
+            scores[i] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / (avg or 1.0)))
+    return scores
+
+
+WORDS = st.sampled_from(["call", "on", "ward", "kim", "roy", "night", "bed", "x"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(st.lists(WORDS, min_size=0, max_size=6).map(" ".join), min_size=1, max_size=30),
+    query=st.lists(WORDS, min_size=1, max_size=3).map(" ".join),
+    k=st.integers(1, 8),
+)
+def test_keyword_recall_over_a_kept_index_ranks_as_bm25_written_out(texts, query, k) -> None:
+    import polars as pl
+
+    memories = pl.DataFrame({"id": [f"m{i}" for i in range(len(texts))], "text": texts})
+    s = MemorySettings()
+    _, kept = recall(memories, query, k, None, s, keyword_index(memories["text"]))
+    assert kept == recall(memories, query, k, None, s)[1]
+    ref = bm25_reference(texts, query)
+    want = sorted((i for i in range(len(texts)) if ref[i] > 0), key=lambda i: (-ref[i], i))[:k]
+    assert [hit["id"] for _, hit in kept] == [f"m{i}" for i in want]
+    assert [score for score, _ in kept] == pytest.approx([ref[i] for i in want])
 
 
 def test_budget_keeps_the_best_scoring_memories_within_each_agents_quota(

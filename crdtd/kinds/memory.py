@@ -308,8 +308,14 @@ def recall_node(
     if not query.strip() and not embedding:
         raise MemoryRecordError("recall needs a query text or a query embedding")
     memories, inputs, _ = merged_memories(core, ns)
-    method, hits = recall(memories, query, k, embedding or None, ns.settings)
-    return method, hits, ids_digest(inputs, ns.settings)
+    digest = ids_digest(inputs, ns.settings)
+    index = None
+    if not embedding:
+        index = core.views.get_or_make(
+            (ns.name, digest + "+keywords"), lambda: keyword_index(memories["text"])
+        )
+    method, hits = recall(memories, query, k, embedding or None, ns.settings, index)
+    return method, hits, digest
 
 
 def merged_memories(
@@ -560,10 +566,16 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def recall(
-    memories: pl.DataFrame, query: str, k: int, embedding: list[float] | None, s: MemorySettings
+    memories: pl.DataFrame,
+    query: str,
+    k: int,
+    embedding: list[float] | None,
+    s: MemorySettings,
+    index: KeywordIndex | None = None,
 ) -> tuple[str, list[tuple[float, dict[str, Any]]]]:
     """The `k` memories nearest the query: by cosine similarity to `embedding` when given,
-    else by BM25 keyword ranking of `query`; ties by rank order. Returns (method, hits)."""
+    else by BM25 keyword ranking of `query` (over `index` when the caller kept one); ties by
+    rank order. Returns (method, hits)."""
     import numpy as np
 
     if k <= 0 or not memories.height:
@@ -584,30 +596,46 @@ def recall(
             scores[has] = (m @ v) / denom
         method = "embedding"
     else:
-        scores = bm25(memories["text"], query)
+        scores = bm25(index or keyword_index(memories["text"]), query)
         method = "keyword"
-    order = np.argsort(-scores, kind="stable")[:k]
-    rows = memories.drop("sources", strict=False).to_dicts()
-    hits = [(float(scores[i]), rows[i]) for i in order if np.isfinite(scores[i])]
+    order = [int(i) for i in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[i])]
     if method == "keyword":
-        hits = [h for h in hits if h[0] > 0]
-    return method, hits
+        order = [i for i in order if scores[i] > 0]
+    rows = memories[order].drop("sources", strict=False).to_dicts()
+    return method, [(float(scores[i]), row) for i, row in zip(order, rows, strict=True)]
 
 
-def bm25(texts: pl.Series, query: str, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
-    """BM25 scores of `texts` for the words of `query` (lower-cased `\\w+` tokens),
+@dataclass(frozen=True)
+class KeywordIndex:
+    """The memories' texts as lower-cased `\\w+` tokens, with their lengths: what BM25 needs
+    from the texts, built once per merged view instead of at every query."""
+
+    tokens: pl.Series
+    lengths: np.ndarray
+    avg_length: float
+
+
+def keyword_index(texts: pl.Series) -> KeywordIndex:
+    """Tokenise `texts` for `bm25` (vectorised with polars)."""
+    import polars as pl
+
+    tokens = texts.str.to_lowercase().str.extract_all(r"\w+")
+    lengths = tokens.list.len().cast(pl.Float64).fill_null(0.0).to_numpy()
+    avg = float(lengths.mean()) if len(lengths) else 0.0
+    return KeywordIndex(tokens, lengths, avg)
+
+
+def bm25(index: KeywordIndex, query: str, k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """BM25 scores of the indexed texts for the words of `query` (lower-cased `\\w+` tokens),
     vectorised with polars (no Python loop per memory)."""
     import numpy as np
     import polars as pl
 
     terms = sorted(set(_WORD.findall(query.lower())))
-    tokens = texts.str.to_lowercase().str.extract_all(r"\w+")
-    lengths = tokens.list.len().cast(pl.Float64).fill_null(0.0).to_numpy()
-    avg = float(lengths.mean()) if len(lengths) else 0.0
-    norm = k1 * (1 - b + b * lengths / (avg or 1.0))
-    scores = np.zeros(len(lengths))
+    norm = k1 * (1 - b + b * index.lengths / (index.avg_length or 1.0))
+    scores = np.zeros(len(index.lengths))
     for term in terms:
-        tf = tokens.list.count_matches(term).cast(pl.Float64).fill_null(0.0).to_numpy()
+        tf = index.tokens.list.count_matches(term).cast(pl.Float64).fill_null(0.0).to_numpy()
         df = float(np.count_nonzero(tf))
         if not df:
             continue
