@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crdtd.crypto.schemes import ED25519_ONLY, PublicKeys, SignaturePolicy
+from crdtd.crypto import verifier
+from crdtd.crypto.schemes import ED25519, ED25519_ONLY, PublicKeys, SignaturePolicy
 from crdtd.errors import (
     ChainError,
     ConfigError,
@@ -116,6 +117,39 @@ class VerifiedSignatures:
         self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self._lock = threading.Lock()
 
+    def verify_all(
+        self, pairs: Sequence[tuple[Entry, Sequence[PublicKeys]]], policy: SignaturePolicy
+    ) -> None:
+        """Check many entries ahead, each against its candidate keys, with the Ed25519 math in
+        worker processes (`crdtd.crypto.verifier`: the library holds the GIL, so threads do
+        not run it side by side); what passes is remembered. Raises nothing: `verify` later
+        answers from memory, or checks again (and raises) what did not pass."""
+        todo: list[tuple[Entry, PublicKeys]] = []
+        triples: list[tuple[bytes, bytes, bytes]] = []
+        with self._lock:
+            for e, candidates in pairs:
+                if any((e.id, e.signatures, k, policy) in self._seen for k in candidates):
+                    continue
+                sig = e.signature(ED25519)
+                for keys in candidates:
+                    if sig is not None and keys.key_id == e.author:
+                        todo.append((e, keys))
+                        triples.append((keys.ed25519, e.signing_message, sig))
+        for (e, keys), ok in zip(todo, verifier.shared().verify_many(triples)):
+            if not ok:
+                continue
+            try:
+                e.verify_signatures(keys, policy, ed25519_verified=True)
+            except SignatureError:
+                continue
+            self._remember((e.id, e.signatures, keys, policy))
+
+    def _remember(self, key: tuple[object, ...]) -> None:
+        with self._lock:
+            self._seen[key] = None
+            while len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
+
     def verify(self, e: Entry, keys: PublicKeys, policy: SignaturePolicy) -> None:
         """`e.verify_signatures(keys, policy)`, skipped when it passed before."""
         key = (e.id, e.signatures, keys, policy)
@@ -123,10 +157,7 @@ class VerifiedSignatures:
             if key in self._seen:
                 return
         e.verify_signatures(keys, policy)
-        with self._lock:
-            self._seen[key] = None
-            while len(self._seen) > self.limit:
-                self._seen.popitem(last=False)
+        self._remember(key)
 
 
 @dataclass(frozen=True)

@@ -443,9 +443,14 @@ class Entry:
         self,
         public_keys: PublicKeys,
         required: SignaturePolicy | str | Iterable[str] = ED25519_ONLY,
+        ed25519_verified: bool = False,
     ) -> None:
         """Raise SignatureError unless `public_keys` belong to the author, every required
-        signature is present, and every signature we hold a key for verifies."""
+        signature is present, and every signature we hold a key for verifies.
+
+        `ed25519_verified`: the Ed25519 signature was already checked under
+        `public_keys.ed25519` over this entry's signing message (by `crdtd.crypto.verifier`);
+        every other check still runs here."""
         policy = SignaturePolicy.coerce(required)
         where = f"entry {self.id.hex()[:16]}"
         if public_keys.key_id != self.author:
@@ -461,7 +466,7 @@ class Entry:
         msg = self.signing_message
         for sig in self.signatures:
             key = public_keys.for_scheme(sig.scheme)
-            if key is None:
+            if key is None or (ed25519_verified and sig.scheme == ED25519):
                 continue
             if not SCHEMES[sig.scheme].verify(key, msg, sig.value):
                 raise SignatureError(f"{where}: {sig.scheme} signature does not verify")

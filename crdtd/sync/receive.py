@@ -48,9 +48,8 @@ from crdtd.store.chunks import CHUNK_SIZE, Manifest
 from crdtd.store.store import NodeStore
 from crdtd.sync.config import SyncConfig
 
-VERIFY_THREADS = 2
-VERIFY_CHUNK = 256
-"""Signatures checked ahead in worker threads, this many per task."""
+VERIFY_AHEAD = 512
+"""Records in one check from which signatures are verified ahead, in worker processes."""
 
 JOIN_ORDER = {
     Kind.MEMBERSHIP: 0,
@@ -314,26 +313,13 @@ class Receiver:
     def _verify_signatures(
         self, items: Sequence[tuple[Entry, bytes, bytes]], ring: dict[bytes, list[PublicKeys]]
     ) -> None:
-        """Check signatures ahead of `_verify`, VERIFY_THREADS at once (the library releases
-        the GIL while it verifies); results land in the state's VerifiedSignatures, so
+        """Check signatures ahead of `_verify`, many at once in worker processes
+        (`VerifiedSignatures.verify_all`); results land in the state's VerifiedSignatures, so
         neither `_verify` nor `E4State.apply_many` verifies the same bytes again."""
-        if len(items) < 2 * VERIFY_CHUNK:
+        if len(items) < VERIFY_AHEAD:
             return
-        policy = self.state.policy
-        known = self.state.signatures
-
-        def run(part: Sequence[tuple[Entry, bytes, bytes]]) -> None:
-            for e, _, _ in part:
-                for keys in ring.get(e.author, ()):
-                    try:
-                        known.verify(e, keys, policy)
-                        break
-                    except SignatureError:
-                        continue
-
-        parts = [items[i : i + VERIFY_CHUNK] for i in range(0, len(items), VERIFY_CHUNK)]
-        with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify") as pool:
-            list(pool.map(run, parts))
+        pairs = [(e, ring.get(e.author, ())) for e, _, _ in items]
+        self.state.signatures.verify_all(pairs, self.state.policy)
 
     def _verify(
         self, e: Entry, raw_manifest: bytes, ring: dict[bytes, list[PublicKeys]]
