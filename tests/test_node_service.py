@@ -19,7 +19,7 @@ from crdtd.errors import CrdtdError
 from crdtd.node.metrics import fingerprint
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
-from crdtd.state.entry import make_removal
+from crdtd.state.entry import Entry, Kind, make_removal
 from crdtd.trust.evidence import WEIGHT_UNIT, ProofKind, evidence_entry, proof_for_equivocation
 from tests.node_support import NAMESPACE, InProcessNode, checkpoint, federation, wait_for
 
@@ -350,6 +350,30 @@ def test_an_equivocating_author_is_left_out_of_materialise_with_the_reason(
     scores = {s.key_id: s for s in client.trust().scores}
     assert scores[key.key_id].gated and scores[key.key_id].trust == 0
     assert any("equivocation" in f for f in scores[key.key_id].faults)
+
+
+def test_status_reads_the_kept_counts_without_decoding_entries(
+    node: InProcessNode, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        client.push("blobs/raw", b"counted %d " % i * 20)
+    expected = node.core.state.visible()
+    decoded = []
+    real = Entry.from_bytes.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[Entry], data: bytes) -> Entry:
+        decoded.append(data)
+        return real(cls, data)
+
+    monkeypatch.setattr(Entry, "from_bytes", classmethod(counting))
+    s = client.status()
+    # O(namespaces): no contribution is decoded (peer names come from membership entries)
+    assert all(real(Entry, d).kind is not Kind.CONTRIBUTION for d in decoded)
+    assert s.entry_counts["visible"] == len(expected)
+    info = {n.name: n for n in s.namespace_info}
+    mine = [e for e in expected if e.body.namespace == "blobs/raw"]
+    assert info["blobs/raw"].contributions == len(mine)
+    assert info["blobs/raw"].payload_bytes == sum(e.body.payload_size for e in mine)
 
 
 def test_status_shows_each_namespace_kind_and_size(client: Client, tmp_path: Path) -> None:

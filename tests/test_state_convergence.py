@@ -264,6 +264,8 @@ def test_batches_give_the_same_state_as_one_entry_at_a_time(
             assert many.version_vector() == one.version_vector()
             assert many.held_ids() == one.held_ids()
             assert set(many.store.iter_chunk_digests()) == set(one.store.iter_chunk_digests())
+            # the counts a status call reads stay those of the entries, batched or not
+            assert many.store.counts() == one.store.counts() == many.store.count_all()
         finally:
             one.close()
             many.close()

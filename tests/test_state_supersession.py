@@ -93,6 +93,7 @@ def test_any_arrival_order_leaves_each_authors_newest_contribution_visible(
             assert a.merkle_root() == b.merkle_root()
             assert {e.id for e in a.visible()} == {e.id for e in b.visible()} == newest(entries)
             assert a.held_ids() == b.held_ids() == []
+            assert a.store.counts() == b.store.counts() == b.store.count_all()
             with a.store.reading() as c:
                 removals = c.execute("SELECT COUNT(*) FROM entries WHERE kind = 2").fetchone()[0]
             assert removals == 0  # no tombstones pile up: nothing was erased

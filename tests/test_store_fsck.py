@@ -83,6 +83,26 @@ def test_stale_merkle_cache_is_found(data_dir: Path) -> None:
     assert run_fsck(data_dir) == 1
 
 
+def test_kept_entry_counts_that_disagree_are_found(data_dir: Path) -> None:
+    with NodeStore.open(data_dir) as store, store.transaction() as c:
+        c.execute("UPDATE entry_counts SET entries = entries + 1")
+    assert run_fsck(data_dir) == 1
+
+
+def test_a_store_from_before_kept_counts_gets_them_on_its_next_open(data_dir: Path) -> None:
+    with NodeStore.open(data_dir) as store:
+        kept = store.counts()
+        with store.transaction() as c:  # as the previous schema left it: nothing counted
+            c.execute("DELETE FROM entry_counts")
+            c.execute("DELETE FROM meta WHERE key = 'entry_counts'")
+    with NodeStore.open(data_dir, maintenance=False) as reader:
+        assert reader.counts() == kept  # counted on the fly, nothing written
+    assert run_fsck(data_dir) == 0
+    with NodeStore.open(data_dir) as store:
+        assert store.counts() == kept == store.count_all()
+        assert store.get_meta("entry_counts") is not None
+
+
 def test_a_directory_without_a_store_is_an_error_not_corruption(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

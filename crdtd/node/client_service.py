@@ -46,7 +46,7 @@ from crdtd.node.metadata_pb import meta_from_pb, meta_to_pb, unique_pairs
 from crdtd.node.status_map import message_for, status_for
 from crdtd.proto_gen.crdtd.v1 import node_pb2 as pb
 from crdtd.proto_gen.crdtd.v1 import node_pb2_grpc as pb_grpc
-from crdtd.state.entry import Entry, Kind
+from crdtd.state.entry import Kind
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Node"].full_name
 STREAM_PIECE = 1 << 20  # bytes per data message sent back (<= 1 MiB)
@@ -332,8 +332,8 @@ class NodeService(pb_grpc.NodeServicer):
             if state == "live":
                 counts[kind] = counts.get(kind, 0) + n
             counts[state] = counts.get(state, 0) + n
-        visible = core.state.visible()
-        counts["visible"] = len(visible)
+        visible = core.visible_counts()
+        counts["visible"] = sum(n for n, _ in visible.values())
         now = time.monotonic()
         peers = [
             pb.PeerStatus(
@@ -542,23 +542,19 @@ class NodeService(pb_grpc.NodeServicer):
         return path
 
 
-def namespace_status(core: NodeCore, visible: list[Entry]) -> list[pb.NamespaceStatus]:
-    """Kind, visible contributions and payload bytes of every declared namespace (of every
-    namespace held, when none are declared)."""
+def namespace_status(core: NodeCore, held: dict[str, tuple[int, int]]) -> list[pb.NamespaceStatus]:
+    """Kind, visible contributions and payload bytes (`held`: namespace -> both, the store's
+    kept counts) of every declared namespace (of every namespace held, when none are
+    declared)."""
     from crdtd.kinds.base import canonical_json
 
-    held: dict[str, list[int]] = {}
-    for e in visible:
-        row = held.setdefault(e.body.namespace, [0, 0])  # type: ignore[union-attr]
-        row[0] += 1
-        row[1] += e.body.payload_size  # type: ignore[union-attr]
     names = sorted(core.config.namespaces) or sorted(held)
     out = []
     for name in names:
         ns = core.config.namespace(name)
         if ns is None:
             continue
-        n, size = held.get(name, [0, 0])
+        n, size = held.get(name, (0, 0))
         out.append(
             pb.NamespaceStatus(
                 name=name,

@@ -619,17 +619,21 @@ class NodeCore:
             yield self.state.store.read_chunk(ref.digest)
 
     def entry_counts(self) -> dict[tuple[str, str], int]:
-        """(kind, state) -> count, plus held entries."""
+        """(kind, state) -> count, plus held entries (from the counts the store keeps)."""
         counts: dict[tuple[str, str], int] = {}
-        with self.state.store.reading() as c:
-            rows = c.execute("SELECT kind, status, COUNT(*) FROM entries GROUP BY kind, status")
-            for kind, status, n in rows.fetchall():
-                key = (Kind(int(kind)).name.lower(), STATUS_NAMES.get(int(status), "other"))
-                counts[key] = int(n)
-            for (raw,) in c.execute("SELECT raw FROM pending").fetchall():
-                k = Entry.from_bytes(bytes(raw)).kind.name.lower()
-                counts[(k, "held")] = counts.get((k, "held"), 0) + 1
+        for (kind, status, _), (n, _size) in self.state.store.counts().items():
+            state = "held" if status == db.HELD else STATUS_NAMES.get(status, "other")
+            key = (Kind(kind).name.lower(), state)
+            counts[key] = counts.get(key, 0) + n
         return counts
+
+    def visible_counts(self) -> dict[str, tuple[int, int]]:
+        """namespace -> (visible contributions, their payload bytes), from the kept counts."""
+        return {
+            ns: counts
+            for (kind, status, ns), counts in self.state.store.counts().items()
+            if kind == Kind.CONTRIBUTION and status == db.LIVE
+        }
 
     def assessment(self) -> Assessment:
         """Trust scores and revocations from the evidence held (recomputed when the root moves)."""

@@ -448,11 +448,7 @@ class E4State:
                     f"entry {e.id.hex()}: predecessor {e.prev.hex() if e.prev else ''} unknown "
                     f"and {held} entries are already held"
                 )
-            c.execute(
-                "INSERT INTO pending (id, author, seq, prev, payload_digest, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (e.id, e.author, e.seq, e.prev, payload, e.to_bytes()),
-            )
+            self.store.hold(e, payload)
             self._note("held")
             if e.kind is Kind.REMOVAL:
                 self._removal_rows(e)
@@ -822,7 +818,7 @@ class E4State:
             "SELECT id, payload_digest FROM pending WHERE author = ? AND seq > ?", (key_id, cutoff)
         ).fetchall()
         for eid, digest in held:
-            c.execute("DELETE FROM pending WHERE id = ?", (bytes(eid),))
+            self.store.unhold(bytes(eid))
             self._unindex_removal(bytes(eid))
             if digest is not None:
                 self.store.release_payload(bytes(digest))
@@ -840,7 +836,7 @@ class E4State:
                     "SELECT payload_digest FROM pending WHERE id = ?", (x.id,)
                 ).fetchone()
                 if held is not None:
-                    c.execute("DELETE FROM pending WHERE id = ?", (x.id,))
+                    self.store.unhold(x.id, x)
                     if held[0] is not None:
                         self.store.release_payload(bytes(held[0]))
                 self.store.insert_entry(x, db.QUARANTINED)
@@ -872,8 +868,8 @@ class E4State:
                 "SELECT id, raw, payload_digest FROM pending WHERE prev = ? ORDER BY id", (prev,)
             ).fetchall()
             for eid, raw, digest in rows:
-                c.execute("DELETE FROM pending WHERE id = ?", (bytes(eid),))
                 e = Entry.from_bytes(bytes(raw))
+                self.store.unhold(bytes(eid), e)
                 mark = len(self._entered)
                 try:
                     self._apply(e, None, [])

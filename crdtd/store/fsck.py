@@ -63,6 +63,7 @@ def fsck(data_dir: Path | str, progress: Callable[[int], object] | None = None) 
         report.problems.extend(_check_chunks(store, report, progress))
         report.problems.extend(_check_merkle(store))
         report.problems.extend(_check_clock(store))
+        report.problems.extend(_check_counts(store))
         return report
     finally:
         store.close()
@@ -218,3 +219,11 @@ def _check_clock(store: NodeStore) -> Iterator[Problem]:
     cached = {bytes(a): int(s) for a, s in c.execute("SELECT author, seq FROM clock")}
     if cached != expect:
         yield Problem("clock", "version vector disagrees with the stored entries")
+
+
+def _check_counts(store: NodeStore) -> Iterator[Problem]:
+    """The kept counts (what a status call reads) against a count of every entry."""
+    if store.get_meta("entry_counts") is None:
+        return  # never filled yet: the owner's next open fills them
+    if store.counts() != store.count_all():
+        yield Problem("entry counts", "kept counts disagree with the stored entries")

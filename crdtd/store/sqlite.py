@@ -20,6 +20,7 @@ TOMBSTONED = 1
 QUARANTINED = 2
 SUPERSEDED = 3  # a latest-only namespace holds a newer contribution of the author; bytes kept
 RETIRED = 4  # superseded, and its payload reclaimed (or never stored)
+HELD = -1  # entry_counts only: entries waiting for their predecessor (the pending table)
 
 _V1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -73,7 +74,17 @@ _V2 = """
 CREATE TABLE small_chunks (digest BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# How many entries (and declared payload bytes) each (kind, status, namespace) holds, kept by
+# NodeStore on every insert, delete and status change (and HELD for the pending table), so a
+# status call reads a few rows instead of decoding every entry. Filled on the owner's first
+# open after this migration (NodeStore.recount, meta key "entry_counts").
+_V3 = """
+CREATE TABLE entry_counts (kind INTEGER NOT NULL, status INTEGER NOT NULL,
+    namespace TEXT NOT NULL, entries INTEGER NOT NULL, payload_bytes INTEGER NOT NULL,
+    PRIMARY KEY (kind, status, namespace)) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """Migration i (0-based) takes the schema from user_version i to i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -49,6 +49,14 @@ def _marks(part: Sequence[bytes]) -> str:
     return ",".join("?" * len(part))
 
 
+def _count_key(entry: Entry, status: int) -> tuple[tuple[int, int, str], int]:
+    """Where an entry is counted, and the payload bytes it declares."""
+    if entry.kind is Kind.CONTRIBUTION:
+        body = entry.as_contribution()
+        return (int(entry.kind), status, body.namespace), body.payload_size
+    return (int(entry.kind), status, ""), 0
+
+
 class PayloadSource(Protocol):
     """Where apply fetches a payload it does not hold: a manifest and its chunks."""
 
@@ -94,6 +102,8 @@ class NodeStore:
         store = cls(d, db.connect(d / DB_NAME), ChunkDir(d / CHUNK_DIR, clean_tmp=maintenance))
         if maintenance:
             store._finish_gc()
+            if store.get_meta("entry_counts") is None:
+                store.recount()
         return store
 
     def close(self) -> None:
@@ -360,7 +370,76 @@ class NodeStore:
             bytes(a): int(s) for a, s in self._q("SELECT author, seq FROM clock ORDER BY author")
         }
 
+    # counts kept per (kind, status, namespace)
+
+    def counts(self) -> dict[tuple[int, int, str], tuple[int, int]]:
+        """(kind, status, namespace) -> (entries, declared payload bytes); status db.HELD
+        counts the entries waiting for their predecessor. Read from the counts the store keeps
+        (a few rows), or counted from every entry when this store was opened without
+        maintenance before its counts were ever filled."""
+        if self.get_meta("entry_counts") is None:
+            with self.reading():
+                return self.count_all()
+        rows = self._q("SELECT kind, status, namespace, entries, payload_bytes FROM entry_counts")
+        return {(int(k), int(st), ns): (int(n), int(b)) for k, st, ns, n, b in rows if n}
+
+    def recount(self) -> None:
+        """Fill the kept counts from every entry and held entry (after the migration that
+        added them; fsck compares the two)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM entry_counts")
+            c.executemany(
+                "INSERT INTO entry_counts (kind, status, namespace, entries, payload_bytes) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(*key, n, b) for key, (n, b) in sorted(self.count_all().items())],
+            )
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('entry_counts', X'01')")
+
+    def count_all(self) -> dict[tuple[int, int, str], tuple[int, int]]:
+        """What `counts` answers, counted from every entry (decodes them all: fsck, tests)."""
+        out: dict[tuple[int, int, str], tuple[int, int]] = {}
+        rows = self.conn.execute("SELECT status, raw FROM entries").fetchall()
+        rows += [(db.HELD, raw) for (raw,) in self.conn.execute("SELECT raw FROM pending")]
+        for status, raw in rows:
+            key, size = _count_key(Entry.from_bytes(bytes(raw)), int(status))
+            n, b = out.get(key, (0, 0))
+            out[key] = (n + 1, b + size)
+        return out
+
+    def _count(self, entry: Entry, status: int, sign: int) -> None:
+        key, size = _count_key(entry, status)
+        self._add_counts([(*key, sign, sign * size)])
+
+    def _add_counts(self, rows: Sequence[tuple[int, int, str, int, int]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO entry_counts (kind, status, namespace, entries, payload_bytes) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, status, namespace) DO UPDATE SET "
+            "entries = entries + excluded.entries, "
+            "payload_bytes = payload_bytes + excluded.payload_bytes",
+            rows,
+        )
+
     # writes (call inside transaction(); used by crdtd.state)
+
+    def hold(self, entry: Entry, payload_digest: bytes | None) -> None:
+        """Keep a valid entry whose predecessor is not held yet (outside the set)."""
+        self.conn.execute(
+            "INSERT INTO pending (id, author, seq, prev, payload_digest, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.id, entry.author, entry.seq, entry.prev, payload_digest, entry.to_bytes()),
+        )
+        self._count(entry, db.HELD, 1)
+
+    def unhold(self, entry_id: bytes, entry: Entry | None = None) -> None:
+        """Drop a held entry (released into the set, purged or quarantined); `entry`, when
+        the caller has it decoded, saves decoding it again."""
+        if entry is None:
+            row = self.conn.execute("SELECT raw FROM pending WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                return
+            entry = Entry.from_bytes(bytes(row[0]))
+        if self.conn.execute("DELETE FROM pending WHERE id = ?", (entry_id,)).rowcount:
+            self._count(entry, db.HELD, -1)
 
     def insert_entry(self, entry: Entry, status: int) -> None:
         ns = digest = None
@@ -383,6 +462,7 @@ class NodeStore:
         )
         self._changed.add(entry.id)
         self._clock_dirty.setdefault(entry.author, False)
+        self._count(entry, status, 1)
 
     def insert_contributions(
         self,
@@ -404,8 +484,11 @@ class NodeStore:
             [(ref.digest, m.digest) for m in manifests for ref in m.chunks],
         )
         rows = []
+        counts: dict[str, tuple[int, int]] = {}
         for e in entries:
             body = e.body
+            n, b = counts.get(body.namespace, (0, 0))  # type: ignore[union-attr]
+            counts[body.namespace] = (n + 1, b + body.payload_size)  # type: ignore[union-attr]
             rows.append(
                 (
                     e.id,
@@ -426,17 +509,30 @@ class NodeStore:
             "raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        kind = int(Kind.CONTRIBUTION)
+        self._add_counts([(kind, db.LIVE, ns, n, b) for ns, (n, b) in sorted(counts.items())])
 
     def delete_entry(self, entry_id: bytes) -> None:
-        row = self.conn.execute("SELECT author FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT author, status, raw FROM entries WHERE id = ?", (entry_id,)
+        ).fetchone()
         if row is None:
             return
         self.conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
         self._changed.add(entry_id)
         self._clock_dirty[bytes(row[0])] = True
+        self._count(Entry.from_bytes(bytes(row[2])), int(row[1]), -1)
 
     def set_status(self, entry_id: bytes, status: int) -> None:
+        row = self.conn.execute(
+            "SELECT status, raw FROM entries WHERE id = ?", (entry_id,)
+        ).fetchone()
+        if row is None or int(row[0]) == status:
+            return
         self.conn.execute("UPDATE entries SET status = ? WHERE id = ?", (status, entry_id))
+        entry = Entry.from_bytes(bytes(row[1]))
+        self._count(entry, int(row[0]), -1)
+        self._count(entry, status, 1)
 
     def _settle_clocks(self) -> None:
         """Bring the clock of every author the transaction touched up to date, once each
