@@ -166,3 +166,36 @@ def test_descent_finds_exactly_the_differences_moving_bytes_in_proportion_to_the
     # root children + one child list per differing depth-1 node + a few ids per leaf
     assert moved <= ID_SIZE * FANOUT * (1 + 10 * (LEAF_DEPTH - 1)) + ID_SIZE * 10 * 4
     assert moved < 0.15 * ID_SIZE * len(common)  # against sending the full id list
+
+
+def test_a_rolled_back_commit_leaves_the_next_root_exact(fast_dir: Path) -> None:
+    """Inner nodes are remembered between commits; a commit that fails after its Merkle
+    update must not leave them behind."""
+    from crdtd.state.testing import Federation
+    from crdtd.store.sqlite import LIVE
+    from crdtd.store.store import NodeStore
+
+    fed = Federation()
+    fed.add_member("a")
+    entries = [fed.contribute("a", i.to_bytes(2, "big") * 20) for i in range(300)]
+    store = NodeStore.open(fast_dir / "s")
+    with store.transaction():
+        for e in entries[:200]:
+            store.insert_entry(e, LIVE)
+    flush = store.chunks.flush
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    store.chunks.flush = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError), store.transaction():
+        for e in entries[200:250]:
+            store.insert_entry(e, LIVE)
+    store.chunks.flush = flush  # type: ignore[method-assign]
+    with store.transaction():
+        for e in entries[250:]:
+            store.insert_entry(e, LIVE)
+    ids = store.all_ids()
+    assert len(ids) == 250
+    assert store.merkle_root() == root_from_ids(ids)
+    store.close()

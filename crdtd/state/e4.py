@@ -195,6 +195,8 @@ class E4State:
         (`crdtd.state.bulk`); False applies every entry the one-at-a-time way (the
         reference the property tests compare against)."""
         self._entered: list[bytes] = []
+        self._roster_version = 0
+        self._roster: dict[bool, tuple[int, dict[bytes, PublicKeys]]] = {}
         self._lookups: dict[tuple[str, bytes], object] | None = None
         _bind_federation(store, admin, self.policy)
 
@@ -268,7 +270,24 @@ class E4State:
     def members(self, include_revoked: bool = False) -> dict[bytes, PublicKeys]:
         """Current members (admitted, not revoked; every admitted one with `include_revoked`)
         and their public keys. Trust scoring takes every admitted key, so that a proof
-        against a revoked key still counts (and names why it was revoked)."""
+        against a revoked key still counts (and names why it was revoked).
+
+        Remembered until a membership or revocation is written (so a session checking the
+        next records while a batch is being applied does not wait for the store lock)."""
+        version = self._roster_version
+        cached = self._roster.get(include_revoked)
+        if cached is not None and cached[0] == version:
+            return dict(cached[1])
+        out = self._read_members(include_revoked)
+        if not self.store._in_transaction():  # what a transaction sees may still roll back
+            self._roster[include_revoked] = (version, out)
+        return dict(out)
+
+    def _roster_changed(self) -> None:
+        """A membership or revocation row was written: forget the remembered members."""
+        self._roster_version += 1
+
+    def _read_members(self, include_revoked: bool) -> dict[bytes, PublicKeys]:
         with self.store.reading() as c:
             rows = c.execute(
                 "SELECT key_id, ed25519, ml_dsa_65 FROM members ORDER BY key_id, entry"
@@ -693,6 +712,7 @@ class E4State:
                 "INSERT OR IGNORE INTO revocations (revoked, entry, cutoff) VALUES (?, ?, ?)",
                 (auto.key_id, e.id, max(0, auto.cutoff)),
             )
+            self._roster_changed()
             self._purge(auto.key_id)
         body = e.body
         if e.kind is Kind.MEMBERSHIP:
@@ -701,6 +721,7 @@ class E4State:
                 "VALUES (?, ?, ?, ?, ?)",
                 (body.member, e.id, body.ed25519_public, body.ml_dsa_65_public, body.name),  # type: ignore[union-attr]
             )
+            self._roster_changed()
         elif e.kind is Kind.REVOCATION:
             revoked = body.revoked  # type: ignore[union-attr]
             cutoff = e.seq if revoked == e.author else 0
@@ -708,6 +729,7 @@ class E4State:
                 "INSERT OR IGNORE INTO revocations (revoked, entry, cutoff) VALUES (?, ?, ?)",
                 (revoked, e.id, cutoff),
             )
+            self._roster_changed()
             self._purge(revoked)
         elif e.kind is Kind.REMOVAL:
             self._index_removal(e)
@@ -812,6 +834,7 @@ class E4State:
             self.store.delete_entry(eid)
             self._unindex_removal(eid)
             c.execute("DELETE FROM revocations WHERE entry = ?", (eid,))
+            self._roster_changed()
             if digest is not None:
                 self.store.release_payload(bytes(digest))
         held = c.execute(

@@ -80,6 +80,10 @@ class MerkleIndex:
         self.ids_table = ids_table
         self.nodes_table = nodes_table
         self.leaf_depth = leaf_depth
+        self._inner: dict[bytes, tuple[list[bytes], list[int]]] = {}
+        """Child hashes and counts of inner nodes as `update` last wrote them, so a batch
+        touching most depth-1 nodes does not read their 256 children back each time (this
+        index is its table's only writer; `forget` after a rollback)."""
 
     @staticmethod
     def schema(nodes_table: str = "merkle_nodes") -> str:
@@ -133,22 +137,50 @@ class MerkleIndex:
     def update(self, changed_ids: Iterable[bytes]) -> None:
         """Recompute the leaves holding `changed_ids` and every node above them, once each."""
         dirty = {i[: self.leaf_depth] for i in changed_ids}
+        level: dict[bytes, tuple[bytes, int]] = {}
         for prefix in sorted(dirty):
             ids = self.ids_under(prefix)
-            self._store(prefix, leaf_hash(ids), len(ids))
+            level[prefix] = (leaf_hash(ids), len(ids))
+        self._write(level)
         for depth in range(self.leaf_depth - 1, -1, -1):
-            dirty = {p[:depth] for p in dirty}
-            for prefix in sorted(dirty):
-                children = [EMPTY_HASH] * FANOUT
-                total = 0
-                for child, h, n in self._child_rows(prefix):
-                    children[child[-1]] = h
-                    total += n
-                self._store(prefix, node_hash(children), total)
+            for child, (h, n) in level.items():
+                hashes, counts = self._children_of(child[:depth])
+                hashes[child[-1]], counts[child[-1]] = h, n
+            parents: dict[bytes, tuple[bytes, int]] = {}
+            for prefix in sorted({c[:depth] for c in level}):
+                hashes, counts = self._inner[prefix]
+                parents[prefix] = (node_hash(hashes), sum(counts))
+            self._write(parents)
+            level = parents
+
+    def forget(self) -> None:
+        """Drop the remembered inner nodes (the transaction that wrote them rolled back)."""
+        self._inner.clear()
+
+    def _children_of(self, prefix: bytes) -> tuple[list[bytes], list[int]]:
+        got = self._inner.get(prefix)
+        if got is None:
+            hashes, counts = [EMPTY_HASH] * FANOUT, [0] * FANOUT
+            for child, h, n in self._child_rows(prefix):
+                hashes[child[-1]], counts[child[-1]] = h, n
+            got = self._inner[prefix] = (hashes, counts)
+        return got
+
+    def _write(self, nodes: dict[bytes, tuple[bytes, int]]) -> None:
+        t = self.nodes_table
+        self.conn.executemany(
+            f"DELETE FROM {t} WHERE depth = ? AND prefix = ?",
+            [(len(p), p) for p, (_, n) in sorted(nodes.items()) if n == 0],
+        )
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO {t} (depth, prefix, hash, count) VALUES (?, ?, ?, ?)",
+            [(len(p), p, h, n) for p, (h, n) in sorted(nodes.items()) if n],
+        )
 
     def rebuild(self) -> None:
         """Drop the cache and recompute every node from the ids (migration, repair)."""
         self.conn.execute(f"DELETE FROM {self.nodes_table}")
+        self.forget()
         rows = self.conn.execute(
             f"SELECT DISTINCT substr(id, 1, ?) FROM {self.ids_table}", (self.leaf_depth,)
         )
@@ -161,16 +193,3 @@ class MerkleIndex:
             (len(prefix) + 1, prefix + b"\x00", prefix + b"\xff"),
         )
         return [(bytes(p), bytes(h), int(n)) for p, h, n in rows]
-
-    def _store(self, prefix: bytes, h: bytes, count: int) -> None:
-        if count == 0:
-            self.conn.execute(
-                f"DELETE FROM {self.nodes_table} WHERE depth = ? AND prefix = ?",
-                (len(prefix), prefix),
-            )
-        else:
-            self.conn.execute(
-                f"INSERT OR REPLACE INTO {self.nodes_table} (depth, prefix, hash, count) "
-                "VALUES (?, ?, ?, ?)",
-                (len(prefix), prefix, h, count),
-            )

@@ -145,6 +145,7 @@ class NodeStore:
             except BaseException:
                 if outer:
                     self.conn.execute("ROLLBACK")
+                    self.merkle.forget()
                     self.chunks.discard()
                     self._after_commit.clear()
                     self._erased_inline = False
@@ -474,14 +475,17 @@ class NodeStore:
         chunks as (digest, bytes), their payloads' manifests, then the entries, with one
         statement per table instead of per row."""
         c = self.conn
-        c.executemany("INSERT OR IGNORE INTO small_chunks (digest, data) VALUES (?, ?)", chunks)
+        # rows go in key order: each B-tree page is then visited once per batch
+        c.executemany(
+            "INSERT OR IGNORE INTO small_chunks (digest, data) VALUES (?, ?)", sorted(chunks)
+        )
         c.executemany(
             "INSERT OR IGNORE INTO payloads (digest, size, manifest) VALUES (?, ?, ?)",
-            [(m.digest, m.size, m.to_bytes()) for m in manifests],
+            sorted((m.digest, m.size, m.to_bytes()) for m in manifests),
         )
         c.executemany(
             "INSERT OR IGNORE INTO payload_chunks (chunk, payload) VALUES (?, ?)",
-            [(ref.digest, m.digest) for m in manifests for ref in m.chunks],
+            sorted((ref.digest, m.digest) for m in manifests for ref in m.chunks),
         )
         rows = []
         counts: dict[str, tuple[int, int]] = {}
@@ -504,6 +508,7 @@ class NodeStore:
             )
             self._changed.add(e.id)
             self._clock_dirty.setdefault(e.author, False)
+        rows.sort()
         c.executemany(
             "INSERT INTO entries (id, author, seq, kind, prev, namespace, payload_digest, status, "
             "raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
