@@ -199,3 +199,30 @@ def test_a_rolled_back_commit_leaves_the_next_root_exact(fast_dir: Path) -> None
     assert len(ids) == 250
     assert store.merkle_root() == root_from_ids(ids)
     store.close()
+
+
+def test_commits_reach_the_database_file_while_the_store_stays_open(fast_dir: Path) -> None:
+    """The owner's store checkpoints the WAL in a background thread (not inside COMMIT): the
+    committed pages still reach the database file, without closing the store."""
+    import os
+    import time
+
+    from crdtd.state.testing import Federation
+    from crdtd.store.sqlite import LIVE
+    from crdtd.store.store import DB_NAME, NodeStore
+
+    fed = Federation()
+    fed.add_member("a")
+    store = NodeStore.open(fast_dir / "s")
+    db_file = fast_dir / "s" / DB_NAME
+    before = os.path.getsize(db_file)
+    for start in range(0, 600, 200):
+        with store.transaction():
+            for i in range(start, start + 200):
+                store.insert_entry(fed.contribute("a", i.to_bytes(2, "big") * 20), LIVE)
+    deadline = time.monotonic() + 20
+    while os.path.getsize(db_file) <= before + 100_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(db_file) > before + 100_000
+    assert store.merkle_root() == root_from_ids(store.all_ids())
+    store.close()

@@ -9,6 +9,7 @@ ordered list of SQL scripts; `user_version` records how many have run.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from crdtd.errors import StorageError
@@ -125,3 +126,49 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         except sqlite3.DatabaseError as exc:
             conn.execute("ROLLBACK")
             raise StorageError(f"{path}: migration {i + 1} failed ({exc})") from None
+
+
+class Checkpointer:
+    """Copies committed WAL frames into the database file in a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses 1,000 WAL pages, so the
+    writer waited for every page of a batch to be written a second time and the database file
+    fsynced. The owner of a store turns that off (`wal_autocheckpoint=0`) and nudges this
+    thread after each commit instead: it runs a PASSIVE checkpoint on its own connection, which
+    WAL mode lets proceed beside the writer and readers. Durability is unchanged (a commit is
+    durable once its WAL frames are fsynced); a crash mid-checkpoint is recovered by SQLite.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.busy = threading.Lock()
+        """Held while a checkpoint runs: a writer that must checkpoint itself (TRUNCATE after
+        an erasure) takes it, so the two never race."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        """A commit added WAL frames."""
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._stop.is_set():
+                self._wake.wait(timeout=5.0)
+                self._wake.clear()
+                try:
+                    with self.busy:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    continue  # busy or interrupted: the next nudge tries again
+        finally:
+            conn.close()

@@ -8,6 +8,7 @@ is complete on disk.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -33,6 +34,8 @@ DB_NAME = "store.sqlite"
 CHUNK_DIR = "chunks"
 JOURNAL_IDS = 200_000
 """Ids the in-memory change journal remembers (older changes: readers rebuild instead)."""
+WAL_LIMIT = 256 * 1024 * 1024
+"""WAL bytes past which a commit checkpoints itself (normally a background thread does)."""
 INLINE_MAX = 64 * 1024
 """Chunks up to this many bytes are stored inside SQLite rather than as files."""
 
@@ -86,6 +89,7 @@ class NodeStore:
         self._after_commit: list[bytes] = []
         self._erased_inline = False
         self._closed = False
+        self._checkpointer: db.Checkpointer | None = None
         self.namespace_key: Callable[[bytes], bytes] | None = None
         """Finds the key of a sealed payload by its id (set by the daemon, which holds the
         encrypted namespaces' keys); None: this store's owner reads no sealed payload."""
@@ -101,6 +105,8 @@ class NodeStore:
         d.mkdir(parents=True, exist_ok=True)
         store = cls(d, db.connect(d / DB_NAME), ChunkDir(d / CHUNK_DIR, clean_tmp=maintenance))
         if maintenance:
+            store.conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints off the commit path
+            store._checkpointer = db.Checkpointer(d / DB_NAME)
             store._finish_gc()
             if store.get_meta("entry_counts") is None:
                 store.recount()
@@ -109,6 +115,8 @@ class NodeStore:
     def close(self) -> None:
         with self._lock:
             if not self._closed:
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
                 self.conn.close()
                 self._closed = True
 
@@ -142,6 +150,9 @@ class NodeStore:
                     self.chunks.flush()
                     self.conn.execute("COMMIT")
                     self._remember(self._changed)
+                    if self._checkpointer is not None:
+                        self._checkpointer.nudge()
+                        self._bound_wal()
             except BaseException:
                 if outer:
                     self.conn.execute("ROLLBACK")
@@ -160,7 +171,24 @@ class NodeStore:
                 self._erased_inline = False
                 # move the zeroed pages into the database file and empty the WAL, so the
                 # erased bytes survive in neither
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._checkpoint("TRUNCATE")
+
+    def _bound_wal(self) -> None:
+        """Checkpoint here when the background checkpointer has fallen far behind."""
+        try:
+            size = os.path.getsize(self.data_dir / (DB_NAME + "-wal"))
+        except OSError:
+            return
+        if size > WAL_LIMIT:
+            self._checkpoint("PASSIVE")
+
+    def _checkpoint(self, mode: str) -> None:
+        """A checkpoint on the writer's connection, never beside the background one."""
+        if self._checkpointer is None:
+            self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            return
+        with self._checkpointer.busy:
+            self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     def _remember(self, changed: set[bytes]) -> None:
         """Journal the ids a committed transaction inserted or deleted (bounded; in memory)."""
