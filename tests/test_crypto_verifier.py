@@ -4,6 +4,11 @@ what passed every check is remembered (the rest is checked again, and refused, o
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,7 @@ from crdtd.crypto.schemes import ED25519_ONLY, HYBRID
 from crdtd.errors import SignatureError
 from crdtd.state.e4 import VerifiedSignatures
 from crdtd.state.entry import Entry, make_contribution
+from tests.node_support import InProcessNode, federation
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +63,69 @@ def test_only_entries_that_pass_every_check_are_remembered() -> None:
     hybrid.verify_all([(good[0], [key.public_keys])], HYBRID)
     with pytest.raises(SignatureError):
         hybrid.verify(good[0], key.public_keys, HYBRID)
+
+
+def signed_triples(n: int) -> list[tuple[bytes, bytes, bytes]]:
+    key = NodeKey.generate()
+    return [(key.public_bytes, b"m%d" % i, key.sign(b"m%d" % i)) for i in range(n)]
+
+
+def gone(pids: list[int], within: float = 20.0) -> bool:
+    """True once none of `pids` is a live (not zombie) process."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+WORKER_OWNER = """
+import sys
+from crdtd.crypto import verifier
+from tests.test_crypto_verifier import signed_triples
+w = verifier.SignatureWorkers(2)
+assert all(w.verify_many(signed_triples(verifier.POOL_MIN)))
+print(*[p.pid for p in w._procs], flush=True)
+sys.stdin.read()
+"""
+
+
+def test_workers_exit_when_their_daemon_is_killed() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", WORKER_OWNER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert owner.stdout is not None
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert len(pids) == 2 and not gone(pids, within=0.2)
+    owner.send_signal(signal.SIGKILL)  # no atexit, no close: the pipes close with it
+    owner.wait(timeout=30)
+    assert gone(pids)
+
+
+def test_stopping_a_daemon_stops_the_signature_workers(tmp_path: Path) -> None:
+    (config,) = federation(tmp_path, 1)
+    node = InProcessNode(config)
+    try:
+        workers = verifier.shared()
+        assert all(workers.verify_many(signed_triples(verifier.POOL_MIN)))
+        pids = [p.pid for p in workers._procs]
+        assert pids
+    finally:
+        node.stop()
+    assert workers._procs == []
+    assert gone(pids)
+    # a later check (another node in this process) starts them again
+    assert all(workers.verify_many(signed_triples(verifier.POOL_MIN)))
+    workers.close()

@@ -10,14 +10,16 @@ core, a call while another is in flight, and a worker that died all fall back to
 this process, so the answer never depends on the pool.
 
 Frames on the pipes: 4-byte big-endian length, then msgpack `[[key, message, sig], ...]`
-one way and one byte per triple (1 = valid) back. A worker exits when its stdin closes,
-also when this process is killed.
+one way and one byte per triple (1 = valid) back. A worker exits when its stdin closes:
+when the daemon stops (`close_shared`), when this process exits, also when it is killed. It
+ignores SIGINT, so a Ctrl-C at a terminal stops the daemon, which then closes its workers.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -142,8 +144,18 @@ def shared() -> SignatureWorkers:
         return _shared
 
 
+def close_shared() -> None:
+    """Stop the process's workers if any were started (the daemon's stop; a later check
+    starts them again)."""
+    with _shared_lock:
+        workers = _shared
+    if workers is not None:
+        workers.close()
+
+
 def main() -> None:
     """Worker: answer frames of triples until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:

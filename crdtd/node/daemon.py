@@ -5,7 +5,8 @@ plus health checking and reflection), the peer server and gossip (`crdtd.sync`),
 `/metrics` endpoint; store writes, hashing and merges run in worker threads. On SIGTERM or
 SIGINT the node stops accepting calls, lets in-flight RPCs finish for up to
 `[limits] drain_timeout_ms`, stops gossip and the peer server, then closes the store and
-exits 0. An invalid config exits 2 with an error naming the file, line and key.
+the signature worker processes (`crdtd.crypto.verifier`) and exits 0. An invalid config
+exits 2 with an error naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from crdtd import __version__
+from crdtd.crypto import verifier
 from crdtd.errors import ConfigError, CrdtdError
 from crdtd.node.client_service import SERVICE_NAME, NodeService, TokenAuth
 from crdtd.node.config import DaemonConfig, ensure_token, load_daemon_config
@@ -227,6 +229,7 @@ class Daemon:
                 await asyncio.wait_for(self.metrics_server.wait_closed(), 2)
         if self.core is not None:
             await asyncio.to_thread(self.core.close)
+        await asyncio.to_thread(verifier.close_shared)  # signature worker processes
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
