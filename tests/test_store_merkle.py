@@ -226,3 +226,29 @@ def test_commits_reach_the_database_file_while_the_store_stays_open(fast_dir: Pa
     assert os.path.getsize(db_file) > before + 100_000
     assert store.merkle_root() == root_from_ids(store.all_ids())
     store.close()
+
+
+def test_two_stores_writing_one_file_in_turn_keep_the_root_exact(fast_dir: Path) -> None:
+    """Remembered inner nodes are dropped when another connection wrote the file since."""
+    from crdtd.state.testing import Federation
+    from crdtd.store.sqlite import LIVE
+    from crdtd.store.store import NodeStore
+
+    fed = Federation()
+    fed.add_member("a")
+    entries = [fed.contribute("a", i.to_bytes(2, "big") * 20) for i in range(120)]
+    first = NodeStore.open(fast_dir / "s")
+    second = NodeStore.open(fast_dir / "s")
+    try:
+        for k in range(0, 120, 20):
+            store = first if k % 40 == 0 else second
+            with store.transaction():
+                for e in entries[k : k + 20]:
+                    store.insert_entry(e, LIVE)
+            ids = store.all_ids()
+            assert store.merkle_root() == root_from_ids(ids)
+        assert len(first.all_ids()) == 120
+        assert first.merkle_root() == second.merkle_root() == root_from_ids(first.all_ids())
+    finally:
+        first.close()
+        second.close()

@@ -82,8 +82,9 @@ class MerkleIndex:
         self.leaf_depth = leaf_depth
         self._inner: dict[bytes, tuple[list[bytes], list[int]]] = {}
         """Child hashes and counts of inner nodes as `update` last wrote them, so a batch
-        touching most depth-1 nodes does not read their 256 children back each time (this
-        index is its table's only writer; `forget` after a rollback)."""
+        touching most depth-1 nodes does not read their 256 children back each time
+        (`forget` after a rollback; dropped too when another connection wrote the file)."""
+        self._data_version: int | None = None
 
     @staticmethod
     def schema(nodes_table: str = "merkle_nodes") -> str:
@@ -137,6 +138,13 @@ class MerkleIndex:
     def update(self, changed_ids: Iterable[bytes]) -> None:
         """Recompute the leaves holding `changed_ids` and every node above them, once each."""
         dirty = {i[: self.leaf_depth] for i in changed_ids}
+        if not dirty:
+            return
+        # another connection (a second NodeStore on this file) may have rewritten the nodes
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._inner.clear()
+            self._data_version = version
         level: dict[bytes, tuple[bytes, int]] = {}
         for prefix in sorted(dirty):
             ids = self.ids_under(prefix)
