@@ -1,11 +1,9 @@
-"""Vectorised merge of two tables whose keys are unique in each: the join of two CRDT states.
+"""Merging two tables whose key ranges meet in long runs, by copying slices.
 
-Only the key columns of both inputs are put in order together, so a key that both tables
-hold forms a pair of neighbouring rows. Each column of the paired rows is resolved once,
-by value, and the result is assembled in key order from three sources (input a, input b,
-the resolved pairs): by copying contiguous slices when the two key ranges meet in long runs
-(appended tables, shards of key ranges), otherwise by one gather whose row index all
-columns share. Merge results always have unique keys, so merging states takes this path.
+When two tables with unique keys are appended ranges or shards of key ranges (a merge result
+and a table of later rows, say), the merged table in key order is a few long runs of rows of
+a, of b and of the pairs both hold. Then only the pairs are resolved, and the result is
+copied slice by slice instead of gathered row by row. `vectorised` tries this first.
 """
 
 from __future__ import annotations
@@ -14,47 +12,100 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crdtd.data.columnar import (
-    fresh_name,
-    key_order,
-    larger_is_b,
-    same_as_next,
-    sorted_numeric_keys,
-)
+from crdtd.data.columnar import fresh_name, larger_is_b
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from crdtd.data.keyorder import KeyOrder
 
 # Assemble by copying slices when there are at most this many runs, each this long on average.
 _MAX_SLICES = 256
 _MIN_RUN = 4096
 
 
-def merge_two(
-    a: pl.DataFrame, b: pl.DataFrame, keys: list[str], columns: list[str], timestamp: str | None
+def merge_slices(
+    a: pl.DataFrame,
+    b: pl.DataFrame,
+    ko: KeyOrder,
+    keys: list[str],
+    columns: list[str],
+    timestamp: str | None,
 ) -> pl.DataFrame | None:
-    """Merge two non-empty frames laid out as `columns`, one row per key, sorted by key; None
-    when a key repeats inside one input (the general path handles that)."""
-    import polars as pl
-
-    na, nb = a.height, b.height
-    key_frame = pl.concat([a.select(keys), b.select(keys)], rechunk=True)
-    numeric = sorted_numeric_keys(key_frame, keys)
-    presorted = numeric is not None and a[keys[0]].is_sorted() and b[keys[0]].is_sorted()
-    order = key_order(key_frame, keys, numeric, presorted)
-    same_next = same_as_next(key_frame, keys, order, numeric)
-    starts = np.flatnonzero(same_next)
-    first, second = order[starts], order[starts + 1]
+    """Merge two non-empty frames laid out as `columns` (rows of a then b in `ko`'s key
+    order) by copying slices; None unless each key is in each input at most once and the
+    result falls into few long runs."""
+    na = a.height
+    order, same_next = ko.order, ko.same_next
+    at = np.flatnonzero(same_next)  # where a pair starts, in key order
+    first, second = order[at], order[at + 1]
     in_a, in_b = np.minimum(first, second), np.maximum(first, second)
     if (same_next[1:] & same_next[:-1]).any() or (in_a >= na).any() or (in_b < na).any():
         return None
-    pairs = _resolve_pairs(a, b, in_a, in_b - na, presorted, keys, columns, timestamp)
-    total = na + nb + len(starts)
-    source = order.astype(np.uint32 if total < 2**32 else np.uint64)
-    source[starts] = na + nb + np.arange(len(starts), dtype=source.dtype)
+    index_type = np.uint32 if len(order) + len(at) < 2**32 else np.uint64
+    source = order.astype(index_type)
+    source[at] = len(order) + np.arange(len(at), dtype=index_type)
     keep = np.ones(len(order), dtype=bool)
-    keep[starts + 1] = False
-    return _assemble([a, b, pairs], source[keep])
+    keep[at + 1] = False
+    source = source[keep]
+    if _runs(source) > min(_MAX_SLICES, len(source) // _MIN_RUN):
+        return None
+    in_b -= na
+    increasing = bool((in_a[1:] > in_a[:-1]).all() and (in_b[1:] > in_b[:-1]).all())
+    pairs = _resolve_pairs(a, b, in_a, in_b, increasing, keys, columns, timestamp)
+    return _assemble_slices([a, b, pairs], source)
+
+
+def _runs(source: np.ndarray) -> int:
+    """How many runs of consecutive indices `source` holds."""
+    return 1 + int(np.count_nonzero(source[1:] != source[:-1] + 1)) if len(source) else 0
+
+
+def _pair_rows(
+    a: pl.DataFrame, b: pl.DataFrame, in_a: np.ndarray, in_b: np.ndarray, increasing: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rows of a and of b that form the pairs, pair by pair."""
+    import polars as pl
+
+    if increasing:  # both inputs sorted by key: a mask picks the pair rows, cheaper than a gather
+        return a.filter(_mask(in_a, a.height)), b.filter(_mask(in_b, b.height))
+    return a.gather(pl.Series(in_a)), b.gather(pl.Series(in_b))
+
+
+def _decisions(
+    a: pl.DataFrame,
+    b: pl.DataFrame,
+    in_a: np.ndarray,
+    in_b: np.ndarray,
+    increasing: bool,
+    values: list[str],
+    timestamp: str | None,
+) -> dict[str, np.ndarray]:
+    """For each value column, whether b's value wins each pair: the larger present value, or
+    with a timestamp the newer row's, the field join at equal timestamps."""
+    import polars as pl
+
+    if not values:
+        return {}
+    rows_a, rows_b = _pair_rows(a.select(values), b.select(values), in_a, in_b, increasing)
+    taken = list(values)
+    second: dict[str, str] = {}
+    for c in values:
+        second[c] = fresh_name(f"__crdtd_b__{c}", taken)
+        taken.append(second[c])
+    both = pl.concat([rows_a, rows_b.rename(second)], how="horizontal")
+    exprs = [larger_is_b(pl.col(c), pl.col(second[c])).alias(c) for c in values]
+    if timestamp is not None and timestamp in second:
+        t_a, t_b = pl.col(timestamp), pl.col(second[timestamp])
+        newer = (t_b > t_a).fill_null(t_a.is_null() & t_b.is_not_null())
+        older = (t_b < t_a).fill_null(t_b.is_null() & t_a.is_not_null())
+        flags = both.select(newer.alias("newer"), older.alias("older"))
+        exprs = [
+            (pl.lit(flags["newer"]) | (~pl.lit(flags["older"]) & e)).alias(c)
+            for c, e in zip(values, exprs)
+        ]
+    decided = both.select(exprs)
+    return {c: decided[c].to_numpy() for c in values}
 
 
 def _resolve_pairs(
@@ -67,41 +118,15 @@ def _resolve_pairs(
     columns: list[str],
     timestamp: str | None,
 ) -> pl.DataFrame:
-    """One row per pair (row `in_a[i]` of a, row `in_b[i]` of b): each field the larger present
-    value, or with a timestamp the newer row's, the field join at equal timestamps."""
+    """One row per pair (row `in_a[i]` of a, row `in_b[i]` of b), each field the winner."""
     import polars as pl
 
-    if increasing:  # both inputs sorted by key: a mask picks the pair rows, cheaper than a gather
-        rows_a, rows_b = a.filter(_mask(in_a, a.height)), b.filter(_mask(in_b, b.height))
-    else:
-        rows_a, rows_b = a.gather(pl.Series(in_a)), b.gather(pl.Series(in_b))
     values = [c for c in columns[len(keys) :] if a.schema[c] != pl.Null]
-    taken = list(columns)
-    second: dict[str, str] = {}
-    for c in values:
-        second[c] = fresh_name(f"__crdtd_b__{c}", taken)
-        taken.append(second[c])
-    both = pl.concat(
-        [rows_a, rows_b.select(pl.col(c).alias(second[c]) for c in values)], how="horizontal"
+    take_b = _decisions(a, b, in_a, in_b, increasing, values, timestamp)
+    rows_a, rows_b = _pair_rows(a, b, in_a, in_b, increasing)
+    return rows_a.with_columns(
+        pl.when(pl.Series(take_b[c])).then(rows_b[c]).otherwise(pl.col(c)).alias(c) for c in values
     )
-    newer = older = None
-    if timestamp is not None and timestamp in second:
-        newer, older = fresh_name("__crdtd_newer", taken), fresh_name("__crdtd_older", taken)
-        t_a, t_b = pl.col(timestamp), pl.col(second[timestamp])
-        both = both.with_columns(
-            (t_b > t_a).fill_null(t_a.is_null() & t_b.is_not_null()).alias(newer),
-            (t_b < t_a).fill_null(t_b.is_null() & t_a.is_not_null()).alias(older),
-        )
-    exprs = [pl.col(k) for k in keys]
-    for c in columns[len(keys) :]:
-        if c not in second:
-            exprs.append(pl.col(c))
-            continue
-        take_b = larger_is_b(pl.col(c), pl.col(second[c]))
-        if newer is not None and older is not None:
-            take_b = pl.col(newer) | (~pl.col(older) & take_b)
-        exprs.append(pl.when(take_b).then(pl.col(second[c])).otherwise(pl.col(c)).alias(c))
-    return both.select(exprs)
 
 
 def _mask(rows: np.ndarray, height: int) -> pl.Series:
@@ -112,16 +137,15 @@ def _mask(rows: np.ndarray, height: int) -> pl.Series:
     return pl.Series(mask)
 
 
-def _assemble(parts: list[pl.DataFrame], source: np.ndarray) -> pl.DataFrame:
-    """Rows `source` (indices into the parts stacked in order) of the stacked parts."""
+def _assemble_slices(parts: list[pl.DataFrame], source: np.ndarray) -> pl.DataFrame:
+    """Rows `source` (indices into the parts stacked in order, in long runs) of the parts."""
     import polars as pl
 
     n = len(source)
-    breaks = np.count_nonzero(source[1:] - source[:-1] != 1) if n > 1 else 0
-    if breaks + 1 > min(_MAX_SLICES, n // _MIN_RUN):
-        return pl.concat(parts, rechunk=True).gather(pl.Series(source))
     bounds = np.cumsum([0] + [p.height for p in parts])
-    run_starts = np.concatenate(([0], np.flatnonzero(source[1:] - source[:-1] != 1) + 1, [n]))
+    run_starts = np.concatenate(
+        ([0], np.flatnonzero(np.diff(source.astype(np.int64)) != 1) + 1, [n])
+    )
     pieces = []
     for start, end in zip(run_starts[:-1].tolist(), run_starts[1:].tolist()):
         row, left = int(source[start]), end - start

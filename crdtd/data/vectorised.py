@@ -1,10 +1,12 @@
 """Vectorised merge with polars and numpy: the same join as `records`, on sorted runs.
 
-All input rows are put in key order (an argsort of the key columns only), so the rows of one
-key form a run. Each round joins every even-positioned row of a run with the row after it,
-halving the longest run; since the join is associative and commutative, any pairing gives the
-result the row-by-row path gives. Rounds work on row indices: per column only the values of
-the paired rows are compared, and each output column is gathered once at the end. Polars
+All input rows are put in key order (`keyorder`: numpy sorts one integer code per row), so
+the rows of one key form a run. Each round joins every even-positioned row of a run with the
+row after it, halving the longest run; since the join is associative and commutative, any
+pairing gives the result the row-by-row path gives. Rounds work on row indices, one column at
+a time (columns on a small thread pool): a column's values are stacked once, only the paired
+rows' values are compared, and the column is gathered once at the end. With a timestamp, the
+timestamp column goes first and hands each round's newer / older flags to the others. polars
 orders booleans, numbers, text (by code point), bytes, dates and times exactly like
 `resolve.value_rank` does within one type family.
 """
@@ -12,57 +14,43 @@ orders booleans, numbers, text (by code point), bytes, dates and times exactly l
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crdtd.data.columnar import (
-    fresh_name,
-    key_order,
-    larger_is_b,
-    same_as_next,
-    sorted_numeric_keys,
-)
+from crdtd.data.columnar import larger_is_b
+from crdtd.data.keyorder import KeyOrder, key_order
 from crdtd.data.schema import UnifiedSchema
 from crdtd.data.spec import MergeSpec
-from crdtd.data.twoway import merge_two
+from crdtd.data.twoway import merge_slices
 
 if TYPE_CHECKING:
     import polars as pl
 
-# Threads building the per-column row choices after each round, for rounds this large.
+# Threads resolving columns, for merges of at least this many rows.
 _WORKERS = min(4, os.cpu_count() or 1)
 _THREADED_MIN_ROWS = 100_000
 
-# Names of the timestamp flags next to the per-column decisions (NUL cannot clash with them).
-NEWER, OLDER = "\x00newer", "\x00older"
+
+@dataclass(frozen=True)
+class _Round:
+    """One round over the current rows: which are kept, which absorb their successor, and
+    where those land among the kept rows."""
+
+    keep: np.ndarray
+    absorbing: np.ndarray
+    landing: np.ndarray
 
 
-def _pair_decisions(
-    big: pl.DataFrame, pairs: list[tuple[list[str], np.ndarray, np.ndarray]], ts: str | None
-) -> pl.DataFrame:
-    """For each column, whether the second row of each pair wins; with a timestamp also
-    whether that row is newer / older. `pairs` groups columns sharing the same row pairs."""
-    import polars as pl
+@dataclass(frozen=True)
+class _Flags:
+    """Per pair of a round, whether the second row's timestamp is newer / older."""
 
-    if not pairs:
-        return pl.DataFrame()
-    gathers, second_name = [], {}
-    for cols, wa, wb in pairs:
-        first, second = pl.Series(wa), pl.Series(wb)
-        for c in cols:
-            second_name[c] = fresh_name(f"__crdtd_b__{c}", big.columns)
-            gathers += [pl.col(c).gather(first), pl.col(c).gather(second).alias(second_name[c])]
-    both = big.select(gathers)
-    exprs = [larger_is_b(pl.col(c), pl.col(b)).alias(c) for c, b in second_name.items()]
-    if ts is not None:
-        t_a, t_b = pl.col(ts), pl.col(second_name[ts])
-        newer = (t_b > t_a).fill_null(t_a.is_null() & t_b.is_not_null())
-        older = (t_b < t_a).fill_null(t_b.is_null() & t_a.is_not_null())
-        exprs += [newer.alias(NEWER), older.alias(OLDER)]
-    return both.select(exprs)
+    newer: np.ndarray
+    older: np.ndarray
 
 
 def _positions(same_next: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -80,16 +68,6 @@ def _positions(same_next: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     keep = (pos & 1) == 0
     absorbing = np.flatnonzero(same_next & keep[:-1])
     return keep, absorbing, np.cumsum(keep)[absorbing] - 1, True
-
-
-def _chosen_rows(
-    kept_base: np.ndarray, a_kept: np.ndarray, take_b: np.ndarray, wa: np.ndarray, wb: np.ndarray
-) -> np.ndarray:
-    """Source rows of one column after a round: the kept rows, each absorbing row replaced by
-    the winner of its pair."""
-    w = kept_base.copy()
-    w[a_kept] = np.where(take_b, wb, wa)
-    return w
 
 
 def _aligned_column(df: pl.DataFrame, c: str, spec: MergeSpec, schema: UnifiedSchema) -> pl.Expr:
@@ -111,79 +89,154 @@ def merge_frames(
     aligned = [df.select(_aligned_column(df, c, spec, schema) for c in columns) for df in frames]
     stamped = spec.timestamp is not None and schema.dtypes[spec.timestamp] != pl.Null
     ts = spec.timestamp if stamped else None
+    key_frame = pl.concat([df.select(keys) for df in aligned], rechunk=True)
+    ko = key_order(key_frame, keys, [df.height for df in aligned])
     out = None
     if len(aligned) == 2 and aligned[0].height and aligned[1].height:
-        out = merge_two(aligned[0], aligned[1], keys, columns, ts)
+        out = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
     if out is None:
-        out = _merge_runs(aligned, keys, columns, schema, ts)
+        out = _merge_runs(aligned, key_frame, ko, columns, schema, ts)
     if spec.drop_deleted and spec.tombstone is not None:
         out = out.filter(~pl.col(spec.tombstone))
     return out.select(columns).cast(pl.Schema(schema.dtypes))
 
 
-def _merge_runs(
-    aligned: list[pl.DataFrame],
-    keys: list[str],
-    columns: list[str],
-    schema: UnifiedSchema,
-    ts: str | None,
-) -> pl.DataFrame:
-    """Merge any number of frames laid out as `columns`, in rounds over sorted key runs."""
-    import polars as pl
-
-    big = pl.concat(aligned, how="vertical", rechunk=True)
-    if big.height == 0:
-        return big
-    numeric = sorted_numeric_keys(big, keys)
-    presorted = numeric is not None and all(df[keys[0]].is_sorted() for df in aligned)
-    order = key_order(big, keys, numeric, presorted)
-    same_next = same_as_next(big, keys, order, numeric)
+def _rounds(same_next: np.ndarray) -> list[_Round]:
+    """The rounds that reduce every run of equal keys to one row."""
+    rounds: list[_Round] = []
     run_ids: np.ndarray | None = None  # needed only when some key has more than two rows
-    src = order  # for each current row, a source row holding its key
-    values = [c for c in columns[len(keys) :] if schema.dtypes[c] != pl.Null]
-    winners = dict.fromkeys(values, order)  # for each column, the source row of its value
     while same_next.any():
-        keep, a, a_kept, longer = _positions(same_next)
-        b = a + 1
-        # Columns often share one index array: gather its pairs once (entries keep it alive).
-        groups: dict[int, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}
-        for c, w in winners.items():
-            if id(w) not in groups:
-                groups[id(w)] = ([], w, w[a], w[b])
-            groups[id(w)][0].append(c)
-        decided = _pair_decisions(big, [(g[0], g[2], g[3]) for g in groups.values()], ts)
-        if ts is not None:
-            newer_np = decided[NEWER].to_numpy()
-            older_np = decided[OLDER].to_numpy()
-        kept_of: dict[int, tuple[np.ndarray, np.ndarray]] = {id(src): (src, src[keep])}
-        jobs = []
-        for c in values:
-            take_b = decided[c].to_numpy()
-            if ts is not None:
-                take_b = newer_np | (~older_np & take_b)
-            _, base, wa, wb = groups[id(winners[c])]
-            if id(base) not in kept_of:
-                kept_of[id(base)] = (base, base[keep])
-            jobs.append((c, (kept_of[id(base)][1], a_kept, take_b, wa, wb)))
-        if len(src) < _THREADED_MIN_ROWS:
-            winners.update((c, _chosen_rows(*args)) for c, args in jobs)
-        else:
-            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # numpy releases the GIL
-                done = pool.map(lambda job: _chosen_rows(*job[1]), jobs)
-                winners.update(zip((c for c, _ in jobs), done))
-        src = kept_of[id(src)][1]
+        keep, absorbing, landing, longer = _positions(same_next)
+        rounds.append(_Round(keep, absorbing, landing))
         if not longer:
             break
         if run_ids is None:
             run_ids = np.cumsum(np.concatenate(([True], ~same_next)))
         run_ids = run_ids[keep]
         same_next = run_ids[1:] == run_ids[:-1]
-    return big.select(
-        [pl.col(k).gather(pl.Series(src)) for k in keys]
-        + [
-            pl.col(c).gather(pl.Series(winners[c]))
-            if c in winners
-            else pl.lit(None, dtype=pl.Null).alias(c)
-            for c in columns[len(keys) :]
+    return rounds
+
+
+def _take_b(x: pl.Series, y: pl.Series, stamped: bool) -> list[np.ndarray]:
+    """Per pair: whether y holds the larger value (null never wins); for a timestamp column
+    also whether y is newer and whether it is older (a null timestamp is the oldest)."""
+    import polars as pl
+
+    a, b = pl.col("a"), pl.col("b")
+    exprs = [larger_is_b(a, b).alias("larger")]
+    if stamped:
+        exprs += [
+            (b > a).fill_null(a.is_null() & b.is_not_null()).alias("newer"),
+            (b < a).fill_null(b.is_null() & a.is_not_null()).alias("older"),
         ]
-    )
+    out = pl.DataFrame({"a": x, "b": y}).select(exprs)
+    return [out[c].to_numpy() for c in out.columns]
+
+
+@dataclass(frozen=True)
+class _FirstRound:
+    """The first round's row indices, the same for every column (computed once)."""
+
+    kept: np.ndarray
+    a_rows: np.ndarray
+    b_rows: np.ndarray
+    a_series: pl.Series
+    b_series: pl.Series
+
+    @classmethod
+    def of(cls, order: np.ndarray, r: _Round) -> _FirstRound:
+        import polars as pl
+
+        a_rows, b_rows = order[r.absorbing], order[r.absorbing + 1]
+        return cls(order[r.keep], a_rows, b_rows, pl.Series(a_rows), pl.Series(b_rows))
+
+
+def _resolve_column(
+    stacked: pl.Series,
+    order: np.ndarray,
+    rounds: list[_Round],
+    first: _FirstRound | None,
+    flags: list[_Flags] | None,
+    record: list[_Flags] | None = None,
+) -> pl.Series:
+    """The merged column: round by round, each pair keeps the winning row's value.
+
+    With `flags` (a timestamp), a newer row wins and an older one loses; without, the larger
+    value. `record` collects this column's own newer / older flags (for the timestamp)."""
+    import polars as pl
+
+    w = order
+    for i, r in enumerate(rounds):
+        if i == 0 and first is not None:
+            wa, wb, sa, sb, kept = (
+                first.a_rows,
+                first.b_rows,
+                first.a_series,
+                first.b_series,
+                first.kept,
+            )
+        else:
+            wa, wb = w[r.absorbing], w[r.absorbing + 1]
+            sa, sb, kept = pl.Series(wa), pl.Series(wb), w[r.keep]
+        decided = _take_b(stacked.gather(sa), stacked.gather(sb), record is not None)
+        take_b = decided[0]
+        if record is not None:
+            record.append(_Flags(decided[1], decided[2]))
+            take_b = decided[1] | (~decided[2] & take_b)
+        elif flags is not None:
+            take_b = flags[i].newer | (~flags[i].older & take_b)
+        w = kept.copy() if kept is not w else kept
+        w[r.landing] = np.where(take_b, wb, wa)
+    return stacked.gather(pl.Series(w))
+
+
+def _merge_runs(
+    aligned: list[pl.DataFrame],
+    key_frame: pl.DataFrame,
+    ko: KeyOrder,
+    columns: list[str],
+    schema: UnifiedSchema,
+    ts: str | None,
+) -> pl.DataFrame:
+    """Merge any number of frames laid out as `columns`, in rounds over sorted key runs
+    (`key_frame`: their key columns stacked, `ko`: its order)."""
+    import polars as pl
+
+    n = key_frame.height
+    if n == 0:
+        return pl.concat(aligned)
+    order = ko.order.astype(np.uint32 if n < 2**32 else np.uint64)
+    rounds = _rounds(ko.same_next)
+    src = order
+    for r in rounds:
+        src = src[r.keep]
+
+    def stacked(c: str) -> pl.Series:
+        return pl.concat([df[c] for df in aligned], rechunk=True)
+
+    first = _FirstRound.of(order, rounds[0]) if rounds else None
+    flags: list[_Flags] | None = None
+    done: dict[str, pl.Series] = {}
+    if ts is not None:
+        flags = []
+        done[ts] = _resolve_column(stacked(ts), order, rounds, first, None, record=flags)
+
+    def column(c: str) -> pl.Series:
+        if c in done:
+            return done[c]
+        if schema.dtypes[c] == pl.Null:
+            return pl.repeat(None, len(src), dtype=pl.Null, eager=True).alias(c)
+        return _resolve_column(stacked(c), order, rounds, first, flags)
+
+    others = columns[key_frame.width :]
+    gathered = _map(column, others, threaded=n >= _THREADED_MIN_ROWS)
+    return key_frame.gather(pl.Series(src)).hstack(gathered)
+
+
+def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
+    """f over the column names, on a thread pool when worth it (polars and numpy release the
+    GIL), results in the names' order."""
+    if not threaded or len(names) < 2:
+        return [f(c) for c in names]
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        return list(pool.map(f, names))
