@@ -29,8 +29,8 @@ _TOP = _U64(1 << 63)
 
 @dataclass(frozen=True)
 class KeyOrder:
-    """Row indices in ascending key order, and for each row in that order whether the next
-    row holds the same key."""
+    """Row indices in ascending key order (unsigned 32-bit where they fit), and for each row
+    in that order whether the next row holds the same key."""
 
     order: np.ndarray
     same_next: np.ndarray
@@ -98,11 +98,17 @@ def _sorted(code: _Code, segments: Sequence[int]) -> KeyOrder:
 
 def _packed_sort(values: np.ndarray, row_bits: int, stable: bool) -> KeyOrder:
     """Sort values below 2**(64 - row_bits) packed with their row numbers."""
-    packed = (values << _U64(row_bits)) | np.arange(len(values), dtype=_U64)
+    packed = np.left_shift(values, _U64(row_bits))
+    packed |= np.arange(len(values), dtype=_U64)
     packed.sort(kind="stable" if stable else "quicksort")
-    keys = packed >> _U64(row_bits)
-    order = (packed & _U64((1 << row_bits) - 1)).astype(np.intp)
-    return KeyOrder(order, keys[1:] == keys[:-1])
+    differ = packed[1:] ^ packed[:-1]
+    differ >>= _U64(row_bits)
+    same_next = differ == 0
+    del differ
+    packed &= _U64((1 << row_bits) - 1)
+    if row_bits <= 32:
+        return KeyOrder(packed.astype(np.uint32), same_next)
+    return KeyOrder(packed.view(np.int64), same_next)  # row numbers are below 2**63
 
 
 def _is_text(s: pl.Series) -> bool:
@@ -140,7 +146,8 @@ def _column_code(s: pl.Series, segments: Sequence[int]) -> _Code:
         physical = s.to_physical()
         if physical.dtype.is_integer() and physical.dtype not in (pl.Int128, pl.UInt128):
             lo, hi = int(physical.min()), int(physical.max())  # type: ignore[arg-type]
-            values = physical.to_numpy().astype(_U64) - _U64(lo % (1 << 64))  # wraps exactly
+            values = physical.to_numpy().astype(_U64)
+            values -= _U64(lo % (1 << 64))  # wraps exactly
             return _Code(values, (hi - lo).bit_length())
     if dtype.is_float():
         bits = s.cast(pl.Float64).to_numpy().view(_U64)  # -0.0 was read as 0.0, NaN as null
@@ -171,7 +178,9 @@ def _pack(codes: list[_Code]) -> _Code:
             code = _rank_of(code)
         if acc.bits + code.bits > 64:
             acc = _rank_of(acc)
-        acc = _Code((acc.values << _U64(code.bits)) | code.values, acc.bits + code.bits)
+        values = np.left_shift(acc.values, _U64(code.bits))
+        values |= code.values
+        acc = _Code(values, acc.bits + code.bits)
     return acc
 
 

@@ -53,23 +53,6 @@ class _Flags:
     older: np.ndarray
 
 
-def _positions(same_next: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Rows kept this round (even position in their run), the absorbing rows among them,
-    where those land once the absorbed rows are dropped, and whether a run has > 2 rows."""
-    m = len(same_next) + 1
-    same_prev = np.zeros(m, dtype=bool)
-    same_prev[1:] = same_next
-    if not (same_next[1:] & same_next[:-1]).any():  # every run has at most two rows
-        absorbing = np.flatnonzero(same_next)
-        # Each earlier absorbing row dropped exactly one row (its partner) before this one.
-        return ~same_prev, absorbing, absorbing - np.arange(len(absorbing)), False
-    at = np.arange(m)
-    pos = at - np.maximum.accumulate(np.where(same_prev, 0, at))
-    keep = (pos & 1) == 0
-    absorbing = np.flatnonzero(same_next & keep[:-1])
-    return keep, absorbing, np.cumsum(keep)[absorbing] - 1, True
-
-
 def _aligned_column(df: pl.DataFrame, c: str, spec: MergeSpec, schema: UnifiedSchema) -> pl.Expr:
     """Column `c` of `df`, typed nulls where `df` lacks it; a missing tombstone is False."""
     import polars as pl
@@ -102,18 +85,29 @@ def merge_frames(
 
 
 def _rounds(same_next: np.ndarray) -> list[_Round]:
-    """The rounds that reduce every run of equal keys to one row."""
+    """The rounds that reduce every run of equal keys to one row.
+
+    In each round the rows at even positions of a run are kept and each absorbs the row after
+    it, if any; a run of length L becomes one of ceil(L / 2). Everything is derived from the
+    run lengths with byte-sized arrays: every dropped row is the partner of the absorbing row
+    before it, so an absorbing row lands where it was, less the absorbing rows before it."""
     rounds: list[_Round] = []
-    run_ids: np.ndarray | None = None  # needed only when some key has more than two rows
-    while same_next.any():
-        keep, absorbing, landing, longer = _positions(same_next)
-        rounds.append(_Round(keep, absorbing, landing))
-        if not longer:
-            break
-        if run_ids is None:
-            run_ids = np.cumsum(np.concatenate(([True], ~same_next)))
-        run_ids = run_ids[keep]
-        same_next = run_ids[1:] == run_ids[:-1]
+    m = len(same_next) + 1
+    starts = np.flatnonzero(np.concatenate(([True], ~same_next)))
+    lengths = np.diff(np.append(starts, m))
+    while (lengths > 1).any():
+        alternate = np.zeros(m + 1, dtype=np.uint8)
+        alternate[1::2] = 1  # parity of the row's position overall
+        odd_start = np.repeat((starts & 1).astype(np.uint8), lengths)
+        keep = alternate[:m] == odd_start  # even position within the run
+        absorbing = np.flatnonzero(same_next & keep[:-1])
+        rounds.append(_Round(keep, absorbing, absorbing - np.arange(len(absorbing))))
+        lengths = (lengths + 1) // 2
+        m = int(lengths.sum())
+        starts = np.cumsum(lengths) - lengths
+        same_next = np.ones(m, dtype=bool)
+        same_next[starts[1:] - 1] = False
+        same_next = same_next[:-1]
     return rounds
 
 
@@ -205,7 +199,7 @@ def _merge_runs(
     n = key_frame.height
     if n == 0:
         return pl.concat(aligned)
-    order = ko.order.astype(np.uint32 if n < 2**32 else np.uint64)
+    order = ko.order.astype(np.uint32 if n < 2**32 else np.uint64, copy=False)
     rounds = _rounds(ko.same_next)
     src = order
     for r in rounds:
