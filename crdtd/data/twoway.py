@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # Assemble by copying slices when there are at most this many runs, each this long on average.
 _MAX_SLICES = 256
 _MIN_RUN = 4096
+# Rows in key order checked first for long runs.
+_HEAD = 1 << 16
 
 
 def merge_slices(
@@ -42,18 +44,29 @@ def merge_slices(
     in_a, in_b = np.minimum(first, second), np.maximum(first, second)
     if (same_next[1:] & same_next[:-1]).any() or (in_a >= na).any() or (in_b < na).any():
         return None
-    index_type = np.uint32 if len(order) + len(at) < 2**32 else np.uint64
-    source = order.astype(index_type)
-    source[at] = len(order) + np.arange(len(at), dtype=index_type)
-    keep = np.ones(len(order), dtype=bool)
-    keep[at + 1] = False
-    source = source[keep]
-    if _runs(source) > min(_MAX_SLICES, len(source) // _MIN_RUN):
+    limit = min(_MAX_SLICES, (len(order) - len(at)) // _MIN_RUN)
+    head = _source(order[: _HEAD + 1], at[at < _HEAD], len(order))  # most fail here, cheaply
+    if _runs(head[:_HEAD]) > limit:
+        return None
+    source = _source(order, at, len(order))
+    if _runs(source) > limit:
         return None
     in_b -= na
     increasing = bool((in_a[1:] > in_a[:-1]).all() and (in_b[1:] > in_b[:-1]).all())
     pairs = _resolve_pairs(a, b, in_a, in_b, increasing, keys, columns, timestamp)
     return _assemble_slices([a, b, pairs], source)
+
+
+def _source(order: np.ndarray, at: np.ndarray, rows: int) -> np.ndarray:
+    """For each merged row in key order, its row in a, b and the resolved pairs stacked
+    (`rows` in a and b): rows in `order`, the pair starting at `at[i]` replaced by pair i,
+    its second row dropped."""
+    index_type = np.uint32 if rows + len(at) < 2**32 else np.uint64
+    source = order.astype(index_type)
+    source[at] = rows + np.arange(len(at), dtype=index_type)
+    keep = np.ones(len(order), dtype=bool)
+    keep[at + 1] = False
+    return source[keep]
 
 
 def _runs(source: np.ndarray) -> int:

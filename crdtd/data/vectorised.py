@@ -223,8 +223,13 @@ def _merge_runs(
         return _resolve_column(stacked(c), order, rounds, first, flags)
 
     others = columns[key_frame.width :]
-    gathered = _map(column, others, threaded=n >= _THREADED_MIN_ROWS)
-    return key_frame.gather(pl.Series(src)).hstack(gathered)
+    keys = key_frame.columns
+    gathered = _map(
+        lambda c: key_frame[c].gather(pl.Series(src)) if c in keys else column(c),
+        keys + others,
+        threaded=n >= _THREADED_MIN_ROWS,
+    )
+    return pl.DataFrame(gathered)
 
 
 def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
