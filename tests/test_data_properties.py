@@ -323,6 +323,10 @@ def layout_frames(draw: st.DrawFn, layout: str, mode: dict[str, Any]) -> pl.Data
     for c in cols:
         data[c] = [draw(st.one_of(st.none(), st.sampled_from(COLUMN_VALUES[c]))) for _ in range(n)]
     schema = {**{k: t for k, (t, _) in keys.items()}, **{c: COLUMN_TYPES[c] for c in cols}}
+    if draw(st.booleans()):  # a temporal value column with nulls
+        days = [None, dt.date(1999, 12, 31), dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+        data["day"] = [draw(st.sampled_from(days)) for _ in range(n)]
+        schema["day"] = pl.Date
     return pl.DataFrame(data, schema=schema)
 
 

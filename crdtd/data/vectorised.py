@@ -93,6 +93,13 @@ def _rounds(same_next: np.ndarray) -> list[_Round]:
     before it, so an absorbing row lands where it was, less the absorbing rows before it."""
     rounds: list[_Round] = []
     m = len(same_next) + 1
+    if not (same_next[1:] & same_next[:-1]).any():  # every run has at most two rows
+        absorbing = np.flatnonzero(same_next)
+        if len(absorbing):
+            keep = np.ones(m, dtype=bool)
+            keep[absorbing + 1] = False
+            rounds.append(_Round(keep, absorbing, absorbing - np.arange(len(absorbing))))
+        return rounds
     starts = np.flatnonzero(np.concatenate(([True], ~same_next)))
     lengths = np.diff(np.append(starts, m))
     while (lengths > 1).any():
@@ -111,20 +118,76 @@ def _rounds(same_next: np.ndarray) -> list[_Round]:
     return rounds
 
 
-def _take_b(x: pl.Series, y: pl.Series, stamped: bool) -> list[np.ndarray]:
-    """Per pair: whether y holds the larger value (null never wins); for a timestamp column
-    also whether y is newer and whether it is older (a null timestamp is the oldest)."""
+def _without_nulls(s: pl.Series) -> pl.Series:
+    """The column's values with its validity dropped (what sits under a null is arbitrary):
+    the same buffers without the validity bitmap, else the nulls filled with zeros."""
     import polars as pl
+    import pyarrow as pa
 
-    a, b = pl.col("a"), pl.col("b")
-    exprs = [larger_is_b(a, b).alias("larger")]
-    if stamped:
-        exprs += [
-            (b > a).fill_null(a.is_null() & b.is_not_null()).alias("newer"),
-            (b < a).fill_null(b.is_null() & a.is_not_null()).alias("older"),
-        ]
-    out = pl.DataFrame({"a": x, "b": y}).select(exprs)
-    return [out[c].to_numpy() for c in out.columns]
+    try:
+        arr = s.to_arrow()
+        bare = pa.Array.from_buffers(arr.type, len(arr), [None, *arr.buffers()[1:]], arr.offset)
+        out = pl.Series(s.name, bare)
+        if out.dtype == s.dtype and out.null_count() == 0:
+            return out
+    except Exception:  # another buffer layout: fill instead
+        pass
+    return s.fill_null(strategy="zero")
+
+
+class _Column:
+    """A stacked column ready for gathers. polars gathers a column with nulls several times
+    slower than one without, so numbers, booleans and temporal values with nulls are held as
+    their values (nulls filled with zeros) and a validity mask, gathered separately."""
+
+    def __init__(self, stacked: pl.Series) -> None:
+        import polars as pl
+
+        self.name = stacked.name
+        self.valid: pl.Series | None = None
+        self.values = stacked
+        dtype = stacked.dtype
+        plain = dtype.is_numeric() or dtype.is_temporal() or dtype == pl.Boolean
+        if plain and not dtype.is_decimal() and stacked.null_count():
+            self.values = _without_nulls(stacked)
+            self.valid = stacked.is_not_null()
+
+    def gather(self, rows: pl.Series) -> tuple[pl.Series, pl.Series | None]:
+        """Values and validity (None: all valid, or nulls kept in the values) at `rows`."""
+        valid = self.valid.gather(rows) if self.valid is not None else None
+        return self.values.gather(rows), valid
+
+    def result(self, rows: pl.Series) -> pl.Series:
+        """The column at `rows`, nulls restored."""
+        import polars as pl
+
+        values, valid = self.gather(rows)
+        if valid is None:
+            return values
+        return pl.select(pl.when(valid).then(values).alias(self.name)).to_series()
+
+    def decide(self, a_rows: pl.Series, b_rows: pl.Series, stamped: bool) -> list[np.ndarray]:
+        """Per pair (a_rows[i], b_rows[i]): whether b holds the larger value (null never
+        wins); for a timestamp column also whether b is newer and whether it is older (a null
+        timestamp is the oldest, so "newer" is "larger")."""
+        import polars as pl
+
+        (x, vx), (y, vy) = self.gather(a_rows), self.gather(b_rows)
+        a, b = pl.col("a"), pl.col("b")
+        if vx is None or vy is None:
+            frame = pl.DataFrame({"a": x, "b": y})
+            exprs = [larger_is_b(a, b)]
+            if stamped:
+                exprs.append((b < a).fill_null(b.is_null() & a.is_not_null()))
+        else:
+            frame = pl.DataFrame({"a": x, "b": y, "va": vx, "vb": vy})
+            va, vb = pl.col("va"), pl.col("vb")
+            exprs = [vb & (~va | (b > a))]
+            if stamped:
+                exprs.append(va & (~vb | (b < a)))
+        out = frame.select(e.alias(str(i)) for i, e in enumerate(exprs))
+        larger = out["0"].to_numpy()
+        return [larger, larger, out["1"].to_numpy()] if stamped else [larger]
 
 
 @dataclass(frozen=True)
@@ -159,6 +222,7 @@ def _resolve_column(
     value. `record` collects this column's own newer / older flags (for the timestamp)."""
     import polars as pl
 
+    column = _Column(stacked)
     w = order
     for i, r in enumerate(rounds):
         if i == 0 and first is not None:
@@ -172,7 +236,7 @@ def _resolve_column(
         else:
             wa, wb = w[r.absorbing], w[r.absorbing + 1]
             sa, sb, kept = pl.Series(wa), pl.Series(wb), w[r.keep]
-        decided = _take_b(stacked.gather(sa), stacked.gather(sb), record is not None)
+        decided = column.decide(sa, sb, record is not None)
         take_b = decided[0]
         if record is not None:
             record.append(_Flags(decided[1], decided[2]))
@@ -181,7 +245,7 @@ def _resolve_column(
             take_b = flags[i].newer | (~flags[i].older & take_b)
         w = kept.copy() if kept is not w else kept
         w[r.landing] = np.where(take_b, wb, wa)
-    return stacked.gather(pl.Series(w))
+    return column.result(pl.Series(w))
 
 
 def _merge_runs(
