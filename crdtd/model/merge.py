@@ -17,8 +17,9 @@ import json
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -858,27 +859,35 @@ def _extras_fit(plan: MergePlan, job: TensorJob) -> bool:
 
 
 class _BlockPool:
-    """Threads that merge (or scan, for a `prepare`) the blocks of one tensor side by side,
-    each with its own buffers.
+    """Threads, one per core, that merge the work of many tensors side by side: their blocks,
+    whole small tensors, and the scans of a `prepare` (through `TensorBlocks.map`); each
+    thread keeps its own buffers.
 
-    Each runs torch with one intra-op thread (the blocks are the parallelism); the caller's
-    thread keeps its own setting, and the default for new threads is restored on close.
+    Every thread runs torch with one intra-op thread (the work units are the parallelism, and
+    idle OpenMP teams would spin on the cores the units need); `execute` sets the caller's
+    thread likewise while it merges, and the setting is restored on close.
     """
 
     def __init__(self, plan: MergePlan, jobs: Sequence[TensorJob], chunk: int | None) -> None:
-        self.plan, self.jobs, self.chunk = plan, jobs, chunk
+        self.plan, self.chunk = plan, chunk
+        self.jobs = [j for j in jobs if _on_pool(j, chunk)]
         cores = os.cpu_count() or 1
         self.workers = 1 if plan.device.type != "cpu" else max(1, min(cores, MAX_WORKERS))
         self._local = threading.local()
         self._threads = torch.get_num_threads()
         self._pool = None
-        if self.workers > 1 and any(block_bounds(j, chunk) for j in jobs):
+        if self.workers > 1 and self.jobs:
+            torch.set_num_threads(1)
             self._pool = ThreadPoolExecutor(
                 self.workers + 1,  # + 1: a `prepare` waits on one while the blocks run
                 thread_name_prefix="crdtd-merge",
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             )
+
+    @property
+    def parallel(self) -> bool:
+        return self._pool is not None
 
     def buffers(self) -> _Buffers:
         buf = getattr(self._local, "buf", None)
@@ -889,11 +898,20 @@ class _BlockPool:
     def _call(self, fn: Callable[[_Buffers, Any], Any], item: Any) -> Any:
         return fn(self.buffers(), item)
 
+    def submit(self, fn: Callable[[_Buffers, Any], Any], item: Any) -> Future[Any]:
+        """fn(buffers, item) on one of the threads, or here at once without threads."""
+        if self._pool is not None:
+            return self._pool.submit(self._call, fn, item)
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(self.buffers(), item))
+        except BaseException as err:  # handed to the caller through the future
+            done.set_exception(err)
+        return done
+
     def map(self, fn: Callable[[_Buffers, Any], Any], items: Sequence[Any]) -> list[Any]:
         """[fn(buffers, item) for each item], run side by side; the first error (in order)."""
-        if self._pool is None:
-            return [fn(self.buffers(), item) for item in items]
-        futures = [self._pool.submit(self._call, fn, item) for item in items]
+        futures = [self.submit(fn, item) for item in items]
         try:
             return [f.result() for f in futures]
         finally:
@@ -907,10 +925,60 @@ class _BlockPool:
             return fn(*args)
         return self._pool.submit(fn, *args).result()
 
+    def whole(self, fn: Callable[[], Any]) -> Any:
+        """fn() on this thread with every intra-op thread (a large tensor merged whole)."""
+        if self._pool is None:
+            return fn()
+        torch.set_num_threads(self._threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(1)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(self._threads)
+
+
+def _on_pool(job: TensorJob, chunk: int | None) -> bool:
+    """Whether `job` runs on the pool's threads: in blocks, or whole when it is small."""
+    if chunk is None:
+        return False
+    return block_bounds(job, chunk) is not None or job.info.numel <= chunk
+
+
+class _Pipeline:
+    """Work units of consecutive tensors in flight on the pool, at most `window` at once;
+    results are taken in submission order, so the first error raised is the first in
+    tensor order whatever the threads' timing."""
+
+    def __init__(self, pool: _BlockPool, bar: tqdm) -> None:
+        self.pool, self.bar = pool, bar
+        self.window = 4 * pool.workers
+        self._pending: deque[tuple[Future[Any], int]] = deque()
+
+    def submit(self, fn: Callable[[_Buffers, Any], Any], item: Any, nbytes: int) -> None:
+        self._pending.append((self.pool.submit(fn, item), nbytes))
+        while len(self._pending) > self.window:
+            self._next()
+
+    def _next(self) -> None:
+        fut, nbytes = self._pending.popleft()
+        fut.result()
+        self.bar.update(nbytes)
+
+    def drain(self) -> None:
+        """Wait for every unit in flight; raises the first error in submission order."""
+        while self._pending:
+            self._next()
+
+    def cancel(self) -> None:
+        futures = [f for f, _ in self._pending]
+        self._pending.clear()
+        for f in futures:
+            f.cancel()
+        wait(futures)
 
 
 def execute(
@@ -924,8 +992,10 @@ def execute(
     """Merge every tensor of `plan`, in `jobs` order, into `sink`.
 
     With `chunk` (`"auto"`: `CHUNK_ELEMENTS`), blockwise strategies run over flat blocks of
-    `chunk` entries per input (after their `prepare` pass over the same blocks, if any),
-    merged side by side on every core; the sink receives each block through `put_block`.
+    `chunk` entries per input (after their `prepare` pass over the same blocks, if any), and
+    they and every tensor of at most `chunk` entries are merged side by side on every core,
+    several tensors in flight at once; the sink receives each through `put_block`. Larger
+    tensors of other strategies are merged whole, one at a time, with every intra-op thread.
     """
     if chunk == "auto":
         chunk = CHUNK_ELEMENTS
@@ -939,9 +1009,14 @@ def execute(
         with tqdm(
             total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
         ) as bar:
-            for job in ordered:
-                _execute_job(plan, sink, job, buf, pool, chunk)
-                bar.update(job.info.nbytes)
+            line = _Pipeline(pool, bar)
+            try:
+                for job in ordered:
+                    _execute_job(plan, sink, job, buf, pool, chunk, line)
+                line.drain()
+            except BaseException:
+                line.cancel()
+                raise
     finally:
         pool.close()
         if collecting:
@@ -955,21 +1030,43 @@ def _execute_job(
     buf: _Buffers,
     pool: _BlockPool,
     chunk: int | None,
+    line: _Pipeline,
 ) -> None:
     name = job.info.name
     bounds = block_bounds(job, chunk) if _extras_fit(plan, job) else None
+    nbytes = job.info.nbytes
     if job.strategy is None:
         src = plan.base if plan.base is not None else plan.inputs[0].source
-        sink.put(name, src.view(name))
-        src.release(name)
+
+        def copy(worker: _Buffers, _: None) -> None:
+            sink.put_block(name, 0, src.view(name))
+            src.release(name)
+
+        line.submit(copy, None, nbytes)
     elif job.info.numel == 0:  # nothing to merge; strategies need not handle it
-        sink.put(name, torch.empty(job.info.shape, dtype=torch.float32))
+        line.submit(
+            lambda _w, _i: sink.put_block(name, 0, torch.empty(0, dtype=torch.float32)),
+            None,
+            nbytes,
+        )
+    elif bounds is None and _on_pool(job, chunk):
+        line.submit(
+            lambda worker, _: sink.put_block(name, 0, _merge_block(plan, job, worker, None)),
+            None,
+            nbytes,
+        )
     elif bounds is None:
-        sink.put(name, _merge_block(plan, job, buf, None))
+        line.drain()
+        sink.put(name, pool.whole(lambda: _merge_block(plan, job, buf, None)))
+        line.bar.update(nbytes)
     else:
         state = None
         if job.strategy.prepare is not None:
-            state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds, pool))
+            try:
+                state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds, pool))
+            except BaseException:
+                line.drain()  # an error of an earlier tensor comes first
+                raise
 
         def merge(worker: _Buffers, bound: tuple[int, int]) -> None:
             rows = slice(*bound)
@@ -979,4 +1076,5 @@ def _execute_job(
                 out = _merge_block(plan, job, worker, rows, state)
             sink.put_block(name, bound[0], out)
 
-        pool.map(merge, bounds)
+        for bound in bounds:
+            line.submit(merge, bound, nbytes * (bound[1] - bound[0]) // job.info.numel)

@@ -1,10 +1,10 @@
 """Deterministic sharded safetensors writer: same tensors and metadata → same bytes.
 
 The shard plan is fixed before the first tensor is merged (names, shapes and output dtypes
-are known up front), so each shard's header is written first and tensors are streamed into
-it one at a time; the blocks of one tensor may arrive in any order, from several threads,
-each written where it belongs (`os.pwrite`). Tensor order is the natural order of names (`layers.2` before
-`layers.10`); header JSON has sorted keys and no whitespace. Files appear under their final
+are known up front), so every shard's header is written first and each tensor's place in
+its file is known: blocks of any tensor may arrive in any order, from several threads, each
+written where it belongs (`os.pwrite`). Tensor order is the natural order of names
+(`layers.2` before `layers.10`); header JSON has sorted keys and no whitespace. Files appear under their final
 names only when the whole checkpoint is complete.
 """
 
@@ -136,24 +136,36 @@ class ShardedWriter:
         self.names = shard_names(len(self.shards), stem)
         self.write_index = len(self.shards) > 1 if write_index is None else write_index
         self.order = [info for shard in self.shards for info in shard]
+        self._info = {info.name: info for info in self.order}
         self._file_of = {
             info.name: fname for fname, shard in zip(self.names, self.shards) for info in shard
         }
-        self._pos = 0
-        self._done = 0  # elements of the current tensor written so far
-        self._shard_end = [
-            sum(len(x) for x in self.shards[: i + 1]) for i in range(len(self.shards))
-        ]
-        self._shard = -1
-        self._fd: int | None = None
-        self._at = 0  # byte offset of the current tensor in the current shard file
+        self._pos = 0  # index in `order` of the first tensor not yet complete
+        self._done = {info.name: 0 for info in self.order}  # elements written per tensor
+        self._complete: set[str] = set()
+        self._place: dict[str, tuple[int, int]] = {}  # name -> (shard, byte offset in file)
+        self._fds: list[int | None] = []
         self._lock = threading.Lock()
         self._partials: list[Path] = []
         self.total_size = sum(i.nbytes for i in self.order)
 
     def __enter__(self) -> ShardedWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._open_next()
+        try:
+            for index, (fname, shard) in enumerate(zip(self.names, self.shards)):
+                path = self._partial(fname)
+                self._partials.append(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                self._fds.append(fd)
+                header = header_bytes(shard, self.metadata)
+                _pwrite_all(fd, memoryview(header), 0)
+                at = len(header)
+                for info in shard:
+                    self._place[info.name] = (index, at)
+                    at += info.nbytes
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     def __exit__(
@@ -168,30 +180,16 @@ class ShardedWriter:
     def _partial(self, fname: str) -> Path:
         return self.out_dir / f".{fname}.partial"
 
-    def _open_next(self) -> None:
-        self._close_current()
-        self._shard += 1
-        if self._shard >= len(self.shards):
-            return
-        path = self._partial(self.names[self._shard])
-        self._partials.append(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._fd = fd
-        header = header_bytes(self.shards[self._shard], self.metadata)
-        _pwrite_all(fd, memoryview(header), 0)
-        self._at = len(header)
-        if not self.shards[self._shard]:
-            self._open_next()
-
-    def _close_current(self) -> None:
-        fd = self._fd
-        self._fd = None
-        if fd is not None:
-            try:
-                if self.fsync:
+    def _close_all(self) -> None:
+        fds, self._fds = self._fds, []
+        try:
+            for fd in fds:
+                if fd is not None and self.fsync:
                     os.fsync(fd)
-            finally:
-                os.close(fd)
+        finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the whole tensor `name` (cast to the planned float dtype), in plan order."""
@@ -205,27 +203,31 @@ class ShardedWriter:
     put = write
 
     def write_part(self, name: str, part: torch.Tensor) -> None:
-        """Append the next entries of tensor `name` (in order; see `write_block`)."""
+        """Append the next entries of tensor `name`, the tensors in plan order (see
+        `write_block` for blocks in any order)."""
         with self._lock:
             self._expect(name)
-            start = self._done
+            start = self._done[name]
         self.write_block(name, start, part)
 
     put_part = write_part
 
     def write_block(self, name: str, start: int, part: torch.Tensor) -> None:
         """Write flat entries [start, start + part.numel()) of tensor `name` (cast to its
-        planned dtype), in any order and from any thread; the tensor is done, and the next
-        one may begin, once all its entries are in."""
-        with self._lock:
-            info = self._expect(name)
-            fd, at = self._fd, self._at
+        planned dtype) straight to their place: any tensor, in any order, from any thread
+        (every tensor's offset is fixed by the shard plan)."""
+        place = self._place.get(name)
+        if place is None:
+            raise MergeError(f"writer has no tensor {name!r} in its plan")
+        info = self._info[name]
         want = info.torch_dtype
         if part.dtype != want and not (part.dtype.is_floating_point and want.is_floating_point):
             raise MergeError(f"tensor {name!r}: got dtype {part.dtype}, planned {want}")
         if start < 0 or start + part.numel() > info.numel:
             raise MergeError(f"tensor {name!r}: more elements than its shape {list(info.shape)}")
+        fd = self._fds[place[0]]
         assert fd is not None
+        at = place[1]
         flat = part.detach().reshape(-1)
         item = want.itemsize
         for s0 in range(0, flat.numel(), CAST_SLICE):  # cast slice by slice: no full copy
@@ -233,15 +235,13 @@ class ShardedWriter:
             data = piece if piece.dtype == want else piece.to("cpu", want)
             _pwrite_all(fd, tensor_bytes(data), at + (start + s0) * item)
         with self._lock:
-            self._done += part.numel()
-            if self._done > info.numel:
+            self._done[name] += part.numel()
+            if self._done[name] > info.numel:
                 raise MergeError(f"tensor {name!r}: more elements than its shape")
-            if self._done == info.numel:
-                self._done = 0
+            if self._done[name] == info.numel:
+                self._complete.add(name)
+            while self._pos < len(self.order) and self.order[self._pos].name in self._complete:
                 self._pos += 1
-                self._at += info.nbytes
-                if self._pos == self._shard_end[self._shard]:
-                    self._open_next()
 
     put_block = write_block
 
@@ -253,9 +253,9 @@ class ShardedWriter:
 
     def commit(self, side_files: Mapping[str, Path] | None = None) -> WrittenCheckpoint:
         """Rename the shards (and index) into place; copy `side_files` (name → source path)."""
-        if self._pos != len(self.order) or self._done:
+        if self._pos != len(self.order):
             raise MergeError(f"writer closed after {self._pos} of {len(self.order)} tensors")
-        self._close_current()
+        self._close_all()
         files = list(self.names)
         if self.write_index:
             index = {
@@ -285,7 +285,7 @@ class ShardedWriter:
     def abort(self) -> None:
         """Remove partial files; the output directory is left as it was."""
         try:
-            self._close_current()
+            self._close_all()
         finally:
             for p in self._partials:
                 p.unlink(missing_ok=True)
