@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crdtd.strategies._select import bracket, sample_stride
+from crdtd.strategies._select import bracket, kth_value, sample_stride
 from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge
 
 CHUNK = BLOCK_ALIGN
@@ -87,7 +87,8 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
 
     Exact order statistics in one streamed pass over the blocks (`TensorBlocks.map`, so the
     engine scans blocks side by side): a strided sample brackets each threshold, the pass
-    counts the entries below the bracket and gathers those inside it, and `kthvalue` on that small set gives the exact value. Ties at the threshold are
+    counts the entries below the bracket and gathers those inside it, and an order statistic
+    (`kth_value`) of that small set gives the exact value. Ties at the threshold are
     counted per chunk in the gathered values and the one chunk holding the first kept tie is
     read again for its position; a model whose bracket missed takes one more pass.
     """
@@ -121,9 +122,9 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
             starts.append(c0)
             a = task_vector_chunk(block, base, c0 - off, c1 - off, scratch).abs_()
             for j, i in enumerate(active):
-                count_below, idx = scan(a[i], *bounds[i])
+                count_below, values = scan(a[i], *bounds[i])
                 below[j] += count_below
-                inside[j].append(a[i][idx])
+                inside[j].append(values)
         return starts, below, inside
 
     parts = blocks.map(scan_block)
@@ -141,15 +142,15 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
     for i in active:
         m = n - counts[i]
         cand = torch.cat(values[i])
-        v = torch.kthvalue(cand, m - below[i]).values
+        v = kth_value(cand, m - below[i])
         n_le = below[i] + int(torch.count_nonzero(cand <= v))
         del cand
         tied_kept = counts[i] - (n - n_le)
         tie_from = None
-        if tied_kept > 0 and float(v) != 0.0:  # tied zeros add nothing when kept
-            tie_from = _tie_position(blocks, i, values[i], starts, float(v), tied_kept)
+        if tied_kept > 0 and v != 0.0:  # tied zeros add nothing when kept
+            tie_from = _tie_position(blocks, i, values[i], starts, v, tied_kept)
         values[i] = []
-        keeps[i] = Keep(threshold=float(v), tie_from=tie_from)
+        keeps[i] = Keep(threshold=v, tie_from=tie_from)
     return keeps
 
 
@@ -196,22 +197,26 @@ def _magnitudes(blocks: TensorBlocks, models: list[int]) -> dict[int, torch.Tens
 
 
 def _scan_torch(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[int, torch.Tensor]:
-    """(#entries < lo, positions of entries in [lo, hi]) of a 1-D chunk."""
+    """(#entries < lo, the entries in [lo, hi] in order) of a 1-D chunk."""
     sel = torch.ones_like(a, dtype=torch.bool) if lo is None else a >= lo
     count_below = a.numel() - int(torch.count_nonzero(sel))
     if hi is not None:
         sel &= a <= hi
-    return count_below, torch.nonzero(sel).flatten()
+    return count_below, a[sel]
 
 
 def _scan_numpy(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[int, torch.Tensor]:
     """`_scan_torch` for CPU tensors through numpy, whose boolean kernels are much faster."""
     x = a.numpy()
-    sel = np.ones(x.shape, dtype=np.bool_) if lo is None else x >= np.float32(lo)
+    if lo is None and hi is None:
+        return 0, torch.from_numpy(x.copy())
+    if lo is None:
+        return 0, torch.from_numpy(x[x <= np.float32(hi)])
+    sel = x >= np.float32(lo)
     count_below = x.size - int(np.count_nonzero(sel))
     if hi is not None:
         np.logical_and(sel, x <= np.float32(hi), out=sel)
-    return count_below, torch.from_numpy(np.flatnonzero(sel))
+    return count_below, torch.from_numpy(x[sel])
 
 
 def l1_rescaled(blocks: TensorBlocks, keeps: list[Keep]) -> list[Keep]:
