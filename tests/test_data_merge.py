@@ -264,6 +264,34 @@ def test_threaded_rounds_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> 
         assert_frame_equal(fast, merge(*frames, key="id", fast_threshold=10**9, **kw))
 
 
+def test_older_versions_lose_even_with_larger_values_across_many_inputs() -> None:
+    """Keys held by ten inputs, the older versions holding the larger values, the newest
+    ones tied (some timestamps null, one key stamped only with nulls): the vectorised path
+    joins only the newest versions, like the row path."""
+    rng = random.Random(11)
+    frames = []
+    for i in range(10):
+        ids = rng.sample(range(300), 120)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "id": [*ids, 999],
+                    "ts": [rng.choice([None, 0, 1, 2, 9, 9]) for _ in ids] + [None],
+                    "n": [rng.choice([None, 10 - i, 100 - i]) for _ in ids] + [i],
+                    "s": [rng.choice([None, "a", "z"]) for _ in ids] + [None],
+                }
+            )
+        )
+    fast = merge(*frames, key="id", timestamp="ts", fast_threshold=0)
+    assert_frame_equal(fast, merge(*frames, key="id", timestamp="ts", fast_threshold=10**9))
+    assert fast.filter(pl.col("id") == 999).row(0, named=True) == {
+        "id": 999,
+        "n": 9,
+        "s": None,
+        "ts": None,
+    }
+
+
 @pytest.mark.parametrize("layout", ["ranges", "interleaved", "shuffled"])
 @pytest.mark.parametrize(
     "kw", [{}, {"timestamp": "ts"}, {"tombstone": "gone"}], ids=["values", "ts", "tombstone"]

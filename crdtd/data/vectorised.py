@@ -6,7 +6,9 @@ row after it, halving the longest run; since the join is associative and commuta
 pairing gives the result the row-by-row path gives. Rounds work on row indices, one column at
 a time (columns on a small thread pool): a column's values are stacked once, only the paired
 rows' values are compared, and the column is gathered once at the end. With a timestamp, the
-timestamp column goes first and hands each round's newer / older flags to the others. polars
+timestamp column goes first (the newest is the largest, a null the oldest); then only the
+rows holding their key's newest timestamp are kept, and the other columns are joined among
+those (usually one row per key, so few rounds). polars
 orders booleans, numbers, text (by code point), bytes, dates and times exactly like
 `resolve.value_rank` does within one type family.
 """
@@ -43,14 +45,6 @@ class _Round:
     keep: np.ndarray
     absorbing: np.ndarray
     landing: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Flags:
-    """Per pair of a round, whether the second row's timestamp is newer / older."""
-
-    newer: np.ndarray
-    older: np.ndarray
 
 
 def _aligned_column(df: pl.DataFrame, c: str, spec: MergeSpec, schema: UnifiedSchema) -> pl.Expr:
@@ -166,28 +160,21 @@ class _Column:
             return values
         return pl.select(pl.when(valid).then(values).alias(self.name)).to_series()
 
-    def decide(self, a_rows: pl.Series, b_rows: pl.Series, stamped: bool) -> list[np.ndarray]:
+    def decide(self, a_rows: pl.Series, b_rows: pl.Series) -> np.ndarray:
         """Per pair (a_rows[i], b_rows[i]): whether b holds the larger value (null never
-        wins); for a timestamp column also whether b is newer and whether it is older (a null
-        timestamp is the oldest, so "newer" is "larger")."""
+        wins)."""
         import polars as pl
 
         (x, vx), (y, vy) = self.gather(a_rows), self.gather(b_rows)
         a, b = pl.col("a"), pl.col("b")
         if vx is None or vy is None:
             frame = pl.DataFrame({"a": x, "b": y})
-            exprs = [larger_is_b(a, b)]
-            if stamped:
-                exprs.append((b < a).fill_null(b.is_null() & a.is_not_null()))
+            larger = larger_is_b(a, b)
         else:
             frame = pl.DataFrame({"a": x, "b": y, "va": vx, "vb": vy})
             va, vb = pl.col("va"), pl.col("vb")
-            exprs = [vb & (~va | (b > a))]
-            if stamped:
-                exprs.append(va & (~vb | (b < a)))
-        out = frame.select(e.alias(str(i)) for i, e in enumerate(exprs))
-        larger = out["0"].to_numpy()
-        return [larger, larger, out["1"].to_numpy()] if stamped else [larger]
+            larger = vb & (~va | (b > a))
+        return frame.select(larger.alias("larger")).to_series().to_numpy()
 
 
 @dataclass(frozen=True)
@@ -209,17 +196,10 @@ class _FirstRound:
 
 
 def _resolve_column(
-    stacked: pl.Series,
-    order: np.ndarray,
-    rounds: list[_Round],
-    first: _FirstRound | None,
-    flags: list[_Flags] | None,
-    record: list[_Flags] | None = None,
+    stacked: pl.Series, order: np.ndarray, rounds: list[_Round], first: _FirstRound | None
 ) -> pl.Series:
-    """The merged column: round by round, each pair keeps the winning row's value.
-
-    With `flags` (a timestamp), a newer row wins and an older one loses; without, the larger
-    value. `record` collects this column's own newer / older flags (for the timestamp)."""
+    """The merged column: round by round, each pair keeps the larger value (null never
+    wins)."""
     import polars as pl
 
     column = _Column(stacked)
@@ -236,13 +216,7 @@ def _resolve_column(
         else:
             wa, wb = w[r.absorbing], w[r.absorbing + 1]
             sa, sb, kept = pl.Series(wa), pl.Series(wb), w[r.keep]
-        decided = column.decide(sa, sb, record is not None)
-        take_b = decided[0]
-        if record is not None:
-            record.append(_Flags(decided[1], decided[2]))
-            take_b = decided[1] | (~decided[2] & take_b)
-        elif flags is not None:
-            take_b = flags[i].newer | (~flags[i].older & take_b)
+        take_b = column.decide(sa, sb)
         w = kept.copy() if kept is not w else kept
         w[r.landing] = np.where(take_b, wb, wa)
     return column.result(pl.Series(w))
@@ -265,26 +239,28 @@ def _merge_runs(
         return pl.concat(aligned)
     order = ko.order.astype(np.uint32 if n < 2**32 else np.uint64, copy=False)
     rounds = _rounds(ko.same_next)
-    src = order
-    for r in rounds:
-        src = src[r.keep]
 
     def stacked(c: str) -> pl.Series:
         return pl.concat([df[c] for df in aligned], rechunk=True)
 
     first = _FirstRound.of(order, rounds[0]) if rounds else None
-    flags: list[_Flags] | None = None
     done: dict[str, pl.Series] = {}
-    if ts is not None:
-        flags = []
-        done[ts] = _resolve_column(stacked(ts), order, rounds, first, None, record=flags)
+    if ts is not None and rounds:
+        stamps = stacked(ts)
+        done[ts] = _resolve_column(stamps, order, rounds, first)
+        order, same_next = _newest_rows(order, ko.same_next, stamps, done[ts])
+        rounds = _rounds(same_next)
+        first = _FirstRound.of(order, rounds[0]) if rounds else None
+    src = first.kept if first is not None else order  # a row of each key, for the keys
+    for r in rounds[1:]:
+        src = src[r.keep]
 
     def column(c: str) -> pl.Series:
         if c in done:
             return done[c]
         if schema.dtypes[c] == pl.Null:
             return pl.repeat(None, len(src), dtype=pl.Null, eager=True).alias(c)
-        return _resolve_column(stacked(c), order, rounds, first, flags)
+        return _resolve_column(stacked(c), order, rounds, first)
 
     others = columns[key_frame.width :]
     keys = key_frame.columns
@@ -294,6 +270,23 @@ def _merge_runs(
         threaded=n >= _THREADED_MIN_ROWS,
     )
     return pl.DataFrame(gathered)
+
+
+def _newest_rows(
+    order: np.ndarray, same_next: np.ndarray, stamps: pl.Series, newest: pl.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `order` whose timestamp is their key's newest (`newest`: one per run of
+    equal keys; null only if all of the run's are), and for each of those rows whether the
+    next one holds the same key. Only these rows' values can win: the field join among them
+    is the merged row."""
+    import polars as pl
+
+    run = np.zeros(len(order), dtype=order.dtype)
+    np.cumsum(~same_next, out=run[1:])
+    row_stamp = stamps.gather(pl.Series(order))
+    is_newest = row_stamp.eq_missing(newest.gather(pl.Series(run))).to_numpy()
+    run = run[is_newest]
+    return order[is_newest], run[1:] == run[:-1]
 
 
 def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
