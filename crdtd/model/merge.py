@@ -860,8 +860,8 @@ def _extras_fit(plan: MergePlan, job: TensorJob) -> bool:
 
 class _BlockPool:
     """Threads, one per core, that merge the work of many tensors side by side: their blocks,
-    whole small tensors, and the scans of a `prepare` (through `TensorBlocks.map`); each
-    thread keeps its own buffers.
+    whole small tensors, and the scans of a `prepare` (through `TensorBlocks.map`), plus one
+    thread that runs the `prepare` passes ahead; each thread keeps its own buffers.
 
     Every thread runs torch with one intra-op thread (the work units are the parallelism, and
     idle OpenMP teams would spin on the cores the units need); `execute` sets the caller's
@@ -876,11 +876,20 @@ class _BlockPool:
         self._local = threading.local()
         self._threads = torch.get_num_threads()
         self._pool = None
+        self._prepare: ThreadPoolExecutor | None = None
         if self.workers > 1 and self.jobs:
             torch.set_num_threads(1)
             self._pool = ThreadPoolExecutor(
-                self.workers + 1,  # + 1: a `prepare` waits on one while the blocks run
+                self.workers,
                 thread_name_prefix="crdtd-merge",
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            )
+            # `prepare` passes run one at a time on a thread of their own, ahead of the
+            # blocks, so their serial parts overlap the blocks of the tensors before them
+            self._prepare = ThreadPoolExecutor(
+                1,
+                thread_name_prefix="crdtd-prepare",
                 initializer=torch.set_num_threads,
                 initargs=(1,),
             )
@@ -919,11 +928,17 @@ class _BlockPool:
                 f.cancel()
             wait(futures)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on one of the threads (one intra-op thread, like the blocks)."""
-        if self._pool is None:
-            return fn(*args)
-        return self._pool.submit(fn, *args).result()
+    def prepare(self, fn: Callable[[_Buffers], Any]) -> Future[Any]:
+        """fn(buffers) on the prepare thread (with buffers of its own), or here at once."""
+        done: Future[Any]
+        if self._prepare is not None:
+            return self._prepare.submit(lambda: fn(self.buffers()))
+        done = Future()
+        try:
+            done.set_result(fn(self.buffers()))
+        except BaseException as err:  # handed to the caller through the future
+            done.set_exception(err)
+        return done
 
     def whole(self, fn: Callable[[], Any]) -> Any:
         """fn() on this thread with every intra-op thread (a large tensor merged whole)."""
@@ -938,6 +953,9 @@ class _BlockPool:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._prepare is not None:
+            self._prepare.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
             torch.set_num_threads(self._threads)
 
 
@@ -1010,9 +1028,11 @@ def execute(
             total=total, unit="B", unit_scale=True, desc="merge", disable=not progress, leave=False
         ) as bar:
             line = _Pipeline(pool, bar)
+            states = _Prepared(plan, ordered, pool, chunk)
             try:
-                for job in ordered:
-                    _execute_job(plan, sink, job, buf, pool, chunk, line)
+                for i, job in enumerate(ordered):
+                    states.ahead(i)
+                    _execute_job(plan, sink, job, buf, pool, chunk, line, states.pop(i))
                 line.drain()
             except BaseException:
                 line.cancel()
@@ -1023,6 +1043,49 @@ def execute(
             gc.enable()
 
 
+class _Prepared:
+    """The `prepare` passes of the two-phase jobs, started `LOOKAHEAD` jobs ahead."""
+
+    def __init__(
+        self, plan: MergePlan, jobs: Sequence[TensorJob], pool: _BlockPool, chunk: int | None
+    ) -> None:
+        self.plan, self.jobs, self.pool = plan, jobs, pool
+        self.bounds = [block_bounds(j, chunk) if _extras_fit(plan, j) else None for j in jobs]
+        self.todo = deque(
+            i
+            for i, (j, b) in enumerate(zip(jobs, self.bounds))
+            if b is not None and j.strategy is not None and j.strategy.prepare is not None
+        )
+        self.started: dict[int, Future[Any]] = {}
+
+    def ahead(self, at: int) -> None:
+        """Start the prepares of the next `LOOKAHEAD` two-phase jobs from job `at` on."""
+        while self.todo and len(self.started) < LOOKAHEAD:
+            i = self.todo.popleft()
+            bounds = self.bounds[i]
+            assert bounds is not None
+            run = functools.partial(_run_prepare, self.plan, self.jobs[i], bounds, self.pool)
+            self.started[i] = self.pool.prepare(run)
+
+    def pop(self, i: int) -> Future[Any] | None:
+        return self.started.pop(i, None)
+
+
+LOOKAHEAD = 2  # two-phase jobs whose `prepare` may run ahead of the blocks
+
+
+def _run_prepare(
+    plan: MergePlan,
+    job: TensorJob,
+    bounds: tuple[tuple[int, int], ...],
+    pool: _BlockPool,
+    own: _Buffers,
+) -> Any:
+    """The strategy's `prepare` over job's blocks, loaded into the prepare thread's buffers."""
+    assert job.strategy is not None and job.strategy.prepare is not None
+    return job.strategy.prepare(_blocks(plan, job, own, bounds, pool))
+
+
 def _execute_job(
     plan: MergePlan,
     sink: _Sink,
@@ -1031,6 +1094,7 @@ def _execute_job(
     pool: _BlockPool,
     chunk: int | None,
     line: _Pipeline,
+    prepared: Future[Any] | None = None,
 ) -> None:
     name = job.info.name
     bounds = block_bounds(job, chunk) if _extras_fit(plan, job) else None
@@ -1061,9 +1125,9 @@ def _execute_job(
         line.bar.update(nbytes)
     else:
         state = None
-        if job.strategy.prepare is not None:
+        if prepared is not None:
             try:
-                state = pool.call(job.strategy.prepare, _blocks(plan, job, buf, bounds, pool))
+                state = prepared.result()
             except BaseException:
                 line.drain()  # an error of an earlier tensor comes first
                 raise
