@@ -83,6 +83,31 @@ def cell(results: Sequence[RunResult]) -> str:
     return f"{acc} · hg {hg} · ag {ag}/{total} · rtg {rtg} · roots {roots}"
 
 
+def gating_lines(setting: str, runs: dict[tuple[str, str], list[RunResult]]) -> list[str]:
+    """Per rule: sign-flip and noise attackers gated within 3 rounds, and honest sites gated
+    in any run (every attack, every seed)."""
+    out = []
+    for rule in sorted({rule for rule, _ in runs}):
+        at = [
+            v
+            for (r, attack), results in runs.items()
+            if r == rule and attack in ("sign_flip", "noise")
+            for res in results
+            for v in res.gated_at.values()
+        ]
+        honest = sum(
+            len(res.honest_gated) for (r, _), rs in runs.items() if r == rule for res in rs
+        )
+        line = f"{setting} {rule}: honest_gated {honest}"
+        if at:
+            fast = sum(1 for v in at if v is not None and v <= 3)
+            never = sum(1 for v in at if v is None)
+            line += f", sign-flip/noise attackers gated within 3 rounds {fast}/{len(at)}"
+            line += f" (never: {never})"
+        out.append(line)
+    return out
+
+
 def table(
     title: str,
     base: dict[str, list[float]],
@@ -176,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     - statistics.fmean([r.accuracy for r in clean])
                 )
                 summary.append(f"{ds} α={alpha}: default clean gap to centralised {gap:.2f} pp")
+            summary.extend(gating_lines(f"{ds} α={alpha}", runs))
     for line in summary:
         print(line)
     print(f"bench_fl: {time.perf_counter() - started:.0f} s")

@@ -3,8 +3,9 @@
 Every node holds a real `E4State` on a SQLite store in a temporary directory, signs real
 entries, and judges peers with `crdtd.trust`. Nodes gossip push-pull: each round every node
 opens a session with `fanout` peers chosen by a seeded RNG; a session pulls the entries the
-peer advertises and the caller lacks, then pushes the other way. Honest nodes never relay a
-contribution whose author they gate.
+peer advertises and the caller lacks, then pushes the other way. Honest nodes relay every
+entry they hold, gated authors' contributions included: gating decides what a node merges,
+not what it replicates, so honest nodes end on one state root.
 
 The session here is a direct in-process exchange of entry ids and wire bytes (the same
 push-pull semantics as crdtd.sync, without its Merkle descent), because adversaries must be
@@ -28,6 +29,12 @@ After the attack rounds the adversaries stop writing and the honest nodes settle
 report says whether honest nodes hold identical trust vectors and materialise identical
 bytes, how many rounds each adversary took to be gated at every honest node, and how far
 the merged model is from the merge of honest contributions only.
+
+A round here is one gossip pass (fanout 2), not a training round: a model attacker is gated
+once `model_flags` (3) of its rounds are outliers in the reports of observers holding half
+the trust mass, and a round's reports reach them one or two passes later, so model attackers
+are gated after about 5 rounds (self-proving faults after 1-3). benchmarks/bench_fl.py, whose
+rounds gossip until nothing moves, gates an attacker flagged every round at round 3.
 
     python simulations/byzantine.py --nodes 10 --byzantine 2
     python simulations/byzantine.py --nodes 10 --table

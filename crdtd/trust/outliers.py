@@ -17,7 +17,9 @@ further, and √n is the conservative growth of a sum of noisy steps):
   `min_spread` (0.2) × the median scaled norm): flag `direction` above `max_direction_z`
   (3) — updates pulling against the cohort (sign flips) stand out by how far below the
   round's own spread they fall, not by a fixed cosine, and a late round's near-orthogonal
-  updates (a tiny MAD) do not make small disagreements extreme;
+  updates (a tiny MAD) do not make small disagreements extreme; only an update that moves
+  the model by more than `min_direction_share` (3 %) of the base's norm is flagged, so a
+  small site that keeps disagreeing once the others have converged is not;
 - collusion similarity: the largest cosine between x_i − m and x_j − m over contributions
   of other authors that both moved (scaled norm at least a tenth of the median; m the
   median of all): flag `collusion` at ≥ 0.99 — colluders sending one crafted update ("a
@@ -77,6 +79,7 @@ class OutlierParams:
     max_direction_z: float = 3.0
     min_spread: float = 0.2
     min_norm_share: float = 0.1
+    min_direction_share: float = 0.03
     aligned_cosine: float = 0.3
     sybil_cosine: float | None = 0.99
     min_contributions: int = 3
@@ -92,6 +95,10 @@ class OutlierParams:
             raise ConfigError(f"outlier aligned_cosine {self.aligned_cosine} is outside [-1, 1]")
         if not 0.0 <= self.min_norm_share < 1.0:
             raise ConfigError(f"outlier min_norm_share {self.min_norm_share} is outside [0, 1)")
+        if not 0.0 <= self.min_direction_share < 1.0:
+            raise ConfigError(
+                f"outlier min_direction_share {self.min_direction_share} is outside [0, 1)"
+            )
         if self.sybil_cosine is not None and not 0.0 < self.sybil_cosine <= 1.0:
             raise ConfigError(f"outlier sybil_cosine {self.sybil_cosine} is outside (0, 1]")
         if self.min_contributions < 3:
@@ -303,8 +310,8 @@ def _model_outliers(
             big = ratio > params.max_norm_ratio and raw[i] > params.min_norm_share * base_norm
             if big and _along(x, i) < params.aligned_cosine:
                 flags.append("norm")  # (a big step the way the others go: a site still learning)
-            if z > params.max_direction_z:
-                flags.append("direction")
+            if z > params.max_direction_z and raw[i] > params.min_direction_share * base_norm:
+                flags.append("direction")  # (a step too small to move the model is no threat)
             if params.sybil_cosine is not None and sim >= params.sybil_cosine:
                 flags.append("collusion")
         out.append(ContributionStats(c.content_id, c.author, ratio, z, sim, tuple(flags), c.seq))
