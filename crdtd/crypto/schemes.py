@@ -6,6 +6,7 @@ A federation requires either Ed25519 alone (`"ed25519"`) or Ed25519 plus ML-DSA-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,9 +85,10 @@ class PublicKeys:
         if self.ml_dsa_65 is not None and len(self.ml_dsa_65) != pq.PUBLIC_KEY_SIZE:
             raise ValueError(f"ML-DSA-65 public key must be {pq.PUBLIC_KEY_SIZE} bytes")
 
-    @property
+    @functools.cached_property
     def key_id(self) -> bytes:
-        """sha256 of the Ed25519 public key."""
+        """sha256 of the Ed25519 public key (hashed once per object: every entry checked
+        asks its author's keys for it)."""
         return key_id_of(self.ed25519)
 
     def for_scheme(self, name: str) -> bytes | None:

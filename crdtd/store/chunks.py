@@ -284,8 +284,8 @@ class ChunkDir:
     def has(self, digest: bytes) -> bool:
         if digest in self._deferred:
             return True
-        h = digest.hex()  # os.path, not pathlib: asked once per chunk of every entry applied
-        return os.path.isfile(os.path.join(self._root, h[:2], h[2:4], h))
+        h = digest.hex()  # a plain string, not pathlib: asked once per chunk of every entry applied
+        return os.path.isfile(f"{self._root}{os.sep}{h[:2]}{os.sep}{h[2:4]}{os.sep}{h}")
 
     def read(self, digest: bytes, verify: bool = True) -> bytes:
         """The chunk's bytes; raises NotFoundError, or CorruptionError if they no longer match."""

@@ -21,6 +21,8 @@ LEAF_DEPTH = 2
 FANOUT = 256
 ID_SIZE = 32
 EMPTY_HASH = bytes(32)
+LEAF_QUERY = 400
+"""Leaves whose ids one query reads when a commit updates the tree (two variables each)."""
 _LEAF = b"\x00"
 _NODE = b"\x01"
 
@@ -146,8 +148,9 @@ class MerkleIndex:
             self._inner.clear()
             self._data_version = version
         level: dict[bytes, tuple[bytes, int]] = {}
+        leaves = self._leaves(sorted(dirty))
         for prefix in sorted(dirty):
-            ids = self.ids_under(prefix)
+            ids = sorted(leaves.get(prefix, ()))
             level[prefix] = (leaf_hash(ids), len(ids))
         self._write(level)
         for depth in range(self.leaf_depth - 1, -1, -1):
@@ -160,6 +163,25 @@ class MerkleIndex:
                 parents[prefix] = (node_hash(hashes), sum(counts))
             self._write(parents)
             level = parents
+
+    def _leaves(self, prefixes: Sequence[bytes]) -> dict[bytes, list[bytes]]:
+        """The ids under each leaf prefix, with one query per LEAF_QUERY leaves (a catch-up
+        batch touches about one leaf per entry)."""
+        out: dict[bytes, list[bytes]] = {}
+        for start in range(0, len(prefixes), LEAF_QUERY):
+            part = prefixes[start : start + LEAF_QUERY]
+            ranges = ",".join(["(?, ?)"] * len(part))
+            args = [b for p in part for b in id_range(p)]
+            rows = self.conn.execute(
+                f"WITH r(lo, hi) AS (VALUES {ranges}) SELECT t.id FROM r "
+                f"JOIN {self.ids_table} AS t ON t.id BETWEEN r.lo AND r.hi",
+                args,
+            )
+            depth = self.leaf_depth
+            for (i,) in rows:
+                i = bytes(i)
+                out.setdefault(i[:depth], []).append(i)
+        return out
 
     def forget(self) -> None:
         """Drop the remembered inner nodes (the transaction that wrote them rolled back)."""
