@@ -91,6 +91,13 @@ MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+CACHE_KIB = 64 * 1024
+"""Page cache per connection (SQLite's default is 2 MiB): entries, payloads, chunks and Merkle
+nodes are keyed by hashes, so every insert lands on a random page of each B-tree, and with
+2 MiB a catch-up of 40,000 entries reread most of them from the OS (192 -> 166 us of CPU per
+entry applied with 64 MiB, and 1.4x the entries/s)."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the store database."""
     try:
@@ -104,6 +111,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA secure_delete=ON")  # erased inline chunks are zeroed, not just unlinked
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     migrate(conn, path)
     return conn
 
