@@ -17,7 +17,8 @@ in its own subprocess (imports done before the clock starts) so peak RSS is its 
 
   * `linear_vs_bandwidth`: numpy's mean time / linear's streaming time over the same three
     fine-tunes (linear's wall includes reading and hashing all four checkpoints and writing
-    the result; target >= 0.5);
+    the result; target >= 0.5); the line before it gives the time of linear's plan alone
+    (opening, checking and hashing, no merging), measured in its own subprocess;
   * `ties_vs_linear`, `dare_ties_vs_linear`, `slerp_vs_linear`: streaming wall over
     linear's (targets <= 2.0);
   * `speedup_vs_naive` (naive wall / streaming wall, the smallest over strategies);
@@ -141,6 +142,18 @@ def run_streaming(dirs: list[Path], out: Path, strategy: str) -> float:
     return time.perf_counter() - t0
 
 
+def run_plan(dirs: list[Path]) -> float:
+    """Time of `ModelMerge(...).plan` for linear's inputs: open, check and hash all four
+    checkpoints (what linear's streaming wall spends before merging)."""
+    from crdtd.model import ModelMerge, ModelMergeSchema
+
+    t0 = time.perf_counter()
+    ModelMerge(ModelMergeSchema.single("linear")).plan(
+        [str(d) for d in _models("linear", dirs)], str(dirs[0])
+    ).close()
+    return time.perf_counter() - t0
+
+
 def run_naive(dirs: list[Path], out: Path, strategy: str) -> float:
     import torch
     from safetensors.torch import load_file, save_file
@@ -212,6 +225,8 @@ def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
     if path == "bandwidth":
         wall, nbytes = run_bandwidth(dirs)
         extra["bytes"] = nbytes
+    elif path == "plan":
+        wall = run_plan(dirs)
     else:
         wall = (run_streaming if path == "streaming" else run_naive)(dirs, out, strategy)
     print(json.dumps({"wall": wall, "rss": peak_rss(), **extra}))
@@ -255,7 +270,9 @@ def main() -> None:
         help="comma-separated; ratios need linear",
     )
     ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
-    ap.add_argument("--worker", choices=("streaming", "naive", "bandwidth"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=("streaming", "naive", "bandwidth", "plan"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--strategy", default="linear", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--dirs", nargs="*", help=argparse.SUPPRESS)
@@ -318,6 +335,11 @@ def main() -> None:
             print(f"speedup_vs_naive: {speedup:.2f}")
         if "linear" in results:
             linear = results["linear"]["streaming"]["wall"]
+            plan = measure("plan", dirs, scratch, "linear")
+            print(
+                f"linear's plan alone (open, check, sha256 of all four checkpoints): "
+                f"{plan['wall']:.2f} s, {plan['wall'] / linear:.0%} of linear's streaming wall"
+            )
             print(f"linear_vs_bandwidth: {bw['wall'] / linear:.2f}")
             for other in results:
                 if other != "linear":
