@@ -80,7 +80,7 @@ class SyncConfig:
     """Child hashes are truncated to this many bytes in a Merkle descent."""
     ids_threshold: int = 16
     """A differing subtree holding at most this many ids is listed instead of descended."""
-    max_probes_per_round: int = 256
+    max_probes_per_round: int = 1024
     """Probes sent in one Digest call (more are split over several calls); keeps an answer
     of leaf id lists far below max_message_bytes."""
     set_reconciliation: bool = True
