@@ -70,7 +70,7 @@ from crdtd.errors import (
 )
 from crdtd.kinds.rounds import declared_int
 from crdtd.node.observe import cohorts
-from crdtd.state.e4 import ApplyStatus, E4State
+from crdtd.state.e4 import JOIN_ORDER, ApplyStatus, E4State
 from crdtd.state.entry import (
     ContributionBody,
     Entry,
@@ -125,7 +125,6 @@ ATTACKS = tuple(sorted(set(ATTACK_ORDER)))
 MODEL_ATTACKS = ("alie", "noise", "sign_flip")
 FRACTIONS = (0, 10, 20, 30, 34, 40)
 NAMESPACE = "model/sim"
-_JOIN_ORDER = {Kind.MEMBERSHIP: 0, Kind.REVOCATION: 1, Kind.REMOVAL: 2, Kind.EVIDENCE: 3}
 
 
 @dataclass(frozen=True)
@@ -470,7 +469,7 @@ class Node:
                 unrequested_dupes += 1
                 continue
             decoded.append(e)
-        decoded.sort(key=lambda e: (_JOIN_ORDER.get(e.kind, 4), e.author, e.seq, e.id))
+        decoded.sort(key=lambda e: (JOIN_ORDER[e.kind], e.author, e.seq, e.id))
         applied = 0
         todo = decoded
         while todo:

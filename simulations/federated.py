@@ -37,22 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from crdtd.errors import ValidationError
 from crdtd.fl.tasks import Params, Task, TrainConfig, evaluate, fit, init_params, make_task
-from crdtd.state.e4 import ApplyStatus
-from crdtd.state.entry import Entry, Kind
+from crdtd.state.entry import Entry
 from crdtd.trust.gating import NamespacePolicy
 
 NAMESPACE = "model/fl"
 ATTACKS = ("clean", "sign_flip", "noise", "label_flip")
 RULES = ("fedavg", "default", "fedadam", "multi_krum")
-_JOIN_ORDER = {
-    Kind.MEMBERSHIP: 0,
-    Kind.REVOCATION: 1,
-    Kind.REMOVAL: 2,
-    Kind.EVIDENCE: 3,
-    Kind.CONTRIBUTION: 4,
-}
 
 
 @dataclass(frozen=True)
@@ -207,19 +198,7 @@ class Federation:
         for s, d in ((b, a), (a, b)):
             src, dst = self.cores[s], self.cores[d]
             entries = [src.state.store.get_entry(i) for i in sorted(ids[s] - ids[d])]
-            todo = sorted(entries, key=lambda e: (_JOIN_ORDER[e.kind], e.author, e.seq, e.id))
-            while todo:
-                left = []
-                for e in todo:
-                    try:
-                        r = dst.state.apply(e, src.state.store)
-                    except ValidationError:
-                        left.append(e)
-                        continue
-                    moved += r.status is not ApplyStatus.DUPLICATE
-                if len(left) == len(todo):
-                    break
-                todo = left
+            moved += dst.state.apply_until_stable(entries, src.state.store)
             ids[d] = self._ids(dst)
         return moved
 

@@ -63,13 +63,15 @@ _ERASABLE = (int(Kind.CONTRIBUTION), int(Kind.EVIDENCE))
 _KEEPS_LOOKUPS = (Kind.CONTRIBUTION, Kind.REMOVAL)
 """Kinds whose apply changes no member key, revocation or quarantine: the per-batch lookups
 (`_keys_of`, `_cutoff`, and the yes/no flags) stay valid across them."""
-_JOIN_ORDER = {
+JOIN_ORDER = {
     Kind.MEMBERSHIP: 0,
     Kind.REVOCATION: 1,
     Kind.REMOVAL: 2,
     Kind.EVIDENCE: 3,
     Kind.CONTRIBUTION: 4,
 }
+"""Apply order of entries that arrive together: who may sign first, then what erases, then the
+rest (sync's transfers and `apply_until_stable` sort by it)."""
 
 
 class ApplyStatus(enum.Enum):
@@ -416,14 +418,20 @@ class E4State:
         retried until a pass makes no progress, as anti-entropy would.
         """
         offered = [e for e, _ in other.store.iter_entries()] + other.store.held_entries()
-        todo = [e for e in offered if not self.store.has_entry(e.id)]
-        todo.sort(key=lambda e: (_JOIN_ORDER[e.kind], e.author, e.seq, e.id))
+        return self.apply_until_stable(
+            [e for e in offered if not self.store.has_entry(e.id)], other.store
+        )
+
+    def apply_until_stable(self, entries: list[Entry], source: PayloadSource) -> int:
+        """Apply `entries` (payloads read from `source`) in join order, retrying the refused
+        ones until a pass makes no progress; returns how many went in (duplicates not counted)."""
+        todo = sorted(entries, key=lambda e: (JOIN_ORDER[e.kind], e.author, e.seq, e.id))
         accepted = 0
         while todo:
             left = []
             for e in todo:
                 try:
-                    r = self.apply(e, other.store)
+                    r = self.apply(e, source)
                 except ValidationError:
                     left.append(e)
                     continue

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from crdtd.errors import NotFoundError, ProtocolError
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
-from crdtd.state.e4 import E4State
+from crdtd.state.e4 import JOIN_ORDER, E4State
 from crdtd.state.entry import Entry, Kind
 from crdtd.store.chunks import Manifest
 from crdtd.store.store import NodeStore
@@ -30,7 +30,6 @@ from crdtd.sync.config import SyncConfig
 from crdtd.sync.handshake import HandshakeServer, Identity, PeerIdentity, Session
 from crdtd.sync.receive import (
     INLINE_PAYLOAD_MAX,
-    JOIN_ORDER,
     Incoming,
     Misbehaviour,
     Receiver,

@@ -42,7 +42,7 @@ from crdtd.errors import (
     ValidationError,
 )
 from crdtd.proto_gen.crdtd.v1 import peer_pb2 as pb
-from crdtd.state.e4 import ApplyResult, ApplyStatus, E4State
+from crdtd.state.e4 import JOIN_ORDER, ApplyResult, ApplyStatus, E4State
 from crdtd.state.entry import Entry, EquivocationProof, Kind
 from crdtd.store.chunks import CHUNK_SIZE, Manifest
 from crdtd.store.store import NodeStore
@@ -50,15 +50,6 @@ from crdtd.sync.config import SyncConfig
 
 VERIFY_AHEAD = 512
 """Records in one check from which signatures are verified ahead, in worker processes."""
-
-JOIN_ORDER = {
-    Kind.MEMBERSHIP: 0,
-    Kind.REVOCATION: 1,
-    Kind.REMOVAL: 2,
-    Kind.EVIDENCE: 3,
-    Kind.CONTRIBUTION: 4,
-}
-"""Apply order inside one transfer: who may sign first, then what erases, then the rest."""
 
 
 @dataclass(frozen=True)
