@@ -113,6 +113,23 @@ def test_merge_to_dir_writes_metadata_and_copies_config_from_the_base(tmp_path: 
     assert str(tmp_path) not in json.dumps(meta)  # no paths: every node writes the same bytes
 
 
+def test_a_base_the_strategy_does_not_read_is_neither_hashed_nor_named(tmp_path: Path) -> None:
+    base = save_checkpoint(tmp_path / "base", tiny_tensors(0))
+    (base / "tokenizer.json").write_text("{}")
+    a = save_checkpoint(tmp_path / "a", tiny_tensors(1), config=False)
+    b = save_checkpoint(tmp_path / "b", tiny_tensors(2), config=False)
+    with_base = ModelMerge("linear").merge_to_dir([a, b], tmp_path / "with", base)
+    ModelMerge("linear").merge_to_dir([a, b], tmp_path / "without")
+    assert "tokenizer.json" in with_base.files  # side files still come from the base given
+    with safe_open(str(tmp_path / "with" / "model.safetensors"), "pt") as fh:
+        assert fh.metadata()["crdtd.base"] == ""
+    shard = "model.safetensors"
+    assert (tmp_path / "with" / shard).read_bytes() == (tmp_path / "without" / shard).read_bytes()
+    ModelMerge("task_arithmetic").merge_to_dir([a, b], tmp_path / "reads", base)
+    with safe_open(str(tmp_path / "reads" / "model.safetensors"), "pt") as fh:
+        assert fh.metadata()["crdtd.base"] == source_content_id(open_checkpoint(base)).hex()
+
+
 def test_same_set_from_different_paths_gives_identical_bytes(tmp_path: Path) -> None:
     tensors = [tiny_tensors(i) for i in range(3)]
     for where in ("x", "y"):

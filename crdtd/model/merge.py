@@ -578,7 +578,10 @@ def build_plan(
             opened.append(base)
         infos = _check_tensors(inputs, base, out_dtype)
         _check_param_keys(schema, inputs)
-        _jobs(schema, infos, inputs, base, False)  # params checked before hashing
+        checked = _jobs(schema, infos, inputs, base, False)  # params checked before hashing
+        given = base  # side files (config, tokenizer) still come from the base given
+        if base is not None and not any(_reads_base(j) for j in checked):
+            base = None  # checked, but neither hashed nor named: the result does not read it
         hashed = [i.source for i in inputs] + [
             inp.extras[k] for inp in inputs for k in sorted(inp.extras)
         ]
@@ -597,7 +600,7 @@ def build_plan(
         unique = _dedupe(inputs)
         jobs = _jobs(schema, infos, unique, base, True)
         digest = input_set_digest(i.content_id for i in unique)
-        root = base.root if base is not None else unique[0].source.root
+        root = given.root if given is not None else unique[0].source.root
         plan = MergePlan(
             unique,
             base,
@@ -615,6 +618,11 @@ def build_plan(
         for s in opened:
             s.close()
         raise
+
+
+def _reads_base(job: TensorJob) -> bool:
+    """Whether merging `job` reads the base: a copied tensor, or a strategy that uses it."""
+    return job.strategy is None or job.strategy.uses_base
 
 
 def _content_ids(sources: Sequence[TensorSource]) -> list[bytes]:
@@ -747,8 +755,7 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
         _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
         require_finite(stack[i], name, inp.label, start)
     base_t = None
-    strategy = job.strategy
-    if plan.base is not None and (strategy is None or strategy.uses_base):
+    if plan.base is not None and _reads_base(job):
         base_t = buf.base[:n].view(shape)
         _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
         require_finite(base_t, name, f"the base {plan.base.label}", start)
