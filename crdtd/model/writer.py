@@ -24,6 +24,12 @@ import torch
 
 from crdtd.errors import MergeError
 from crdtd.model.io import HF_SIDE_FILES, TensorInfo
+from crdtd.model.output_files import (
+    DIRECT_MIN_BYTES,
+    AlignedStaging,
+    OutputFile,
+    open_output,
+)
 
 DEFAULT_SHARD_SIZE = 5 * 1000**3
 CAST_SLICE = 1 << 22  # elements cast to the output dtype per write
@@ -96,12 +102,6 @@ def header_bytes(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> by
     return len(text).to_bytes(8, "little") + text
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a CPU tensor, without copying when it is contiguous."""
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().data
-
-
 @dataclass(frozen=True)
 class WrittenCheckpoint:
     """What a writer produced: file names (relative to the directory) and total tensor bytes."""
@@ -128,6 +128,7 @@ class ShardedWriter:
         stem: str = "model",
         write_index: bool | None = None,
         fsync: bool = False,
+        direct: bool | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.metadata = dict(metadata)
@@ -144,10 +145,13 @@ class ShardedWriter:
         self._done = {info.name: 0 for info in self.order}  # elements written per tensor
         self._complete: set[str] = set()
         self._place: dict[str, tuple[int, int]] = {}  # name -> (shard, byte offset in file)
-        self._fds: list[int | None] = []
+        self._files: list[OutputFile] = []
         self._lock = threading.Lock()
         self._partials: list[Path] = []
         self.total_size = sum(i.nbytes for i in self.order)
+        # large outputs bypass the page cache (see crdtd.model.output_files)
+        self.direct = self.total_size >= DIRECT_MIN_BYTES if direct is None else direct
+        self._staging = AlignedStaging()
 
     def __enter__(self) -> ShardedWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,10 +159,11 @@ class ShardedWriter:
             for index, (fname, shard) in enumerate(zip(self.names, self.shards)):
                 path = self._partial(fname)
                 self._partials.append(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-                self._fds.append(fd)
                 header = header_bytes(shard, self.metadata)
-                _pwrite_all(fd, memoryview(header), 0)
+                size = len(header) + sum(info.nbytes for info in shard)
+                out = open_output(path, size, self._staging, self.direct)
+                self._files.append(out)
+                out.write_bytes(0, header)
                 at = len(header)
                 for info in shard:
                     self._place[info.name] = (index, at)
@@ -180,16 +185,15 @@ class ShardedWriter:
     def _partial(self, fname: str) -> Path:
         return self.out_dir / f".{fname}.partial"
 
-    def _close_all(self) -> None:
-        fds, self._fds = self._fds, []
+    def _close_all(self, finish: bool = False) -> None:
+        files, self._files = self._files, []
         try:
-            for fd in fds:
-                if fd is not None and self.fsync:
-                    os.fsync(fd)
+            if finish:
+                for out in files:
+                    out.finish(self.fsync)
         finally:
-            for fd in fds:
-                if fd is not None:
-                    os.close(fd)
+            for out in files:
+                out.close()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the whole tensor `name` (cast to the planned float dtype), in plan order."""
@@ -225,15 +229,12 @@ class ShardedWriter:
             raise MergeError(f"tensor {name!r}: got dtype {part.dtype}, planned {want}")
         if start < 0 or start + part.numel() > info.numel:
             raise MergeError(f"tensor {name!r}: more elements than its shape {list(info.shape)}")
-        fd = self._fds[place[0]]
-        assert fd is not None
+        out = self._files[place[0]]
         at = place[1]
         flat = part.detach().reshape(-1)
         item = want.itemsize
         for s0 in range(0, flat.numel(), CAST_SLICE):  # cast slice by slice: no full copy
-            piece = flat[s0 : s0 + CAST_SLICE]
-            data = piece if piece.dtype == want else piece.to("cpu", want)
-            _pwrite_all(fd, tensor_bytes(data), at + (start + s0) * item)
+            out.write(at + (start + s0) * item, flat[s0 : s0 + CAST_SLICE], want)
         with self._lock:
             self._done[name] += part.numel()
             if self._done[name] > info.numel:
@@ -255,7 +256,7 @@ class ShardedWriter:
         """Rename the shards (and index) into place; copy `side_files` (name → source path)."""
         if self._pos != len(self.order):
             raise MergeError(f"writer closed after {self._pos} of {len(self.order)} tensors")
-        self._close_all()
+        self._close_all(finish=True)
         files = list(self.names)
         if self.write_index:
             index = {
@@ -314,10 +315,3 @@ def check_output_dir(out_dir: Path) -> None:
                 f"output directory {out_dir} already holds a checkpoint ({clash[0]}); "
                 "choose an empty directory"
             )
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """`os.pwrite` until every byte of `data` is at `offset` (GIL released while writing)."""
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
