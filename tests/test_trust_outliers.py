@@ -15,6 +15,7 @@ from crdtd.model import Contribution, ModelMerge
 from crdtd.trust.evidence import ProofKind, decode_model_report
 from crdtd.trust.gating import NamespacePolicy, Revocations
 from crdtd.trust.outliers import (
+    ContributionStats,
     ModelContribution,
     OutlierParams,
     model_outliers,
@@ -256,3 +257,40 @@ def test_a_small_site_disagreeing_after_the_others_converged_is_not_a_direction_
 def test_min_direction_share_outside_its_range_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="min_direction_share"):
         OutlierParams(min_direction_share=1.5)
+
+
+def _site_at_five_times(sign: float) -> dict[int, ContributionStats]:
+    """Nine non-IID sites and a tenth whose data leans a little the consensus's way, sent
+    five times over: as it trained (sign 1) or sign-flipped (−1). Stats by position."""
+    rng = np.random.default_rng(13)
+    common = {k: rng.normal(0, 0.05, v.shape) for k, v in BASE.items()}
+    honest = [
+        {k: BASE[k] + common[k] + rng.normal(0, 0.1, v.shape) for k, v in BASE.items()}
+        for _ in range(9)
+    ]
+    own = {k: 0.6 * common[k] + rng.normal(0, 0.1, v.shape) for k, v in BASE.items()}
+    tenth = {k: BASE[k] + sign * 5.0 * own[k] for k in BASE}
+    stats = {s.content_id: s for s in model_outliers(_contribs([*honest, tenth]), BASE)}
+    return {i: stats[_cid(i)] for i in range(10)}
+
+
+def test_a_sign_flip_at_four_to_five_times_the_cohorts_step_is_flagged_by_norm() -> None:
+    """Digits α = 0.1: a −5× flip of a site whose own data points away from the consensus
+    sits inside the round's direction spread (z under 3) at 4–5 times the others' scaled
+    norm, pointing against them: flagged in the round it is sent (above 5 only, it was
+    not). The same step unflipped, a big site the merge leaves out weakly along the others
+    (Multi-Krum, breast cancer α = 0.1: ratio 4.1–4.3, cosine 0.1–0.25), is not."""
+    flipped = _site_at_five_times(-1.0)
+    assert 4.0 < flipped[9].norm_ratio < 5.0 and flipped[9].direction_z < 3.0
+    assert flipped[9].flags == ("norm",)
+    assert all(flipped[i].flags == () for i in range(9))
+    learning = _site_at_five_times(1.0)
+    assert 4.0 < learning[9].norm_ratio < 5.0
+    assert all(s.flags == () for s in learning.values())
+
+
+def test_an_against_norm_cut_off_above_the_norm_cut_off_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="max_against_norm_ratio"):
+        OutlierParams(max_against_norm_ratio=6.0)
+    with pytest.raises(ConfigError, match="max_against_norm_ratio"):
+        OutlierParams(max_against_norm_ratio=1.0)

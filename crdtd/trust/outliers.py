@@ -8,8 +8,11 @@ further, and √n is the conservative growth of a sum of noisy steps):
 - norm ratio `(‖x_i‖/s_i) / median_j(‖x_j‖/s_j)`: flag `norm` above `max_norm_ratio` (5)
   when the update also moves the model by more than `min_norm_share` (10 %) of the base's
   norm and it does not point the way the others go (cosine with the coordinate-wise median
-  of the *other* updates below `aligned_cosine`, 0.3; noise scores about 0.1) — large-norm
-  noise and boosted updates stand out, while
+  of the *other* updates below `aligned_cosine`, 0.3; noise scores about 0.1), or already
+  above `max_against_norm_ratio` (4) when it points against them (that cosine below 0: a
+  sign flip of a site whose own data points away from the consensus sits inside the
+  round's direction spread at 4–5 times the others' norm) — large-norm noise, boosted and
+  flipped updates stand out, while
   a site still learning when the others have converged (a tiny median), or one whose data
   the merge keeps leaving out, does not;
 - direction: the projection `p_i = ⟨x_i, m̂⟩/s_i` on the unit coordinate-wise median m̂ of
@@ -76,6 +79,7 @@ class OutlierParams:
     """Flag cut-offs. `sybil_cosine=None` turns the collusion check off."""
 
     max_norm_ratio: float = 5.0
+    max_against_norm_ratio: float = 4.0
     max_direction_z: float = 3.0
     min_spread: float = 0.2
     min_norm_share: float = 0.1
@@ -87,6 +91,11 @@ class OutlierParams:
     def __post_init__(self) -> None:
         if not self.max_norm_ratio > 1.0:
             raise ConfigError(f"outlier max_norm_ratio {self.max_norm_ratio} must be above 1")
+        if not 1.0 < self.max_against_norm_ratio <= self.max_norm_ratio:
+            raise ConfigError(
+                f"outlier max_against_norm_ratio {self.max_against_norm_ratio} is outside "
+                f"(1, max_norm_ratio {self.max_norm_ratio}]"
+            )
         if not self.max_direction_z > 0.0:
             raise ConfigError(f"outlier max_direction_z {self.max_direction_z} must be positive")
         if not 0.0 <= self.min_spread < 1.0:
@@ -307,9 +316,10 @@ def _model_outliers(
         sim = sims[i]
         flags: list[str] = []
         if enough:
-            big = ratio > params.max_norm_ratio and raw[i] > params.min_norm_share * base_norm
-            if big and _along(x, i) < params.aligned_cosine:
-                flags.append("norm")  # (a big step the way the others go: a site still learning)
+            if ratio > params.max_against_norm_ratio and raw[i] > params.min_norm_share * base_norm:
+                along = _along(x, i)  # (a big step the way the others go: a site still learning)
+                if along < 0.0 or (ratio > params.max_norm_ratio and along < params.aligned_cosine):
+                    flags.append("norm")
             if z > params.max_direction_z and raw[i] > params.min_direction_share * base_norm:
                 flags.append("direction")  # (a step too small to move the model is no threat)
             if params.sybil_cosine is not None and sim >= params.sybil_cosine:
