@@ -95,7 +95,12 @@ class SyncConfig:
     differences) finishes with the Merkle descent instead."""
     # -- applying ----------------------------------------------------------------------------
     apply_batch: int = 1000
-    """Entries received in one session are committed this many per durable transaction."""
+    """Entries received in one session are checked, and committed, this many at a time."""
+    apply_batch_max: int = 10_000
+    """A pull commits every record checked while its previous commit ran, up to this many
+    per durable transaction: entries land on random pages of about ten hash-keyed B-trees,
+    and a commit writes each page it touched once, so ten times the entries per commit
+    write about half the pages per entry (a catch-up's SQLite work)."""
     chain_order: bool = True
     """Offer "chain-order/1": FetchEntries answered in apply order up to a limit, so a puller
     applies each batch while the next one arrives. False answers in request order, as the

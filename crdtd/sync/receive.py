@@ -436,9 +436,10 @@ class Receiver:
 
     # -- applying ----------------------------------------------------------------------------
 
-    async def apply(self, items: Sequence[Incoming]) -> Outcome:
-        """Apply entries in batches of `apply_batch` (one durable transaction each, every
-        entry validated on its own), retrying those refused while others still go in.
+    async def apply(self, items: Sequence[Incoming], per_commit: int | None = None) -> Outcome:
+        """Apply entries in batches of `per_commit` (default `apply_batch`; one durable
+        transaction each, every entry validated on its own), retrying those refused while
+        others still go in.
 
         `applied` lists what entered the set (including held entries it released), `held`
         what waits for its predecessor. Contributions whose chunks are not all stored come
@@ -450,7 +451,7 @@ class Receiver:
         outcome = Outcome()
         errors: dict[bytes, ValidationError] = {}
         incomplete: dict[bytes, Incoming] = {}
-        step = self.config.apply_batch
+        step = per_commit or self.config.apply_batch
         while todo:
             left: list[Incoming] = []
             for start in range(0, len(todo), step):

@@ -7,7 +7,7 @@ peer forgot it). `AntiEntropySession.run` then:
    when the peer offered "riblt/1" in the handshake, else by Merkle descent;
 2. pulls: fetches the missing headers, verifies them on arrival, applies what needs no
    payload, fetches only the chunks not already stored, applies the rest (one durable
-   transaction per entry);
+   transaction per batch of up to `apply_batch_max` entries);
 3. pushes: offers our entries the peer lacks, and streams only the chunks it asks for
    (except those the relay filter holds back: contributions of authors we gate).
 
@@ -165,6 +165,24 @@ def _refused_items(items: Sequence[Incoming], outcome: Outcome) -> list[Incoming
     return [i for i in items if i.id in ids] if ids else []
 
 
+async def _checked_so_far(queue: asyncio.Queue[Checked | None], most: int) -> list[Checked]:
+    """The next checked group (waiting for one) and every other one already checked, up to
+    `most` verified entries in all: what the next commit applies. Empty at the end (None
+    queued); an end found after some groups is put back for the next call."""
+    first = await queue.get()
+    if first is None:
+        return []
+    parts, count = [first], len(first.verified)
+    while count < most and not queue.empty():
+        part = queue.get_nowait()
+        if part is None:
+            queue.put_nowait(None)  # room: just taken
+            break
+        parts.append(part)
+        count += len(part.verified)
+    return parts
+
+
 class AntiEntropySession:
     """Push-pull anti-entropy between our state and one connected peer.
 
@@ -243,7 +261,7 @@ class AntiEntropySession:
         got = {i.id for i in checked.verified} | set(checked.deferred)
         got |= {m.entry_id for m in checked.misbehaviour}
         result.unserved.extend(i for i in ids if i not in got)
-        first = await self.receiver.apply(checked.verified)
+        first = await self.receiver.apply(checked.verified, self.config.apply_batch_max)
         self._file(first, result)
         if first.incomplete:
             await self._complete(conn, first.incomplete, peer, result)
@@ -252,8 +270,9 @@ class AntiEntropySession:
         self, conn: Connection, ids: Sequence[bytes], result: SessionResult
     ) -> None:
         """Pull with "chain-order/1": the peer answers in apply order, up to
-        max_entries_per_session records, and every `apply_batch` records are checked and then
-        applied (one durable transaction) while the next ones arrive and are checked.
+        max_entries_per_session records, checked `apply_batch` at a time while the previous
+        commit runs; each commit (one durable transaction) applies every group checked so
+        far, up to `apply_batch_max` entries, while the next ones arrive and are checked.
 
         Records are checked with the keys known then; those deferred for want of their
         author's membership are checked once more at the end with every membership entry the
@@ -265,8 +284,9 @@ class AntiEntropySession:
             ids=ids, chain_order=True, limit=self.config.max_entries_per_session
         )
         step = self.config.apply_batch
+        most = max(step, self.config.apply_batch_max)
         groups: asyncio.Queue[list[pb.EntryRecord] | None] = asyncio.Queue(maxsize=2)
-        checked: asyncio.Queue[Checked | None] = asyncio.Queue(maxsize=1)
+        checked: asyncio.Queue[Checked | None] = asyncio.Queue(maxsize=max(1, most // step))
         failures: list[Exception] = []
         unknown: list[bytes] = []
 
@@ -300,15 +320,16 @@ class AntiEntropySession:
         waiting: list[Incoming] = []
         tasks = [asyncio.create_task(fetch()), asyncio.create_task(check())]
         try:
-            while (part := await checked.get()) is not None:
-                result.rejected.extend(part.rejected)
-                result.misbehaviour.extend(part.misbehaviour)
-                later.extend(part.deferred_records)
-                members.extend(
-                    record_of(i) for i in part.verified if i.entry.kind is Kind.MEMBERSHIP
-                )
-                outcome = await self.receiver.apply(part.verified)
-                retry.extend(_refused_items(part.verified, outcome))
+            while parts := await _checked_so_far(checked, most):
+                verified: list[Incoming] = []
+                for part in parts:
+                    result.rejected.extend(part.rejected)
+                    result.misbehaviour.extend(part.misbehaviour)
+                    later.extend(part.deferred_records)
+                    verified.extend(part.verified)
+                members.extend(record_of(i) for i in verified if i.entry.kind is Kind.MEMBERSHIP)
+                outcome = await self.receiver.apply(verified, most)
+                retry.extend(_refused_items(verified, outcome))
                 waiting.extend(outcome.incomplete)
                 result.pulled.extend(outcome.applied)
                 result.held.extend(outcome.held)
