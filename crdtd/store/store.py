@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from crdtd.errors import CorruptionError, DigestMismatchError, NotFoundError, StorageError, echo
+from crdtd.errors import (
+    CorruptionError,
+    DigestMismatchError,
+    MalformedManifestError,
+    NotFoundError,
+    StorageError,
+    echo,
+)
 from crdtd.state.entry import Entry, Kind
 from crdtd.store import sqlite as db
 from crdtd.store.chunks import (
@@ -373,6 +380,8 @@ class NodeStore:
         if kind is not None:
             where.append("kind = ?")
             args.append(int(kind))
+            if kind is not Kind.CONTRIBUTION:
+                where.append(db.ENTRIES_OTHER_KINDS)
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -758,13 +767,11 @@ class NodeStore:
         if self.payload_in_use(payload_digest):
             return
         c = self.conn
-        chunks = [
-            bytes(r[0])
-            for r in c.execute(
-                "SELECT chunk FROM payload_chunks WHERE payload = ?", (payload_digest,)
-            )
-        ]
-        c.execute("DELETE FROM payload_chunks WHERE payload = ?", (payload_digest,))
+        chunks = self._chunks_of(payload_digest)
+        c.executemany(
+            "DELETE FROM payload_chunks WHERE chunk = ? AND payload = ?",
+            [(ch, payload_digest) for ch in chunks],
+        )
         c.execute("DELETE FROM payloads WHERE digest = ?", (payload_digest,))
         for ch in chunks:
             if c.execute("SELECT 1 FROM payload_chunks WHERE chunk = ? LIMIT 1", (ch,)).fetchone():
@@ -775,6 +782,22 @@ class NodeStore:
                 key = "gc:" + ch.hex()  # survives a crash between COMMIT and the unlink
                 c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, X'')", (key,))
                 self._after_commit.append(ch)
+
+    def _chunks_of(self, payload_digest: bytes) -> list[bytes]:
+        """The distinct chunks of a stored payload, read from its manifest (payload_chunks
+        has no index by payload); a manifest that no longer decodes falls back to a scan."""
+        row = self.conn.execute(
+            "SELECT manifest FROM payloads WHERE digest = ?", (payload_digest,)
+        ).fetchone()
+        if row is not None:
+            try:
+                return sorted({ref.digest for ref in Manifest.from_bytes(bytes(row[0])).chunks})
+            except MalformedManifestError:
+                pass
+        rows = self.conn.execute(
+            "SELECT chunk FROM payload_chunks WHERE payload = ?", (payload_digest,)
+        )
+        return [bytes(r[0]) for r in rows]
 
     def _finish_gc(self) -> None:
         """Delete the chunk files a committed erasure queued (also after a crash)."""
