@@ -140,9 +140,9 @@ def test_engine_merges_blockwise_with_the_bytes_of_whole_tensors(
     loaded: list[int] = []
     real = merge_mod._load
 
-    def spy(plan, job, buf, block):  # type: ignore[no-untyped-def]
+    def spy(plan, job, buf, block, check=True):  # type: ignore[no-untyped-def]
         loaded.append(0 if block is None else block.stop - block.start)
-        return real(plan, job, buf, block)
+        return real(plan, job, buf, block, check)
 
     monkeypatch.setattr(merge_mod, "_load", spy)
     ModelMerge(schema).merge_to_dir(items, tmp_path / "blocks", base)

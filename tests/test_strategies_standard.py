@@ -679,3 +679,40 @@ def test_ties_is_exact_when_the_strided_sample_is_unrepresentative() -> None:
     x[:, ::9] = torch.randn(3, (n + 8) // 9, generator=g).abs() + 1.0
     got = merge("ties", x.numpy(), base.numpy(), {"density": 0.5})
     close(got, ref_ties_torch(x, base, 0.5).numpy(), 1e-6)
+
+
+PROPAGATING = sorted(n for n in names() if get(n).propagates_nonfinite)
+
+
+def test_the_strategies_checked_by_their_result_are_the_linear_family() -> None:
+    assert PROPAGATING == ["fedavg", "linear", "passthrough", "task_arithmetic", "weight_average"]
+
+
+@pytest.mark.parametrize("name", PROPAGATING)
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    n=st.integers(1, 9),
+    where=st.integers(0, 1000),
+    bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+    in_base=st.booleans(),
+    weights=st.lists(st.sampled_from([0.0, 1.0, 2.5, -1.0]), min_size=4, max_size=4),
+)
+def test_a_non_finite_input_gives_a_non_finite_result_entry(
+    name: str, k: int, n: int, where: int, bad: float, in_base: bool, weights: list[float]
+) -> None:
+    """What lets the engine check these strategies' results instead of every input."""
+    strategy = get(name)
+    k = 1 if strategy.max_inputs == 1 else k
+    x = np.linspace(-1.0, 1.0, k * n, dtype=np.float32).reshape(k, n)
+    base = np.full(n, 0.25, dtype=np.float32)  # given to every strategy; most ignore it
+    if in_base and strategy.uses_base:
+        base[where % n] = bad
+    else:
+        x[where % k, where % n] = bad
+    key = next((p.name for p in strategy.per_model_params()), None)
+    mps = [{key: w} for w in weights[:k]] if key == "weight" else None
+    if mps is not None and abs(sum(weights[:k])) < 1e-9 and name != "task_arithmetic":
+        mps = None  # a normalised mean of weights summing to zero is refused, not merged
+    out = merge(name, x, base, model_params=mps)
+    assert not np.isfinite(out[where % n])

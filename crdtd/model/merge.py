@@ -698,6 +698,7 @@ class _Buffers:
         self.stack = torch.empty(k * biggest, dtype=torch.float32, device=dev)
         size = biggest if plan.base is not None else 0
         self.base = torch.empty(size, dtype=torch.float32, device=dev)
+        self.out = torch.empty(biggest, dtype=torch.float32, device=dev)  # TensorMerge.out
         self.staging = torch.empty(min(biggest, LOAD_SLICE) * item, dtype=torch.uint8)
         self.staging_view = self.staging.numpy().data
 
@@ -740,8 +741,11 @@ def require_finite(values: torch.Tensor, name: str, where: str, offset: int = 0)
         )
 
 
-def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -> TensorMerge:
-    """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers."""
+def _load(
+    plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None, check: bool = True
+) -> TensorMerge:
+    """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers;
+    NaN and Inf refused (`check`; else the caller checks, see `_check_loaded`)."""
     name = job.info.name
 
     def part(t: torch.Tensor) -> torch.Tensor:
@@ -753,12 +757,12 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
     start = 0 if block is None else block.start
     for i, inp in enumerate(plan.inputs):
         _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
-        require_finite(stack[i], name, inp.label, start)
     base_t = None
     if plan.base is not None and _reads_base(job):
         base_t = buf.base[:n].view(shape)
         _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
-        require_finite(base_t, name, f"the base {plan.base.label}", start)
+    if check:
+        _check_loaded(plan, name, stack, base_t, start)
     extras: tuple[dict[str, torch.Tensor], ...] = ()
     if any(inp.extras for inp in plan.inputs):
         extras = tuple(
@@ -782,7 +786,18 @@ def _load(plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None) -
         extras,
         0 if block is None else block.start,
         input_dtype=job.input_dtype,
+        out=buf.out[:n].view(shape),
     )
+
+
+def _check_loaded(
+    plan: MergePlan, name: str, stack: torch.Tensor, base: torch.Tensor | None, start: int
+) -> None:
+    """Refuse NaN and Inf in the loaded inputs and base, naming the first holder."""
+    for i, inp in enumerate(plan.inputs):
+        require_finite(stack[i], name, inp.label, start)
+    if base is not None and plan.base is not None:
+        require_finite(base, name, f"the base {plan.base.label}", start)
 
 
 def _sample(
@@ -839,9 +854,14 @@ def _merge_block(
     name = job.info.name
     strategy = job.strategy
     assert strategy is not None
-    tm = _load(plan, job, buf, rows)
+    # a strategy whose result is non-finite wherever an input is has its result checked
+    # (one pass over 1/k of the data); the inputs only when it is, to name the culprit
+    late = strategy.propagates_nonfinite
+    tm = _load(plan, job, buf, rows, check=not late)
     shape = tuple(tm.inputs.shape[1:])
     out = strategy.fn(tm if state is None else replace(tm, state=state))
+    if late and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out.sum())):
+        _check_loaded(plan, name, tm.inputs, tm.base, tm.offset)
     for inp in plan.inputs:
         for src in inp.extras.values():
             if name in src.infos:

@@ -97,7 +97,10 @@ class TensorMerge:
 
     A block of a blockwise merge holds flat `[k, m]` inputs and `[m]` base starting at flat
     position `offset` of the whole tensor, and, for two-phase strategies, the `state` their
-    `prepare` returned; a whole-tensor call has `offset` 0 and `state` None.
+    `prepare` returned; a whole-tensor call has `offset` 0 and `state` None. `out`, when set,
+    is float32 scratch of the result's shape that the engine owns: a strategy may write its
+    result there and return it (no fresh allocation per block); the engine consumes it before
+    the next call.
     """
 
     name: str
@@ -110,6 +113,7 @@ class TensorMerge:
     offset: int = 0
     state: Any = None
     input_dtype: torch.dtype = torch.float32
+    out: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -243,6 +247,7 @@ class Strategy:
     elementwise: bool = False
     prepare: PrepareFn | None = None
     uses_base: bool = True
+    propagates_nonfinite: bool = False
 
     @property
     def blockwise(self) -> bool:

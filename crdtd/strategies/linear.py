@@ -25,13 +25,14 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     formula="θ = Σ_i w_i θ_i / Σ_i w_i  (no division when normalize=false)",
     elementwise=True,
     uses_base=False,
+    propagates_nonfinite=True,
 )
 def linear(tm: TensorMerge) -> torch.Tensor:
     """Weighted mean θ = Σ w_i θ_i / Σ w_i (weight=1.0, normalize=true); the base is unused."""
     w = per_model(tm, "weight", 1.0)
     if tm.params.get("normalize", True):
         w = w / nonzero_total(w, "linear")
-    return weighted_sum(w, tm.inputs)
+    return weighted_sum(w, tm.inputs, tm.out)
 
 
 @register(
@@ -46,6 +47,7 @@ def linear(tm: TensorMerge) -> torch.Tensor:
     formula="θ = θ_base + λ Σ_i w_i (θ_i − θ_base)  (÷ Σ w_i when normalize=true)",
     needs_base=True,
     elementwise=True,
+    propagates_nonfinite=True,
 )
 def task_arithmetic(tm: TensorMerge) -> torch.Tensor:
     """θ = base + λ Σ w_i τ_i with τ_i = θ_i − base (weight=1.0, lambda=1.0, normalize=false)."""
@@ -70,6 +72,7 @@ def task_arithmetic(tm: TensorMerge) -> torch.Tensor:
     max_inputs=1,
     elementwise=True,
     uses_base=False,
+    propagates_nonfinite=True,
 )
 def passthrough(tm: TensorMerge) -> torch.Tensor:
     """Copy the single input unchanged (scale=1.0); used for layer stacking rules."""

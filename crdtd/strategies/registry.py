@@ -25,11 +25,15 @@ def register(
     elementwise: bool = False,
     prepare: PrepareFn | None = None,
     uses_base: bool = True,
+    propagates_nonfinite: bool = False,
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` under `name` with its declared parameters.
 
     `elementwise` and `prepare` declare that `fn` may run block by block (`Strategy.blockwise`);
-    `uses_base=False` says `fn` never reads the base, so the engine need not load it.
+    `uses_base=False` says `fn` never reads the base, so the engine need not load it;
+    `propagates_nonfinite=True` says a NaN or Inf in any input (or the base) always gives a
+    non-finite result entry, so the engine checks the result instead of every input (and the
+    inputs only to name the culprit).
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
@@ -51,6 +55,7 @@ def register(
             elementwise=elementwise,
             prepare=prepare,
             uses_base=uses_base,
+            propagates_nonfinite=propagates_nonfinite,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from crdtd.errors import StrategyParamError
-from crdtd.strategies._common import per_model
+from crdtd.strategies._common import per_model, weighted_sum
 from crdtd.strategies.base import Param, TensorMerge
 from crdtd.strategies.registry import register
 
@@ -290,6 +290,7 @@ def centered_clip(tm: TensorMerge) -> torch.Tensor:
     formula="θ = Σ_i n_i θ_i / Σ_i n_i, n_i = num_examples",
     elementwise=True,
     uses_base=False,
+    propagates_nonfinite=True,
 )
 def fedavg(tm: TensorMerge) -> torch.Tensor:
     """FedAvg: mean of the contributions weighted by their `num_examples` (default 1 each)."""
@@ -299,4 +300,4 @@ def fedavg(tm: TensorMerge) -> torch.Tensor:
         raise StrategyParamError(
             f"strategy 'fedavg' on tensor {tm.name!r}: parameter 'num_examples' sums to zero"
         )
-    return torch.tensordot((n / total).to(torch.float32).to(tm.inputs.device), tm.inputs, dims=1)
+    return weighted_sum(n / total, tm.inputs, tm.out)

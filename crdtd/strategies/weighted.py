@@ -38,6 +38,7 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     formula="θ = Σ_i w_i θ_i / Σ_i w_i",
     elementwise=True,
     uses_base=False,
+    propagates_nonfinite=True,
 )
 def weight_average(tm: TensorMerge) -> torch.Tensor:
     """Weighted average of the full weights (a model soup); uniform when all weights are 1."""
