@@ -9,6 +9,7 @@ tensor, so a block of it (`TensorMerge.offset`) is processed exactly as inside t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -64,9 +65,23 @@ def task_vector_chunk(
     return torch.sub(x, b, out=out[:, : c1 - c0])
 
 
+_THREAD = threading.local()
+
+
 def scratch_for(k: int, n: int, device: torch.device) -> torch.Tensor:
-    """A `[k, min(n, CHUNK)]` float32 scratch for `task_vector_chunk`, reused across chunks."""
-    return torch.empty(k, min(n, CHUNK), dtype=torch.float32, device=device)
+    """A `[k, min(n, CHUNK)]` float32 scratch for `task_vector_chunk`, reused across chunks.
+
+    On the CPU it is a view of one buffer per thread, kept between calls: a block merge
+    would otherwise take fresh pages for it every time. A caller uses it only until it
+    returns and never hands it out.
+    """
+    cols = min(n, CHUNK)
+    if device.type != "cpu":
+        return torch.empty(k, cols, dtype=torch.float32, device=device)
+    buf: torch.Tensor | None = getattr(_THREAD, "scratch", None)
+    if buf is None or buf.numel() < k * cols:
+        buf = _THREAD.scratch = torch.empty(max(k, 4) * CHUNK, dtype=torch.float32)
+    return buf[: k * cols].view(k, cols)
 
 
 def decide_keeps(tm: TensorMerge, base: torch.Tensor, sparsify: Sparsifier | None) -> list[Keep]:
@@ -313,7 +328,7 @@ def combine(
     n = base.numel()
     off = tm.offset
     flat_base = base.reshape(-1)
-    out = torch.empty_like(flat_base)
+    out = tm.out.reshape(-1) if tm.out is not None else torch.empty_like(flat_base)
     w32 = weights.to(torch.float32).to(base.device)
     unit = bool((weights == 1.0).all())
     total = float(weights.sum())
