@@ -248,15 +248,19 @@ class Strategy:
     prepare: PrepareFn | None = None
     uses_base: bool = True
     propagates_nonfinite: bool = False
+    chunk_seeded: bool = False
 
     @property
     def blockwise(self) -> bool:
         """Whether `fn` may run block by block (see `run_blocks`) with the same bytes.
 
-        True for two-phase strategies (`prepare` set) and for deterministic `elementwise`
-        ones, whose output entry j depends on entry j of the inputs, base and extras alone.
+        True for two-phase strategies (`prepare` set) and for `elementwise` ones, whose
+        output entry j depends on entry j of the inputs, base and extras alone, when they are
+        deterministic or draw every random number from `chunk_generator` (`chunk_seeded`).
         """
-        return self.prepare is not None or (self.elementwise and not self.stochastic)
+        return self.prepare is not None or (
+            self.elementwise and (not self.stochastic or self.chunk_seeded)
+        )
 
     def global_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if not p.per_model)
@@ -338,4 +342,18 @@ def generator_for(input_digest: bytes, tensor_name: str, params_bytes: bytes) ->
     """A CPU `torch.Generator` seeded from content, never from global state."""
     g = torch.Generator(device="cpu")
     g.manual_seed(seed_for(input_digest, tensor_name, params_bytes))
+    return g
+
+
+def chunk_generator(generator: torch.Generator, model: int, chunk: int) -> torch.Generator:
+    """The CPU generator for model `model`'s draws in flat chunk `chunk` (entries
+    [chunk·BLOCK_ALIGN, (chunk+1)·BLOCK_ALIGN)), seeded from the tensor's content-seeded
+    `generator`: a block draws exactly what the whole tensor draws there, and no pass has to
+    run through the draws before it."""
+    h = hashlib.sha256()
+    h.update(generator.initial_seed().to_bytes(8, "big"))
+    h.update(model.to_bytes(4, "big"))
+    h.update(chunk.to_bytes(8, "big"))
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1))
     return g

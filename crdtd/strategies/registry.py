@@ -26,6 +26,7 @@ def register(
     prepare: PrepareFn | None = None,
     uses_base: bool = True,
     propagates_nonfinite: bool = False,
+    chunk_seeded: bool = False,
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` under `name` with its declared parameters.
 
@@ -33,7 +34,8 @@ def register(
     `uses_base=False` says `fn` never reads the base, so the engine need not load it;
     `propagates_nonfinite=True` says a NaN or Inf in any input (or the base) always gives a
     non-finite result entry, so the engine checks the result instead of every input (and the
-    inputs only to name the culprit).
+    inputs only to name the culprit); `chunk_seeded=True` says a stochastic `fn` draws only
+    from `base.chunk_generator`, so it too may run block by block.
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
@@ -56,6 +58,7 @@ def register(
             prepare=prepare,
             uses_base=uses_base,
             propagates_nonfinite=propagates_nonfinite,
+            chunk_seeded=chunk_seeded,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

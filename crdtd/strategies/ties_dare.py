@@ -6,20 +6,23 @@ sign is elected from Σ_i w_i τ̂_i and only agreeing entries are averaged (the
 mean); θ = θ_base + λ · mix. Magnitude selection uses order statistics (`_select`), never a
 full sort; random masks come only from the content-seeded `tm.generator`.
 
-`ties`, `dare_linear` and `dare_ties` are two-phase (`Strategy.prepare`): TIES's per-model
-thresholds, and the generator state at each block's first draw for DARE, are found in one
-streamed pass, after which each block is merged on its own with the same bytes.
+`ties` is two-phase (`Strategy.prepare`): its per-model thresholds are found in one streamed
+pass, after which each block is merged on its own with the same bytes. `dare_linear` and
+`dare_ties` draw each model's mask chunk by chunk of the flat tensor, every chunk from its own
+content-seeded generator (`chunk_generator`), so they are elementwise: a block draws what the
+whole tensor draws there, with no pass before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 
 from crdtd.errors import StrategyParamError
 from crdtd.strategies._common import per_model, require_base
 from crdtd.strategies._gta import (
+    CHUNK,
     KEEP_ALL,
     Keep,
     Sparsifier,
@@ -32,7 +35,7 @@ from crdtd.strategies._gta import (
     top_magnitude_keeps,
 )
 from crdtd.strategies._select import band_mask, keep_count, top_mask
-from crdtd.strategies.base import Param, TensorBlocks, TensorMerge
+from crdtd.strategies.base import Param, TensorBlocks, TensorMerge, chunk_generator
 from crdtd.strategies.registry import register
 
 WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
@@ -72,8 +75,6 @@ def _uniform(tm: TensorMerge, n: int, device: torch.device) -> torch.Tensor:
 
 
 KeepRule = Callable[[TensorMerge, torch.Tensor], list[Keep]]
-RandomState = tuple[Mapping[int, torch.Tensor] | None, ...]
-_SKIP = 1 << 20
 
 
 def magnitude_state(blocks: TensorBlocks) -> list[Keep]:
@@ -91,57 +92,29 @@ def magnitude_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
     return list(tm.state) if tm.state is not None else magnitude_state(TensorBlocks.of(tm))
 
 
-def _random_keep(
-    tm: TensorMerge, i: int, n: int, device: torch.device, g: torch.Generator, origin: int = 0
-) -> Keep:
-    """DARE's keep for n entries of model i, its mask drawn from `g` (CPU) in entry order."""
-    density = _density(tm, i)
-    if density >= 1.0:
-        return KEEP_ALL
-    if density <= 0.0:
-        return Keep(torch.zeros(n, dtype=torch.bool, device=device), origin=origin)
-    mask = torch.rand(n, generator=g, dtype=torch.float32).to(device) < density
-    return Keep(mask, 1.0 / density if tm.params.get("rescale", True) else 1.0, origin=origin)
-
-
-def sparsify_random(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
-    """DARE: keep each entry with probability `density`; scale by 1/density when `rescale`."""
-    return _random_keep(tm, i, tv.numel(), tv.device, tm.generator)
-
-
-def random_state(blocks: TensorBlocks) -> RandomState:
-    """Per model, the generator state at the first draw of each block (by block start), or
-    None for a model that draws nothing; the whole-tensor draws are skipped in slices. The
-    `prepare` of `dare_linear` and `dare_ties`."""
-    g = blocks.generator
-    density = per_model(blocks, "density", 1.0)
-    scratch = torch.empty(min(_SKIP, blocks.numel), dtype=torch.float32)
-    out: list[Mapping[int, torch.Tensor] | None] = []
-    for i in range(blocks.k):
-        if not 0.0 < float(density[i]) < 1.0:
-            out.append(None)
-            continue
-        at: dict[int, torch.Tensor] = {}
-        for start, stop in blocks.bounds:
-            at[start] = g.get_state()
-            for s0 in range(start, stop, _SKIP):
-                piece = min(stop, s0 + _SKIP) - s0
-                torch.rand(piece, generator=g, dtype=torch.float32, out=scratch[:piece])
-        out.append(at)
-    return tuple(out)
-
-
 def random_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
-    """DARE masks for `tm`: drawn model by model, or, for a block, from its prepared state."""
-    if tm.state is None:
-        return decide_keeps(tm, base, sparsify_random)
+    """DARE's keeps for `tm` (a whole tensor or a block): each model keeps an entry with
+    probability `density` (scaled by 1/density when `rescale`), its uniforms drawn chunk by
+    chunk of the flat tensor from `chunk_generator(tm.generator, model, chunk)`."""
+    n, off = base.numel(), tm.offset
     keeps = []
-    for i, at in enumerate(tm.state):
-        g = tm.generator
-        if at is not None:
-            g = torch.Generator()
-            g.set_state(at[tm.offset])
-        keeps.append(_random_keep(tm, i, base.numel(), base.device, g, tm.offset))
+    for i in range(tm.k):
+        density = _density(tm, i)
+        if density >= 1.0:
+            keeps.append(KEEP_ALL)
+            continue
+        if density <= 0.0:
+            keeps.append(Keep(torch.zeros(n, dtype=torch.bool, device=base.device), origin=off))
+            continue
+        mask = torch.empty(n, dtype=torch.bool)
+        draws = torch.empty(CHUNK, dtype=torch.float32)
+        for c0, c1 in chunks(n, off):
+            first = c0 // CHUNK * CHUNK  # a block off the grid starts inside a chunk's draws
+            u = draws[: c1 - first]
+            torch.rand(c1 - first, generator=chunk_generator(tm.generator, i, c0 // CHUNK), out=u)
+            torch.lt(u[c0 - first :], density, out=mask[c0 - off : c1 - off])
+        scale = 1.0 / density if tm.params.get("rescale", True) else 1.0
+        keeps.append(Keep(mask.to(base.device), scale, origin=off))
     return keeps
 
 
@@ -251,7 +224,8 @@ def ties(tm: TensorMerge) -> torch.Tensor:
     formula="τ̂_i = τ_i ⊙ Bernoulli(density) / density; " + _SUM,
     needs_base=True,
     stochastic=True,
-    prepare=random_state,
+    elementwise=True,
+    chunk_seeded=True,
 )
 def dare_linear(tm: TensorMerge) -> torch.Tensor:
     """DARE: random drop with keep-probability `density`, rescale by 1/density, then sum."""
@@ -265,7 +239,8 @@ def dare_linear(tm: TensorMerge) -> torch.Tensor:
     formula="τ̂_i = τ_i ⊙ Bernoulli(density) / density; " + _DISJOINT,
     needs_base=True,
     stochastic=True,
-    prepare=random_state,
+    elementwise=True,
+    chunk_seeded=True,
 )
 def dare_ties(tm: TensorMerge) -> torch.Tensor:
     """DARE drop-and-rescale followed by TIES sign election and disjoint combination."""
