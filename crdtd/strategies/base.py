@@ -256,7 +256,7 @@ class Strategy:
 
         True for two-phase strategies (`prepare` set) and for `elementwise` ones, whose
         output entry j depends on entry j of the inputs, base and extras alone, when they are
-        deterministic or draw every random number from `chunk_generator` (`chunk_seeded`).
+        deterministic or draw every random number from a `chunk_seed` (`chunk_seeded`).
         """
         return self.prepare is not None or (
             self.elementwise and (not self.stochastic or self.chunk_seeded)
@@ -345,15 +345,13 @@ def generator_for(input_digest: bytes, tensor_name: str, params_bytes: bytes) ->
     return g
 
 
-def chunk_generator(generator: torch.Generator, model: int, chunk: int) -> torch.Generator:
-    """The CPU generator for model `model`'s draws in flat chunk `chunk` (entries
-    [chunk·BLOCK_ALIGN, (chunk+1)·BLOCK_ALIGN)), seeded from the tensor's content-seeded
+def chunk_seed(generator: torch.Generator, model: int, chunk: int) -> int:
+    """The seed of model `model`'s draws in flat chunk `chunk` (entries
+    [chunk·BLOCK_ALIGN, (chunk+1)·BLOCK_ALIGN)), derived from the tensor's content-seeded
     `generator`: a block draws exactly what the whole tensor draws there, and no pass has to
     run through the draws before it."""
     h = hashlib.sha256()
     h.update(generator.initial_seed().to_bytes(8, "big"))
     h.update(model.to_bytes(4, "big"))
     h.update(chunk.to_bytes(8, "big"))
-    g = torch.Generator(device="cpu")
-    g.manual_seed(int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1))
-    return g
+    return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)

@@ -35,7 +35,7 @@ def register(
     `propagates_nonfinite=True` says a NaN or Inf in any input (or the base) always gives a
     non-finite result entry, so the engine checks the result instead of every input (and the
     inputs only to name the culprit); `chunk_seeded=True` says a stochastic `fn` draws only
-    from `base.chunk_generator`, so it too may run block by block.
+    from `base.chunk_seed` streams, so it too may run block by block.
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
