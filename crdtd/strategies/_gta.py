@@ -190,10 +190,9 @@ def _tie_position(
         c += 1
     c0 = starts[c]
     c1 = min(blocks.numel, (c0 // CHUNK + 1) * CHUNK)
-    start, stop = next(b for b in blocks.bounds if b[0] <= c0 < b[1])
-    block = blocks.load(start, stop)
-    assert block.base is not None
-    a = (block.inputs[i, c0 - start : c1 - start] - block.base[c0 - start : c1 - start]).abs_()
+    chunk = blocks.load(c0, c1)  # that chunk alone, not its whole block
+    assert chunk.base is not None
+    a = (chunk.inputs[i] - chunk.base).abs_()
     return c0 + int(torch.nonzero(a == v).flatten()[need - 1])
 
 
