@@ -158,6 +158,8 @@ def test_engine_buffers_hold_one_block_not_the_largest_tensor(tmp_path: Path) ->
             buf = merge_mod._Buffers(plan, plan.jobs, BLOCK_ALIGN)
             assert (buf.base.numel() == BLOCK_ALIGN) is small
             assert buf.base.numel() == (BLOCK_ALIGN if small else 700 * 1000)
+            # the reused result buffer serves blockwise strategies only
+            assert buf.out.numel() == (BLOCK_ALIGN if small else 0)
         finally:
             plan.close()
 

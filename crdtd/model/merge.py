@@ -698,7 +698,10 @@ class _Buffers:
         self.stack = torch.empty(k * biggest, dtype=torch.float32, device=dev)
         size = biggest if plan.base is not None else 0
         self.base = torch.empty(size, dtype=torch.float32, device=dev)
-        self.out = torch.empty(biggest, dtype=torch.float32, device=dev)  # TensorMerge.out
+        # TensorMerge.out, for the blockwise strategies (the ones that write into it); the
+        # rest merge whole tensors, where one more float32 copy would only raise the peak
+        blockwise = [_block_numel(j, chunk) for j in merged if j.strategy and j.strategy.blockwise]
+        self.out = torch.empty(max(blockwise, default=0), dtype=torch.float32, device=dev)
         self.staging = torch.empty(min(biggest, LOAD_SLICE) * item, dtype=torch.uint8)
         self.staging_view = self.staging.numpy().data
 
@@ -786,7 +789,7 @@ def _load(
         extras,
         0 if block is None else block.start,
         input_dtype=job.input_dtype,
-        out=buf.out[:n].view(shape),
+        out=buf.out[:n].view(shape) if buf.out.numel() >= n else None,
     )
 
 
