@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crdtd.errors import NotMemberError
 from crdtd.fl.loop import FLResult, run
 from crdtd.fl.tasks import TrainConfig, evaluate, fit, init_params, make_task, param_names
 from tests.node_support import InProcessNode, federation, wait_for
@@ -144,3 +145,49 @@ def test_an_unmodified_flower_numpy_client_trains_against_crdtd_nodes(nodes) -> 
     assert len({r.global_id for r in results}) == 1
     assert results[0].rounds[-1].evaluation["accuracy"] > 0.7
     assert sorted(results[0].params) == ["0000", "0001", "0002", "0003"]
+
+
+def _one_site_work(node: InProcessNode, timeout: float) -> Callable[[], FLResult]:
+    x, y = TASK.site_data(1)
+
+    def fit_fn(params: dict[str, np.ndarray], config: dict[str, Any]):
+        return fit(params, x, y, TRAIN, seed=1), len(y), {}
+
+    def work() -> FLResult:
+        with node.client() as c:
+            return run(
+                c, NS, init_params(TASK, 0), fit_fn, rounds=1, quorum=1, timeout=timeout,
+                progress=False,
+            )  # fmt: skip
+
+    return work
+
+
+def test_a_site_whose_node_is_not_a_member_yet_waits_then_says_why(tmp_path: Path) -> None:
+    configs = federation(tmp_path, 2, namespaces={NS: {"rounds": True}})
+    late = InProcessNode(configs[1])  # added after node 0: its membership needs node 0's first
+    try:
+        with pytest.raises(NotMemberError, match="not a member of its federation after 1 s"):
+            _one_site_work(late, 1.0)()
+        assert late.core.state.visible(NS) == []  # nothing was pushed
+    finally:
+        late.stop()
+
+
+def test_a_site_started_before_its_node_can_sync_trains_once_it_has(tmp_path: Path) -> None:
+    configs = federation(tmp_path, 2, namespaces={NS: {"rounds": True}})
+    late = InProcessNode(configs[1])
+    first: InProcessNode | None = None
+    try:
+        done: list[FLResult] = []
+        thread = threading.Thread(target=lambda: done.append(_one_site_work(late, 60.0)()))
+        thread.start()  # the loop waits: the node is not a member yet
+        first = InProcessNode(configs[0])
+        with first.client() as c:
+            c.submit(late.daemon.config.node.membership_bytes())
+        thread.join(120)
+        assert [r.round for r in done[0].rounds] == [1]
+    finally:
+        for n in (late, first):
+            if n is not None:
+                n.stop()

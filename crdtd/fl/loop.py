@@ -1,6 +1,9 @@
 """The training loop a site runs against its own crdtd node: no coordinator, no hand-written rounds.
 
-`run(node, namespace, initial, fit, evaluate, rounds=R)` does, for every round r = 1..R:
+`run(node, namespace, initial, fit, evaluate, rounds=R)` first waits (up to `timeout`) until
+the node's own membership is in its state (a node added after others receives the admin
+entries before its own at its first sync; until then it may not push), then does, for every
+round r = 1..R:
 
 1. take G_{r−1} from the node (`Materialise` with `round = r − 1`; round 0 is the initial
    model, which the loop pushes as the round-0 global when the namespace has none yet);
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from crdtd.client import Client
-from crdtd.errors import ConfigError, CrdtdError, MergeError
+from crdtd.errors import ConfigError, CrdtdError, MergeError, NotMemberError
 from crdtd.kinds.rounds import metadata_int
 
 __all__ = ["FLResult", "RoundReport", "from_bytes", "run", "to_bytes"]
@@ -103,6 +106,21 @@ def _members(node: Client) -> int:
     return max(1, len(node.trust().scores))
 
 
+def _wait_member(node: Client, timeout: float, poll: float) -> None:
+    """Return once the node counts itself a member (its own key among the trust scores);
+    `NotMemberError` after `timeout` seconds."""
+    own = node.status().node_id
+    deadline = time.monotonic() + timeout
+    while not any(s.key_id == own for s in node.trust().scores):
+        if time.monotonic() > deadline:
+            raise NotMemberError(
+                f"node {own.hex()[:16]} is not a member of its federation after {timeout:g} s: "
+                "its membership entry applies once it has synced the admin entries signed "
+                "before it (is a peer that holds them reachable? see `crdtd status`)"
+            )
+        time.sleep(poll)
+
+
 def _build(node: Client, namespace: str, round_: int, timeout: float, poll: float) -> Any:
     """G_round from the node, retrying while it cannot be built yet (nothing to merge)."""
     deadline = time.monotonic() + timeout
@@ -149,6 +167,7 @@ def run(
 
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
+    _wait_member(node, timeout, poll)
     need = quorum if quorum is not None else _members(node)
     existing = [
         e
