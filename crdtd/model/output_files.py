@@ -109,7 +109,8 @@ class DirectFile:
         return cls(fd, size, staging)
 
     def write_bytes(self, offset: int, data: bytes) -> None:
-        """Small writes (a header): through the page table only."""
+        """A small write (a header): its bytes wait in the partial-page table like any
+        write's edges, and go out with the pages they complete."""
         self._edges(offset, memoryview(data))
 
     def write(self, offset: int, values: torch.Tensor, dtype: torch.dtype) -> None:

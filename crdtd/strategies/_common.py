@@ -25,10 +25,7 @@ def weighted_sum(
     weights: torch.Tensor, stack: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Σ_i w_i · stack[i] in float32 (`weights` is a length-k vector), into `out` if given."""
-    w = weights.to(torch.float32).to(stack.device)
-    if out is None:
-        return torch.tensordot(w, stack, dims=1)
-    return torch.tensordot(w, stack, dims=1, out=out)
+    return torch.tensordot(weights.to(torch.float32).to(stack.device), stack, dims=1, out=out)
 
 
 def nonzero_total(weights: torch.Tensor, strategy: str) -> float:

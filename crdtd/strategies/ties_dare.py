@@ -4,7 +4,8 @@ One engine (`_gta`) serves every method, as in the generalised task arithmetic o
 popular merge tools: τ_i = θ_i − θ_base; τ̂_i = sparsify(τ_i); with consensus, each entry's
 sign is elected from Σ_i w_i τ̂_i and only agreeing entries are averaged (the disjoint
 mean); θ = θ_base + λ · mix. Magnitude selection uses order statistics (`_select`), never a
-full sort; random masks come only from the content-seeded `tm.generator`.
+full sort; random masks come only from the content-seeded `tm.generator` (DARE: through
+`chunk_seed`).
 
 `ties` is two-phase (`Strategy.prepare`): its per-model thresholds are found in one streamed
 pass, after which each block is merged on its own with the same bytes. `dare_linear` and
