@@ -9,7 +9,6 @@ memory stays near one tensor per input instead of growing to the whole model, wh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import mmap
 import os
@@ -22,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from crdtd.errors import InputReadError, echo
-from crdtd.model.identity import content_id, tensor_digest
+from crdtd.model.identity import content_id, tensor_digest, tensor_hasher
 
 ST_TO_TORCH: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -207,10 +206,10 @@ class SafetensorsFile:
             done += n
 
     def digest(self, name: str) -> bytes:
-        """sha256 of tensor `name`'s bytes, mapping each piece in one call before hashing it
+        """BLAKE3 digest of tensor `name`'s bytes, mapping each piece in one call before hashing it
         (`MADV_POPULATE_READ`, where the kernel has it) and dropping it after."""
         start, end = self._span[name]
-        h = hashlib.sha256()
+        h = tensor_hasher()
         view = memoryview(self._map)
         try:
             for lo in range(start, end, DIGEST_PIECE):
