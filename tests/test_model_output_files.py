@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,3 +129,38 @@ def test_a_platform_without_o_direct_gets_buffered_writes(
         w.write_block("w", 0, t)
         w.commit()
     assert torch.equal(load_file(str(tmp_path / "o" / "model.safetensors"))["w"], t)
+
+
+def test_a_write_the_disk_refuses_fails_finish_with_the_os_error(tmp_path: Path) -> None:
+    _direct_works(tmp_path)
+    staging = AlignedStaging()
+    out = DirectFile.open(tmp_path / "f", 4 * ALIGN, staging)
+    assert out is not None
+    (tmp_path / "ro").write_bytes(b"")
+    os.close(out.fd)
+    out.fd = os.open(tmp_path / "ro", os.O_RDONLY)  # the whole-page write now gets EBADF
+    out.write(0, torch.ones(ALIGN), torch.float32)  # four whole pages: handed to the writers
+    with pytest.raises(OSError):
+        out.finish(False)
+    staging.close()
+    out.close()
+
+
+def test_a_staging_buffer_is_not_reused_while_its_write_is_in_flight() -> None:
+    staging = AlignedStaging()
+    release = threading.Event()
+    bufs = []
+    for _ in range(AlignedStaging.DEPTH):  # every buffer of this thread busy writing
+        buf, slot = staging.acquire(ALIGN)
+        bufs.append(buf)
+        staging.submit(slot, release.wait)
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    t0 = time.monotonic()
+    again, _ = staging.acquire(ALIGN)
+    assert release.is_set(), "a buffer was handed out while its write was still running"
+    assert time.monotonic() - t0 >= 0.2
+    assert again is bufs[0]  # the first slot again, once its write was done
+    staging.drain()
+    staging.close()
+    timer.join()

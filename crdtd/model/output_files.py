@@ -21,6 +21,8 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import torch
 
@@ -44,17 +46,78 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 class AlignedStaging:
-    """One page-aligned buffer per thread, grown on demand and reused for every write."""
+    """Page-aligned buffers, `DEPTH` per thread and reused, whose direct writes run on a small
+    writer pool: a merge thread casts its block into a free buffer, hands the write over and
+    goes on merging while the disk works (a synchronous write left it idle ~0.45 s per GB).
+
+    A failed write is raised by the next `acquire` or by `drain`; `drain` waits for every
+    write handed over (a file is finished or closed only after it).
+    """
+
+    DEPTH = 4  # buffers per merge thread: writes in flight while it computes the next blocks
+    WRITERS = 2  # threads issuing writes (the disk takes two at once a little faster)
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: set[Future[None]] = set()
+        self._error: BaseException | None = None
 
-    def get(self, nbytes: int) -> mmap.mmap:
-        buf: mmap.mmap | None = getattr(self._local, "buf", None)
+    def acquire(self, nbytes: int) -> tuple[mmap.mmap, int]:
+        """A buffer of at least `nbytes` whose previous write is done, and its slot."""
+        ring: list[list] | None = getattr(self._local, "ring", None)
+        if ring is None:
+            ring = self._local.ring = [[None, None] for _ in range(self.DEPTH)]
+            self._local.next = 0
+        slot = self._local.next
+        self._local.next = (slot + 1) % self.DEPTH
+        entry = ring[slot]
+        if entry[1] is not None:
+            wait([entry[1]])
+            entry[1] = None
+        self._raise()
+        buf: mmap.mmap | None = entry[0]
         if buf is None or len(buf) < nbytes:
             size = -(-nbytes // ALIGN) * ALIGN
-            buf = self._local.buf = mmap.mmap(-1, size)  # anonymous maps are page-aligned
-        return buf
+            buf = entry[0] = mmap.mmap(-1, size)  # anonymous maps are page-aligned
+        return buf, slot
+
+    def submit(self, slot: int, fn: Callable[[], None]) -> None:
+        """Run `fn` (a write from slot's buffer) on the writer pool; the slot stays busy until
+        it is done."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="crdtd-write")
+            fut = self._pool.submit(fn)
+            self._pending.add(fut)
+        self._local.ring[slot][1] = fut
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(fut)
+            if fut.exception() is not None and self._error is None:
+                self._error = fut.exception()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def drain(self) -> None:
+        """Wait for every write handed over; raise the first that failed."""
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending)
+        self._raise()
+
+    def close(self) -> None:
+        """Wait for the writes in flight (errors ignored: the caller is failing or done) and
+        stop the writer threads."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 class BufferedFile:
@@ -119,7 +182,7 @@ class DirectFile:
         if nbytes == 0:
             return
         head = offset % ALIGN
-        buf = self.staging.get(head + nbytes + ALIGN)
+        buf, slot = self.staging.acquire(head + nbytes + ALIGN)
         if head % dtype.itemsize == 0:  # cast straight into the aligned buffer
             dst = torch.frombuffer(buf, dtype=dtype, count=values.numel(), offset=head)
             dst.copy_(values)
@@ -127,17 +190,24 @@ class DirectFile:
             raw = values.to("cpu", dtype).reshape(-1).view(torch.uint8)
             torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=head).copy_(raw)
         view = memoryview(buf)
+        first = offset - head + (ALIGN if head else 0)  # first whole page in the write
+        last = (offset + nbytes) // ALIGN * ALIGN  # end of the last whole page
         try:
-            first = offset - head + (ALIGN if head else 0)  # first whole page in the write
-            last = (offset + nbytes) // ALIGN * ALIGN  # end of the last whole page
             if first < last:
-                pwrite_all(self.fd, view[first - offset + head : last - offset + head], first)
                 self._edges(offset, view[head : first - offset + head])
                 self._edges(last, view[last - offset + head : head + nbytes])
             else:
                 self._edges(offset, view[head : head + nbytes])
         finally:
             view.release()
+        if first < last:
+            fd, lo, hi = self.fd, first - offset + head, last - offset + head
+
+            def whole_pages() -> None:
+                with memoryview(buf) as out:
+                    pwrite_all(fd, out[lo:hi], first)
+
+            self.staging.submit(slot, whole_pages)
 
     def _edges(self, offset: int, data: memoryview) -> None:
         """Bytes of partial pages: kept until their page is complete, then written whole."""
@@ -161,7 +231,9 @@ class DirectFile:
             pos += n
 
     def finish(self, fsync: bool) -> None:
-        """Check every byte arrived, cut the padding of the last page, optionally fsync."""
+        """Wait for the writes in flight; check every byte arrived, cut the padding of the last
+        page, optionally fsync."""
+        self.staging.drain()
         if self._pages:
             missing = min(self._pages)
             raise MergeError(f"direct write: bytes of page {missing} never arrived")

@@ -192,6 +192,7 @@ class ShardedWriter:
                 for out in files:
                     out.finish(self.fsync)
         finally:
+            self._staging.close()  # no write may still be in flight when its file closes
             for out in files:
                 out.close()
 
