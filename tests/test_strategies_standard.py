@@ -671,11 +671,14 @@ def test_ties_on_large_tensors_with_tied_magnitudes_matches_a_stable_sort(levels
     close(got, ref_ties_torch(x, base, 0.3).numpy(), 1e-5)
 
 
-def test_ties_is_exact_when_the_strided_sample_is_unrepresentative() -> None:
+@pytest.mark.parametrize("levels", [0, 4])
+def test_ties_is_exact_when_the_strided_sample_is_unrepresentative(levels: int) -> None:
     n = 600_000  # sample stride 9: every sampled entry is one of the large ones below
     g = torch.Generator().manual_seed(2)
     base = torch.zeros(n)
     x = 1e-3 * torch.randn(3, n, generator=g)
+    if levels:  # ties at the threshold, found in the pass over every entry
+        x = torch.round(x * 1024 * levels) / (1024 * levels)
     x[:, ::9] = torch.randn(3, (n + 8) // 9, generator=g).abs() + 1.0
     got = merge("ties", x.numpy(), base.numpy(), {"density": 0.5})
     close(got, ref_ties_torch(x, base, 0.5).numpy(), 1e-6)

@@ -68,6 +68,15 @@ def task_vector_chunk(
 _THREAD = threading.local()
 
 
+def _thread_buffer(key: str, numel: int) -> torch.Tensor:
+    """A float32 CPU buffer of at least `numel` entries kept per thread under `key`."""
+    buf: torch.Tensor | None = getattr(_THREAD, key, None)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=torch.float32)
+        setattr(_THREAD, key, buf)
+    return buf
+
+
 def scratch_for(k: int, n: int, device: torch.device) -> torch.Tensor:
     """A `[k, min(n, CHUNK)]` float32 scratch for `task_vector_chunk`, reused across chunks.
 
@@ -78,10 +87,17 @@ def scratch_for(k: int, n: int, device: torch.device) -> torch.Tensor:
     cols = min(n, CHUNK)
     if device.type != "cpu":
         return torch.empty(k, cols, dtype=torch.float32, device=device)
-    buf: torch.Tensor | None = getattr(_THREAD, "scratch", None)
-    if buf is None or buf.numel() < k * cols:
-        buf = _THREAD.scratch = torch.empty(max(k, 4) * CHUNK, dtype=torch.float32)
-    return buf[: k * cols].view(k, cols)
+    return _thread_buffer("scratch", max(k, 4) * CHUNK)[: k * cols].view(k, cols)
+
+
+def rows_for(count: int, n: int, device: torch.device) -> list[torch.Tensor]:
+    """`count` float32 vectors of `min(n, CHUNK)` entries, reused per thread like
+    `scratch_for` (and apart from it): the sums of a chunk's combination."""
+    cols = min(n, CHUNK)
+    if device.type != "cpu":
+        return [torch.empty(cols, dtype=torch.float32, device=device) for _ in range(count)]
+    buf = _thread_buffer("rows", 3 * CHUNK)
+    return [buf[j * CHUNK : j * CHUNK + cols] for j in range(count)]
 
 
 def decide_keeps(tm: TensorMerge, base: torch.Tensor, sparsify: Sparsifier | None) -> list[Keep]:
@@ -102,10 +118,10 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
 
     Exact order statistics in one streamed pass over the blocks (`TensorBlocks.map`, so the
     engine scans blocks side by side): a strided sample brackets each threshold, the pass
-    counts the entries below the bracket and gathers those inside it, and an order statistic
-    (`kth_value`) of that small set gives the exact value. Ties at the threshold are
-    counted per chunk in the gathered values and the one chunk holding the first kept tie is
-    read again for its position; a model whose bracket missed takes one more pass.
+    counts the entries below the bracket and gathers those inside it with their positions,
+    and an order statistic (`kth_value`) of that small set gives the exact value; the
+    gathered positions of the entries tied at it give the first kept tie, so no block is
+    read again. A model whose bracket missed takes one more pass.
     """
     n = blocks.numel
     keeps: list[Keep] = [KEEP_ALL] * blocks.k
@@ -121,83 +137,114 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
     sample_x, sample_b = blocks.sample(stride)
     assert sample_b is not None
     sample = (sample_x - sample_b).abs_()
-    bounds = {i: bracket(sample[i], n - counts[i], n) for i in active}
+    bounds = [bracket(sample[i], n - counts[i], n) for i in active]
     scan = _scan_numpy if blocks.device.type == "cpu" else _scan_torch
 
-    def scan_block(block: TensorMerge) -> tuple[list[int], list[int], list[list[torch.Tensor]]]:
-        """Chunk starts, and per active model: entries below its bracket, those inside it."""
+    def scan_block(block: TensorMerge) -> tuple[list[int], list[_Gathered]]:
+        """Chunk starts, and per active model what its scans of the chunks found."""
         base = block.base
         assert base is not None
         off = block.offset
         scratch = scratch_for(block.k, base.numel(), base.device)
         starts: list[int] = []
-        below = [0] * len(active)
-        inside: list[list[torch.Tensor]] = [[] for _ in active]
+        found: list[_Gathered] = [_Gathered() for _ in active]
         for c0, c1 in chunks(base.numel(), off):
             starts.append(c0)
             a = task_vector_chunk(block, base, c0 - off, c1 - off, scratch).abs_()
             for j, i in enumerate(active):
-                count_below, values = scan(a[i], *bounds[i])
-                below[j] += count_below
-                inside[j].append(values)
-        return starts, below, inside
+                found[j].add(*scan(a[i], *bounds[j]))
+        return starts, found
 
     parts = blocks.map(scan_block)
     starts = [c0 for p in parts for c0 in p[0]]
-    below = {i: sum(p[1][j] for p in parts) for j, i in enumerate(active)}
-    values = {i: [v for p in parts for v in p[2][j]] for j, i in enumerate(active)}
+    gathered = [_Gathered.join([p[1][j] for p in parts]) for j in range(len(active))]
     del parts
-    missed = [i for i in active if not below[i] < n - counts[i] <= below[i] + _total(values[i])]
+    missed = [
+        j
+        for j, i in enumerate(active)
+        if not gathered[j].below < n - counts[i] <= gathered[j].below + gathered[j].size
+    ]
     if missed:  # the sample missed: use every entry of those models
-        full = _magnitudes(blocks, missed)
+        full = _magnitudes(blocks, [active[j] for j in missed])
         sizes = [b - a for a, b in zip(starts, [*starts[1:], n])]
-        for i in missed:
-            values[i] = list(full[i].split(sizes))
-            below[i] = 0
-    for i in active:
-        m = n - counts[i]
-        cand = torch.cat(values[i])
-        v = kth_value(cand, m - below[i])
-        n_le = below[i] + int(torch.count_nonzero(cand <= v))
-        del cand
-        tied_kept = counts[i] - (n - n_le)
-        tie_from = None
-        if tied_kept > 0 and v != 0.0:  # tied zeros add nothing when kept
-            tie_from = _tie_position(blocks, i, values[i], starts, v, tied_kept)
-        values[i] = []
-        keeps[i] = Keep(threshold=v, tie_from=tie_from)
+        for j in missed:
+            gathered[j] = _Gathered.whole(full[active[j]].split(sizes))
+    for j, i in enumerate(active):
+        keeps[i] = gathered[j].keep(n, counts[i], starts)
+        gathered[j] = _Gathered()
     return keeps
 
 
-def _tie_position(
-    blocks: TensorBlocks,
-    i: int,
-    values: list[torch.Tensor],
-    starts: list[int],
-    v: float,
-    keep: int,
-) -> int:
-    """Flat position of the first of the last `keep` entries with |τ_i| = v.
+class _Gathered:
+    """One model's scan of a tensor: entries below the bracket (a count), and those inside
+    it per chunk, in order, with their positions in the chunk (None: the whole chunk)."""
 
-    `values[c]` holds, in order, the gathered candidates of the chunk starting at `starts[c]`;
-    only the chunk holding that entry is read again, to find its position.
-    """
-    here = [int(torch.count_nonzero(part == v)) for part in values]
-    need = sum(here) - keep + 1
-    c = 0
-    while need > here[c]:
-        need -= here[c]
-        c += 1
-    c0 = starts[c]
-    c1 = min(blocks.numel, (c0 // CHUNK + 1) * CHUNK)
-    chunk = blocks.load(c0, c1)  # that chunk alone, not its whole block
-    assert chunk.base is not None
-    a = (chunk.inputs[i] - chunk.base).abs_()
-    return c0 + int(torch.nonzero(a == v).flatten()[need - 1])
+    def __init__(self) -> None:
+        self.below = 0
+        self.values: list[torch.Tensor] = []
+        self.where: list[torch.Tensor | None] = []
+
+    @property
+    def size(self) -> int:
+        return sum(int(v.numel()) for v in self.values)
+
+    def add(self, below: int, values: torch.Tensor, where: torch.Tensor | None) -> None:
+        self.below += below
+        self.values.append(values)
+        self.where.append(where)
+
+    @classmethod
+    def join(cls, parts: list[_Gathered]) -> _Gathered:
+        out = cls()
+        for part in parts:
+            out.below += part.below
+            out.values += part.values
+            out.where += part.where
+        return out
+
+    @classmethod
+    def whole(cls, chunk_values: list[torch.Tensor]) -> _Gathered:
+        out = cls()
+        out.values = list(chunk_values)
+        out.where = [None] * len(out.values)
+        return out
+
+    def keep(self, n: int, count: int, starts: list[int]) -> Keep:
+        """Keep(threshold) retaining the `count` largest of n entries (ties: later ones)."""
+        cand = torch.cat(self.values)
+        v = kth_value(cand, n - count - self.below)
+        n_le = self.below + _count_at_most(cand, v)
+        del cand
+        tied_kept = count - (n - n_le)
+        tie_from = None
+        if tied_kept > 0 and v != 0.0:  # tied zeros add nothing when kept
+            tie_from = self._tie_position(v, tied_kept, starts)
+        return Keep(threshold=v, tie_from=tie_from)
+
+    def _tie_position(self, v: float, keep: int, starts: list[int]) -> int:
+        """Flat position of the first of the last `keep` gathered entries equal to v."""
+        ties = [_equal_positions(part, v) for part in self.values]
+        need = sum(int(t.numel()) for t in ties) - keep + 1
+        c = 0
+        while need > ties[c].numel():
+            need -= int(ties[c].numel())
+            c += 1
+        at = int(ties[c][need - 1])
+        where = self.where[c]
+        return starts[c] + (at if where is None else int(where[at]))
 
 
-def _total(parts: list[torch.Tensor]) -> int:
-    return sum(int(p.numel()) for p in parts)
+def _count_at_most(a: torch.Tensor, v: float) -> int:
+    if a.device.type == "cpu":
+        return int(np.count_nonzero(a.numpy() <= np.float32(v)))
+    return int(torch.count_nonzero(a <= v))
+
+
+def _equal_positions(a: torch.Tensor, v: float) -> torch.Tensor:
+    """Indices of the entries of 1-D `a` equal to v, in order."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(a.numpy() == np.float32(v)))
+    return torch.nonzero(a == v).flatten().cpu()
 
 
 def _magnitudes(blocks: TensorBlocks, models: list[int]) -> dict[int, torch.Tensor]:
@@ -210,27 +257,47 @@ def _magnitudes(blocks: TensorBlocks, models: list[int]) -> dict[int, torch.Tens
     return {i: torch.cat(parts[i]) for i in models}
 
 
-def _scan_torch(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[int, torch.Tensor]:
-    """(#entries < lo, the entries in [lo, hi] in order) of a 1-D chunk."""
+Scan = tuple[int, torch.Tensor, torch.Tensor | None]
+
+
+def _scan_torch(a: torch.Tensor, lo: float | None, hi: float | None) -> Scan:
+    """(#entries < lo, the entries in [lo, hi] in order, their positions) of a 1-D chunk."""
     sel = torch.ones_like(a, dtype=torch.bool) if lo is None else a >= lo
     count_below = a.numel() - int(torch.count_nonzero(sel))
     if hi is not None:
         sel &= a <= hi
-    return count_below, a[sel]
+    where = torch.nonzero(sel).flatten()
+    return count_below, a[where], where
 
 
-def _scan_numpy(a: torch.Tensor, lo: float | None, hi: float | None) -> tuple[int, torch.Tensor]:
-    """`_scan_torch` for CPU tensors through numpy, whose boolean kernels are much faster."""
+_MASKS = threading.local()
+
+
+def _masks(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two reused per-thread bool arrays of n entries, for `_scan_numpy`."""
+    buf: np.ndarray | None = getattr(_MASKS, "buf", None)
+    if buf is None or buf.shape[1] < n:
+        buf = _MASKS.buf = np.empty((2, max(n, CHUNK)), dtype=np.bool_)
+    return buf[0, :n], buf[1, :n]
+
+
+def _scan_numpy(a: torch.Tensor, lo: float | None, hi: float | None) -> Scan:
+    """`_scan_torch` for CPU tensors through numpy, whose boolean kernels are much faster,
+    into reused masks; positions as int32 (a chunk has at most `CHUNK` entries)."""
     x = a.numpy()
     if lo is None and hi is None:
-        return 0, torch.from_numpy(x.copy())
-    if lo is None:
-        return 0, torch.from_numpy(x[x <= np.float32(hi)])
-    sel = x >= np.float32(lo)
-    count_below = x.size - int(np.count_nonzero(sel))
-    if hi is not None:
-        np.logical_and(sel, x <= np.float32(hi), out=sel)
-    return count_below, torch.from_numpy(x[sel])
+        return 0, torch.from_numpy(x.copy()), None
+    sel, other = _masks(x.size)
+    count_below = 0
+    if lo is not None:
+        np.greater_equal(x, np.float32(lo), out=sel)
+        count_below = x.size - int(np.count_nonzero(sel))
+        if hi is not None:
+            np.logical_and(sel, np.less_equal(x, np.float32(hi), out=other), out=sel)
+    else:
+        np.less_equal(x, np.float32(hi), out=sel)
+    where = np.flatnonzero(sel).astype(np.int32)
+    return count_below, torch.from_numpy(x[where]), torch.from_numpy(where)
 
 
 def l1_rescaled(blocks: TensorBlocks, keeps: list[Keep]) -> list[Keep]:
@@ -276,29 +343,44 @@ def apply_keep(t: torch.Tensor, keep: Keep, c0: int, c1: int) -> None:
         t.mul_(keep.scale)
 
 
-def rowsum(t: torch.Tensor) -> torch.Tensor:
-    """Σ over dim 0 of a `[k, c]` tensor as k−1 contiguous adds (faster than sum(0) for small k)."""
-    out = t[0].clone()
-    for i in range(1, t.shape[0]):
+def rowsum(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over dim 0 of a `[k, c]` tensor as k−1 contiguous adds, in row order (faster than
+    sum(0) for small k), into `out` when given."""
+    k = t.shape[0]
+    if k == 1:
+        return t[0].clone() if out is None else out.copy_(t[0])
+    out = torch.add(t[0], t[1], out=out)
+    for i in range(2, k):
         out += t[i]
     return out
 
 
-def elect_and_mix(t: torch.Tensor, weights: torch.Tensor | None, normalize: bool) -> torch.Tensor:
+def elect_and_mix(
+    t: torch.Tensor,
+    weights: torch.Tensor | None,
+    normalize: bool,
+    rows: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """TIES elect + disjoint merge of a weighted chunk `[k, c]` (modifies `t`).
 
-    γ = sgn(Σ_i t_i) (0 counts as +); A = {i : sgn t_i = γ}; returns Σ_A t_i, divided by
-    Σ_A w_i (1 where A is empty) when `normalize` (`weights` None means all ones).
-    Written with float ops only: agreeing magnitudes are max(γ·t_i, 0).
+    γ = sgn(Σ_i t_i) (a zero sum counts as +); A = {i : sgn t_i = γ}; returns Σ_A t_i,
+    divided by Σ_A w_i (1 where A is empty) when `normalize` (`weights` None means all
+    ones). Float ops only, each in place over `t` or the three `[c]` vectors `rows` (fresh
+    ones when None), as torch's boolean kernels are several times slower: agreeing
+    magnitudes are max(γ·t_i, 0), and γ is sgn(sgn(Σ) + ½).
     """
-    gamma = torch.copysign(torch.ones_like(t[0]), rowsum(t))
+    c = t.shape[1]
+    if rows is None:
+        rows = [torch.empty(c, dtype=torch.float32, device=t.device) for _ in range(3)]
+    gamma, mixed, divisor = (r[:c] for r in rows)
+    rowsum(t, out=gamma).sign_().add_(0.5).sign_()
     t.mul_(gamma).clamp_(min=0.0)
-    mixed = rowsum(t)
+    rowsum(t, out=mixed)
     if normalize:
         t.sign_()
         if weights is not None:
             t.mul_(weights.view(-1, 1))
-        divisor = rowsum(t)
+        rowsum(t, out=divisor)
         if weights is None:
             divisor.clamp_(min=1.0)  # agreeing counts: 0 (nothing to divide) becomes 1
         elif bool((weights > 0).all()):
@@ -333,6 +415,7 @@ def combine(
     total = float(weights.sum())
     divide = normalize and not consensus and abs(total) >= 1e-8
     scratch = scratch_for(tm.k, n, base.device)
+    rows = rows_for(3, n, base.device)
     for c0, c1 in chunks(n, off):
         t = task_vector_chunk(tm, base, c0 - off, c1 - off, scratch)
         for i, keep in enumerate(keeps):
@@ -341,9 +424,9 @@ def combine(
         if not unit:
             t.mul_(w32.view(-1, 1))
         if consensus:
-            mixed = elect_and_mix(t, None if unit else w32, normalize)
+            mixed = elect_and_mix(t, None if unit else w32, normalize, rows)
         else:
-            mixed = rowsum(t)
+            mixed = rowsum(t, out=rows[0][: c1 - c0])
             if divide:
                 mixed /= total
         torch.add(flat_base[c0 - off : c1 - off], mixed, alpha=lam, out=out[c0 - off : c1 - off])
