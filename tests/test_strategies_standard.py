@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from crdtd.errors import StrategyError, StrategyParamError, UnknownStrategyError
 from crdtd.strategies import get, names
 from crdtd.strategies._select import bottom_mask, kth_smallest, top_mask
-from crdtd.strategies.base import TensorMerge
+from crdtd.strategies.base import BLOCK_ALIGN, TensorMerge, chunk_seed
 
 STANDARD = [
     "linear", "task_arithmetic", "passthrough", "ties", "dare_linear", "dare_ties",
@@ -252,6 +252,21 @@ def test_dare_is_reproducible_for_a_generator_seed_and_varies_across_seeds() -> 
     c = merge("dare_ties", INPUTS, BASE, {"density": 0.5}, seed=8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_dare_keeps_an_entry_when_its_16_bit_word_of_its_chunk_stream_is_below_density() -> None:
+    """The documented draw: chunk c of model i reads PCG64(chunk_seed(g, i, c)) as 16-bit
+    words, low first; entry j of the chunk keeps when word j < ⌊density·2¹⁶⌋."""
+    n = BLOCK_ALIGN + 5000  # two chunks of the grid, the second one partial
+    out = merge(
+        "dare_linear", [np.ones(n)], np.zeros(n), {"density": 0.3, "rescale": False}, seed=4
+    )
+    g = torch.Generator().manual_seed(4)
+    want = []
+    for c, size in enumerate([BLOCK_ALIGN, 5000]):
+        raw = np.random.PCG64(chunk_seed(g, 0, c)).random_raw((size + 3) // 4)
+        want.append(raw.astype("<u8").view("<u2")[:size] < int(0.3 * 2**16))
+    np.testing.assert_array_equal(out, np.concatenate(want).astype(np.float64))
 
 
 def test_dare_at_full_density_is_task_arithmetic_and_ties() -> None:

@@ -28,8 +28,10 @@ class Keep:
 
     `mask` (bool, flat) keeps its True entries; `threshold` keeps entries with |τ| > threshold
     plus those with |τ| = threshold at flat positions ≥ `tie_from` (ties keep the later
-    positions); neither keeps all. `scale` is a scalar or a flat per-entry factor applied to the kept entries. A flat
-    `mask` or `scale` starts at flat position `origin` of the whole tensor (a block's start).
+    positions); `draws` keeps, chunk by chunk, the entries its random flags keep; none of
+    them keeps all. `scale` is a scalar or a flat per-entry factor applied to the kept
+    entries. A flat `mask` or `scale` starts at flat position `origin` of the whole tensor
+    (a block's start).
     """
 
     mask: torch.Tensor | None = None
@@ -37,6 +39,34 @@ class Keep:
     threshold: float | None = None
     tie_from: int | None = None
     origin: int = 0
+    draws: Draws | None = None
+
+
+class Draws:
+    """Random keep flags drawn where they are applied, one chunk of the `CHUNK` grid at a
+    time, so no flat mask of the whole tensor or block is ever held: `flags(c0, c1)` gives
+    the flags of entries [c0, c1) (within one chunk) from `stream(chunk)`'s 16-bit words."""
+
+    def __init__(self, stream: Callable[[int], np.random.BitGenerator], below: int) -> None:
+        self.stream = stream
+        self.below = np.uint16(below)
+
+    def flags(self, c0: int, c1: int) -> np.ndarray:
+        """Bool flags of entries [c0, c1): the entry's 16-bit word is below `below`."""
+        first = c0 // CHUNK * CHUNK  # a block off the grid starts inside a chunk's draws
+        raw = self.stream(c0 // CHUNK).random_raw((c1 - first + 3) // 4).astype("<u8", copy=False)
+        words = raw.view("<u2")  # low word first on every machine
+        return np.less(words[c0 - first : c1 - first], self.below)
+
+    def apply(self, t: torch.Tensor, c0: int, c1: int) -> None:
+        """t (entries [c0, c1) of one model's task vector) with the dropped entries zeroed
+        (multiplied by 0, so their sign stays)."""
+        flags = self.flags(c0, c1)
+        if t.device.type == "cpu":
+            x = t.numpy()
+            np.multiply(x, flags, out=x)
+        else:
+            t.mul_(torch.from_numpy(flags).to(t.device))
 
 
 KEEP_ALL = Keep()
@@ -334,6 +364,8 @@ def apply_keep(t: torch.Tensor, keep: Keep, c0: int, c1: int) -> None:
         if cut < t.numel():  # |τ| < v ⇔ |τ| ≤ the float32 just below v
             below = float(np.nextafter(np.float32(keep.threshold), np.float32(0.0)))
             torch.hardshrink(t[cut:], below, out=t[cut:])
+    if keep.draws is not None:
+        keep.draws.apply(t, c0, c1)
     r0, r1 = c0 - keep.origin, c1 - keep.origin
     if keep.mask is not None:
         t.mul_(keep.mask[r0:r1])

@@ -16,6 +16,7 @@ whole tensor draws there, with no pass before it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -24,8 +25,8 @@ import torch
 from crdtd.errors import StrategyParamError
 from crdtd.strategies._common import per_model, require_base
 from crdtd.strategies._gta import (
-    CHUNK,
     KEEP_ALL,
+    Draws,
     Keep,
     Sparsifier,
     chunks,
@@ -98,9 +99,11 @@ def random_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
     """DARE's keeps for `tm` (a whole tensor or a block): each model keeps an entry with
     probability `density` (scaled by 1/density when `rescale`).
 
-    Entry j keeps when the j-th 32-bit word of its chunk's stream is below density·2³²; the
-    stream is PCG64 (numpy; its raw output is fixed across versions) seeded with
-    `chunk_seed(tm.generator, model, chunk)`, five times faster than torch's uniforms.
+    Entry j keeps when the j-th 16-bit word of its chunk's stream is below ⌊density·2¹⁶⌋
+    (so the keep probability is density to within 2⁻¹⁶); the stream is PCG64 (numpy; its
+    raw output is fixed across versions) seeded with `chunk_seed(tm.generator, model,
+    chunk)`, four entries per 64-bit draw. The flags are drawn chunk by chunk where
+    `combine` applies them (`Draws`).
     """
     n, off = base.numel(), tm.offset
     keeps = []
@@ -112,22 +115,17 @@ def random_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
         if density <= 0.0:
             keeps.append(Keep(torch.zeros(n, dtype=torch.bool, device=base.device), origin=off))
             continue
-        # kept entries get the factor 1/density (1 without rescale), dropped ones 0: one
-        # float multiply, the bytes of a 0/1 mask followed by the scale
-        factor = np.float32(1.0 / density if tm.params.get("rescale", True) else 1.0)
-        scale = torch.empty(n, dtype=torch.float32)
-        values = scale.numpy()
-        kept = np.empty(min(n, CHUNK), dtype=np.bool_)
-        below = np.uint32(min(int(density * 2.0**32), 2**32 - 1))
-        for c0, c1 in chunks(n, off):
-            first = c0 // CHUNK * CHUNK  # a block off the grid starts inside a chunk's draws
-            stream = np.random.PCG64(chunk_seed(tm.generator, i, c0 // CHUNK))
-            raw = stream.random_raw((c1 - first + 1) // 2).astype("<u8", copy=False)
-            words = raw.view("<u4")  # low word first on every machine
-            flags = np.less(words[c0 - first : c1 - first], below, out=kept[: c1 - c0])
-            np.multiply(flags, factor, out=values[c0 - off : c1 - off])
-        keeps.append(Keep(scale=scale.to(base.device), origin=off))
+        # kept entries are multiplied by 1 and then by the factor 1/density (1 without
+        # rescale), dropped ones by 0: the bytes of a 0/1 mask followed by the scale
+        factor = float(np.float32(1.0 / density if tm.params.get("rescale", True) else 1.0))
+        below = min(int(density * 2.0**16), 2**16 - 1)
+        draws = Draws(functools.partial(_stream, tm.generator, i), below)
+        keeps.append(Keep(scale=factor, draws=draws))
     return keeps
+
+
+def _stream(generator: torch.Generator, model: int, chunk: int) -> np.random.BitGenerator:
+    return np.random.PCG64(chunk_seed(generator, model, chunk))
 
 
 def sparsify_outliers(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
