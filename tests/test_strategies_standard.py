@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from crdtd.errors import StrategyError, StrategyParamError, UnknownStrategyError
 from crdtd.strategies import get, names
-from crdtd.strategies._select import bottom_mask, kth_smallest, top_mask
+from crdtd.strategies._select import bottom_mask, kth_smallest, kth_value, top_mask
 from crdtd.strategies.base import BLOCK_ALIGN, TensorMerge, chunk_seed
 
 STANDARD = [
@@ -553,6 +553,24 @@ def test_kth_value_is_exact_on_large_and_adversarial_tensors() -> None:
         mask = top_mask(a, 150_000)
         assert int(mask.sum()) == 150_000
         assert float(a[mask].min()) >= float(a[~mask].max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, -0.0, 1e-45, 1e-40, 1.17549435e-38, 0.5, 0.5, 0.5, 3.0, 1e30]),
+        min_size=1,
+        max_size=300,
+    ),
+    where=st.floats(0.0, 1.0),
+)
+def test_kth_value_equals_torch_kthvalue_on_tied_zero_and_subnormal_values(
+    values: list[float], where: float
+) -> None:
+    a = torch.tensor(values, dtype=torch.float32)
+    m = 1 + int(where * (a.numel() - 1))
+    assert kth_value(a, m) == float(torch.kthvalue(a, m).values)
+    assert kth_value(torch.full((50,), 0.25), 17) == 0.25
 
 
 def test_magnitude_selection_never_sorts_the_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:

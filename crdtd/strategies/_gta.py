@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crdtd.strategies._select import bracket, kth_value, sample_stride
+from crdtd.strategies._select import ascending, bracket, kth_value, sample_stride
 from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge
 
 CHUNK = BLOCK_ALIGN
@@ -242,8 +242,15 @@ class _Gathered:
     def keep(self, n: int, count: int, starts: list[int]) -> Keep:
         """Keep(threshold) retaining the `count` largest of n entries (ties: later ones)."""
         cand = torch.cat(self.values)
-        v = kth_value(cand, n - count - self.below)
-        n_le = self.below + _count_at_most(cand, v)
+        m = n - count - self.below
+        if cand.device.type == "cpu":
+            ordered = ascending(cand)
+            v = float(ordered[m - 1])
+            n_le = self.below + int(np.searchsorted(ordered, ordered[m - 1], side="right"))
+            del ordered
+        else:
+            v = kth_value(cand, m)
+            n_le = self.below + int(torch.count_nonzero(cand <= v))
         del cand
         tied_kept = count - (n - n_le)
         tie_from = None
@@ -262,12 +269,6 @@ class _Gathered:
         at = int(ties[c][need - 1])
         where = self.where[c]
         return starts[c] + (at if where is None else int(where[at]))
-
-
-def _count_at_most(a: torch.Tensor, v: float) -> int:
-    if a.device.type == "cpu":
-        return int(np.count_nonzero(a.numpy() <= np.float32(v)))
-    return int(torch.count_nonzero(a <= v))
 
 
 def _equal_positions(a: torch.Tensor, v: float) -> torch.Tensor:

@@ -23,12 +23,19 @@ _CHUNK = 1 << 20
 def kth_value(a: torch.Tensor, m: int) -> float:
     """The m-th smallest value (1-based) of the 1-D tensor `a`.
 
-    On the CPU numpy's introselect (`np.partition`, about 15× faster than `torch.kthvalue`
-    here); elsewhere `torch.kthvalue`. An order statistic is one value, so both agree.
+    On the CPU from numpy's vectorised sort: introselect (`np.partition`) is faster on
+    distinct values but about 15× slower on long runs of equal ones, which task vectors of
+    bf16 checkpoints are full of; elsewhere `torch.kthvalue`. An order statistic is one
+    value, so both agree.
     """
     if a.device.type == "cpu":
-        return float(np.partition(a.detach().numpy(), m - 1)[m - 1])
+        return float(ascending(a)[m - 1])
     return float(torch.kthvalue(a, m).values)
+
+
+def ascending(a: torch.Tensor) -> np.ndarray:
+    """The values of the 1-D CPU tensor `a` sorted ascending (a fresh numpy array)."""
+    return np.sort(a.detach().numpy())
 
 
 def bracket(sample: torch.Tensor, m: int, n: int) -> tuple[float | None, float | None]:
@@ -41,10 +48,13 @@ def bracket(sample: torch.Tensor, m: int, n: int) -> tuple[float | None, float |
     margin = 6.0 * math.sqrt(max(p * (1.0 - p), 1.0 / s) / s) + 2.0 / s
     lo = None
     hi = None
+    ordered = ascending(sample) if sample.device.type == "cpu" else None
     if p - margin > 0:
-        lo = kth_value(sample, max(1, math.floor((p - margin) * s)))
+        m_lo = max(1, math.floor((p - margin) * s))
+        lo = kth_value(sample, m_lo) if ordered is None else float(ordered[m_lo - 1])
     if p + margin < 1:
-        hi = kth_value(sample, min(s, math.ceil((p + margin) * s)))
+        m_hi = min(s, math.ceil((p + margin) * s))
+        hi = kth_value(sample, m_hi) if ordered is None else float(ordered[m_hi - 1])
     return lo, hi
 
 
