@@ -294,3 +294,126 @@ def test_an_against_norm_cut_off_above_the_norm_cut_off_is_a_config_error() -> N
         OutlierParams(max_against_norm_ratio=6.0)
     with pytest.raises(ConfigError, match="max_against_norm_ratio"):
         OutlierParams(max_against_norm_ratio=1.0)
+
+
+# -- ascent: a flipped site answers the global's step the wrong way ----------------------------
+
+SIZES = (150, 120, 90, 60, 40, 30, 20, 12, 10, 10)  # site 9: tiny, and its data is nearly fit
+MINORITY = (1, 4, 7)
+
+
+def _site_loss(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Site i's loss ½ Σ a·(w − c)²: two 'classes' pulling along ±v (three sites the
+    minority), site 9 a majority site whose loss is nearly flat where the model is."""
+    rng = np.random.default_rng(10 + i)
+    v = np.linspace(-1.0, 1.0, 24)
+    c = (-0.15 if i in MINORITY else 0.3) * v + rng.normal(0, 0.25, 24)
+    a = rng.uniform(0.5, 1.5, 24) * (0.2 if i == 9 else 1.0)
+    return c, a
+
+
+def _train(g: np.ndarray, i: int, seed: int) -> np.ndarray:
+    """Two local epochs of noisy gradient descent, one step per 32 rows."""
+    c, a = _site_loss(i)
+    rng = np.random.default_rng(seed)
+    w = g.copy()
+    for _ in range(2 * -(-SIZES[i] // 32)):
+        w = w - 0.1 * (a * (w - c) + rng.normal(0, 0.02, 24))
+    return w
+
+
+def _three_rounds(fed: Fed, flip: bool) -> list[tuple[ContributionStats, ...]]:
+    """Three rounds of FedAvg over ten sites (site 9 sending −5× its update when `flip`), each
+    judged with every author's previous update; flagged updates are left out of the global
+    as the namespace's round screen does."""
+    g, g_before, before = np.zeros(24), None, {}
+    out = []
+    for r in (1, 2, 3):
+        ups = {i: _train(g, i, 100 * r + i) for i in range(10)}
+        if flip:
+            ups[9] = g - 5 * (ups[9] - g)
+        contribs = [
+            ModelContribution(
+                fed.cid(i, r),
+                fed.kid(i),
+                {"w": ups[i]},
+                SIZES[i],
+                r,
+                {"w": before[i]} if before else None,
+            )
+            for i in range(10)
+        ]
+        prior = {"w": g_before} if g_before is not None else None
+        stats = model_outliers(contribs, {"w": g}, OutlierParams.for_federation(10), prior)
+        out.append(stats)
+        flagged = {s.author for s in stats if s.flags}
+        keep = [i for i in range(10) if fed.kid(i) not in flagged]
+        n = sum(SIZES[i] for i in keep)
+        g_before, before = g, ups
+        g = g + sum(SIZES[i] / n * (ups[i] - g) for i in keep)
+    return out
+
+
+def _trust_after(fed: Fed, rounds: list[tuple[ContributionStats, ...]]) -> dict[int, int]:
+    """Every site's trust once seven honest observers have reported every round."""
+    evidence = []
+    for r, stats in enumerate(rounds, 1):
+        for o in range(7):
+            obs = report_observation(stats, "model/fl", r, fed.kid(o))
+            evidence.append(fed.ev(o, o, "model", 0, proof_kind=obs.kind, proof_data=obs.data))
+    scores = compute_scores(evidence, fed.members)
+    return {i: scores.trust[fed.kid(i)] for i in range(10)}
+
+
+def _of(fed: Fed, stats: tuple[ContributionStats, ...], i: int) -> ContributionStats:
+    return next(s for s in stats if s.author == fed.kid(i))
+
+
+def test_a_tiny_sign_flipped_site_is_gated_by_round_three():
+    """Its update is no larger and points no further against the others than an honest
+    minority site's (norm ratio < 2, direction z < 3: nothing else flags it), but its change
+    since the previous round follows the global's step: flagged `ascent` in rounds 2 and 3,
+    which also counts its round-1 update, so three of three are outliers."""
+    from crdtd.trust.scores import SCALE
+
+    fed = Fed(10)
+    rounds = _three_rounds(fed, flip=True)
+    flipper = [_of(fed, stats, 9) for stats in rounds]
+    assert [s.flags for s in flipper] == [(), ("ascent",), ("ascent",)]
+    assert all(s.norm_ratio < 2 and s.direction_z < 3 for s in flipper)
+    assert flipper[1].ascent is not None and flipper[1].ascent > 0.15
+    trust = _trust_after(fed, rounds)
+    assert trust[9] == 0
+    assert all(trust[i] == SCALE for i in range(9))
+
+
+def test_an_honest_tiny_site_is_not_gated():
+    """The same site training honestly answers the global's step against it (ascent < 0)."""
+    from crdtd.trust.scores import SCALE
+
+    fed = Fed(10)
+    rounds = _three_rounds(fed, flip=False)
+    assert all(not s.flags for stats in rounds for s in stats)
+    assert all(s.ascent is not None and s.ascent < 0 for s in rounds[1])
+    assert all(t == SCALE for t in _trust_after(fed, rounds).values())
+
+
+def test_the_ascent_statistic_needs_a_previous_update_and_both_bases():
+    fed = Fed(10)
+    rounds = _three_rounds(fed, flip=True)
+    assert all(s.ascent is None for s in rounds[0])
+    first = [
+        ModelContribution(
+            s.content_id, s.author, {"w": np.zeros(24) + i}, 10, 2, {"w": np.ones(24)}
+        )
+        for i, s in enumerate(rounds[1])
+    ]
+    assert all(s.ascent is None for s in model_outliers(first, {"w": np.zeros(24)}))
+    assert all(s.ascent is None for s in model_outliers(first, None, None, {"w": np.zeros(24)}))
+
+
+def test_bad_ascent_thresholds_are_refused():
+    with pytest.raises(ConfigError, match="max_ascent_cosine"):
+        OutlierParams(max_ascent_cosine=1.0)
+    with pytest.raises(ConfigError, match="ascent_aligned"):
+        OutlierParams(ascent_aligned=1.5)

@@ -304,3 +304,40 @@ def test_model_reports_score_identically_in_any_order():
     a = compute_scores(reports, fed.members)
     b = compute_scores(shuffled, fed.members)
     assert a.to_bytes() == b.to_bytes()
+
+
+def _ascent_rounds(fed: Fed, ascent_in: dict[int, set[int]], rounds: range):
+    """Every honest observer reports every round, flagging `ascent_in[round]` as ascent only."""
+    from crdtd.trust.evidence import ASCENT_FLAG, ModelVerdict, ProofKind, proof_for_model_report
+
+    out = []
+    for r in rounds:
+        verdicts = [
+            ModelVerdict(
+                fed.kid(a), fed.cid(a, r), r, ASCENT_FLAG if a in ascent_in.get(r, ()) else 0
+            )
+            for a in range(fed.n)
+        ]
+        data = proof_for_model_report("model/x", r, verdicts)
+        out += [
+            fed.ev(o, o, "model", 0, proof_kind=ProofKind.MODEL_REPORT, proof_data=data)
+            for o in HONEST
+        ]
+    return out
+
+
+def test_an_ascent_verdict_also_counts_the_authors_previous_contribution():
+    """Ascent compares an update with the author's previous one: flagged in rounds 2 and 3,
+    its updates of rounds 1, 2 and 3 are outliers, three of three."""
+    fed = Fed(10)
+    scores = compute_scores(_ascent_rounds(fed, {2: {8}, 3: {8}}, range(1, 4)), fed.members)
+    assert scores.trust[fed.kid(8)] == 0
+    (fault,) = scores.faults[fed.kid(8)]
+    assert fault.detail.startswith("3 of its last 3")
+
+
+def test_one_ascent_verdict_counts_two_contributions_and_gates_nobody():
+    fed = Fed(10)
+    scores = compute_scores(_ascent_rounds(fed, {3: {8}}, range(1, 6)), fed.members)
+    assert scores.trust[fed.kid(8)] == SCALE
+    assert all(scores.trust[fed.kid(i)] == SCALE for i in range(10))

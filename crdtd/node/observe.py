@@ -186,6 +186,29 @@ def _tensors(store: NodeStore, e: Entry) -> dict[str, object]:
     return dict(load(store.read_payload(e.payload_digest)))
 
 
+def _history(load: Callable[[], _History]) -> _History:
+    """The cohort's history, or none when this node cannot build it (a global it no longer
+    holds): the ascent statistic is then skipped, the others still judge the cohort."""
+    from crdtd.errors import CrdtdError
+
+    try:
+        return load()
+    except (CrdtdError, ValueError, OSError):
+        return None, {}
+
+
+def _previous(store: NodeStore, e: Entry | None) -> dict[str, object] | None:
+    """An author's previous-round update's tensors, None when absent or already reclaimed."""
+    from crdtd.errors import CrdtdError
+
+    if e is None:
+        return None
+    try:
+        return _tensors(store, e)
+    except (CrdtdError, ValueError, OSError):
+        return None
+
+
 def _common_base(entries: Sequence[Entry]) -> bytes | None:
     """The one base id every contribution (but the base itself) names, if there is one."""
     named = {e.base_id for e in entries if e.base_id is not None}
@@ -226,13 +249,14 @@ def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> li
     state = core.state
     params = OutlierParams.for_federation(len(state.members(include_revoked=True)))
     out: list[Observation] = []
-    for name, round_, entries, base_of in _model_cohorts(core):
+    for name, round_, entries, base_of, history_of in _model_cohorts(core):
         ids = tuple(e.id for e in entries)
         key = f"{name}\x00{round_}"
         if seen.get(key) == ids or len(entries) < params.min_contributions:
             continue
         try:
             base = base_of()
+            previous_base, before = _history(history_of)
             contributions = [
                 ModelContribution(
                     e.id,
@@ -240,10 +264,11 @@ def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> li
                     _tensors(state.store, e),
                     declared_int(e, "num_examples"),
                     e.seq,
+                    _previous(state.store, before.get(e.author)),
                 )
                 for e in entries
             ]
-            stats = model_outliers(contributions, base, params)
+            stats = model_outliers(contributions, base, params, previous_base)
         except (CrdtdError, ValueError, OSError) as exc:
             event(log, "trust.model_check_failed", level=30, namespace=name, error=str(exc))
             continue
@@ -252,10 +277,23 @@ def model_observations(core: NodeCore, seen: dict[str, tuple[bytes, ...]]) -> li
     return out
 
 
+_History = tuple[Mapping[str, object] | None, dict[bytes, Entry]]
+"""The global a cohort's previous round trained from, and each author's update of that round."""
+
+
 def _model_cohorts(
     core: NodeCore,
-) -> list[tuple[str, int, list[Entry], Callable[[], Mapping[str, object] | None]]]:
-    """(namespace, round, contributions, base loader) for every cohort to judge."""
+) -> list[
+    tuple[
+        str,
+        int,
+        list[Entry],
+        Callable[[], Mapping[str, object] | None],
+        Callable[[], _History],
+    ]
+]:
+    """(namespace, round, contributions, base loader, history loader) for every cohort to
+    judge; the history (a rounds namespace from round 2 on) feeds the ascent statistic."""
     from crdtd.kinds.rounds import round_global, select_cohort
 
     state = core.state
@@ -263,7 +301,19 @@ def _model_cohorts(
     for e in state.visible():
         if e.payload_kind == "safetensors":
             by_ns.setdefault(e.namespace, []).append(e)
-    out: list[tuple[str, int, list[Entry], Callable[[], Mapping[str, object] | None]]] = []
+    out: list[
+        tuple[
+            str,
+            int,
+            list[Entry],
+            Callable[[], Mapping[str, object] | None],
+            Callable[[], _History],
+        ]
+    ] = []
+
+    def no_history() -> _History:
+        return None, {}
+
     for name in sorted(by_ns):
         ns = core.config.namespace(name)
         if ns is None or ns.payload_kind != "safetensors" or ns.encrypted:
@@ -276,7 +326,15 @@ def _model_cohorts(
                 def base(_ns=ns, _r=r) -> Mapping[str, object] | None:
                     return round_global(core, _ns, _r - 1).params
 
-                out.append((name, r, fresh, base))
+                def history(_ns=ns, _r=r, _held=held) -> _History:
+                    if _r < 2:
+                        return None, {}
+                    before = select_cohort(_held, _r - 1, 0).members
+                    return round_global(core, _ns, _r - 2).params, {
+                        e.author: e for e, s in before if s == 0
+                    }
+
+                out.append((name, r, fresh, base, history))
             continue
         for round_, entries in sorted(cohorts(by_ns[name]).items()):
             base_id = ns.base or _common_base(entries)
@@ -287,7 +345,7 @@ def _model_cohorts(
                     return _tensors(state.store, state.store.get_entry(_b))
                 return None
 
-            out.append((name, round_, entries, legacy))
+            out.append((name, round_, entries, legacy, no_history))
     return out
 
 

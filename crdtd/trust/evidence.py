@@ -55,6 +55,7 @@ from crdtd.state.entry import (
 from crdtd.store.chunks import Manifest, chunk_digest
 
 __all__ = [
+    "ASCENT_FLAG",
     "DIMENSIONS",
     "ENVELOPE_VERSION",
     "WEIGHT_UNIT",
@@ -82,6 +83,10 @@ WEIGHT_UNIT = 1000
 """Evidence weight of one full vote: weight -1000 is a full accusation, +1000 full praise."""
 
 MAX_EPOCH = 2**62
+
+ASCENT_FLAG = 8
+"""The verdict flag bit of an `ascent` outlier (crdtd.trust.outliers): its statistic compares
+an author's update with its previous one, so crdtd.trust.scores counts both as flagged."""
 
 
 class ProofKind(IntEnum):

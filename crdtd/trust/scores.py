@@ -33,7 +33,9 @@ same evidence, members and revocations compute identical bytes. The formula (doc
    (an author's verdict on its own contribution is ignored). An author is gated on the model
    dimension while at least `model_flags` (3) of its last `model_window` (5) judged
    contributions, by its own chain order, are outliers: older verdicts fall out of the
-   window (decay), so an author whose updates look normal again recovers.
+   window (decay), so an author whose updates look normal again recovers. A contribution
+   flagged `ascent` (by that majority) also makes the author's previous judged contribution
+   an outlier: that statistic compares the two (crdtd.trust.outliers).
 7. **Trust.** `t(s) = min_d dim(s, d)`, 0 when revoked. Because t weights the aggregate,
    t is the fixed point of steps 4–7, iterated from t₀ (faults only) at most
    `params.iterations` times, stopping early when t no longer changes.
@@ -54,6 +56,7 @@ from crdtd.errors import ConfigError, EvidenceError
 from crdtd.lattice import GCounter
 from crdtd.state.entry import Entry
 from crdtd.trust.evidence import (
+    ASCENT_FLAG,
     DIMENSIONS,
     WEIGHT_UNIT,
     Evidence,
@@ -257,8 +260,8 @@ class _Derived:
     pos: dict[tuple[bytes, str], dict[bytes, int]]
     neg: dict[tuple[bytes, str], dict[bytes, int]]
     ignored: list[tuple[bytes, str]]
-    # (author, contribution id) -> observer -> (seq, flagged): the observer's latest verdict
-    verdicts: dict[tuple[bytes, bytes], dict[bytes, tuple[int, bool]]] = field(default_factory=dict)
+    # (author, contribution id) -> observer -> (seq, flag mask): the observer's latest verdict
+    verdicts: dict[tuple[bytes, bytes], dict[bytes, tuple[int, int]]] = field(default_factory=dict)
 
 
 def _take_report(ev: Evidence, d: _Derived) -> None:
@@ -275,7 +278,7 @@ def _take_report(ev: Evidence, d: _Derived) -> None:
     for v in report.verdicts:
         if v.author == ev.observer:
             continue  # nobody judges its own contribution
-        d.verdicts.setdefault((v.author, v.content_id), {})[ev.observer] = (v.seq, v.outlier)
+        d.verdicts.setdefault((v.author, v.content_id), {})[ev.observer] = (v.seq, v.flags)
 
 
 def model_gated(
@@ -284,27 +287,31 @@ def model_gated(
     """Authors gated by corroborated model reports: author -> (outliers, judged) in its window.
 
     Judged: observers holding more than half of the trust mass reported the contribution;
-    outlier: observers holding more than half flagged it. The window is the author's last
+    outlier: observers holding more than half flagged it, or flagged the author's next
+    judged contribution `ascent` (a statistic of the pair). The window is the author's last
     `model_window` judged contributions by seq (the seq most reporting mass names).
     """
     total = sum(trust.values())
     if total == 0:
         return {}
-    judged: dict[bytes, list[tuple[int, bytes, bool]]] = defaultdict(list)
+    judged: dict[bytes, list[tuple[int, bytes, bool, bool]]] = defaultdict(list)
     for (author, cid), cell in sorted(d.verdicts.items()):
         reported = sum(trust.get(o, 0) for o in cell)
         if 2 * reported <= total:
             continue
         flagged = sum(trust.get(o, 0) for o, (_, f) in cell.items() if f)
+        ascent = sum(trust.get(o, 0) for o, (_, f) in cell.items() if f & ASCENT_FLAG)
         by_seq: dict[int, int] = defaultdict(int)
         for o, (seq, _) in cell.items():
             by_seq[seq] += trust.get(o, 0)
         seq = min(by_seq, key=lambda q: (-by_seq[q], q))
-        judged[author].append((seq, cid, 2 * flagged > total))
+        judged[author].append((seq, cid, 2 * flagged > total, 2 * ascent > total))
     out: dict[bytes, tuple[int, int]] = {}
     for author, rows in judged.items():
-        window = sorted(rows, reverse=True)[: params.model_window]
-        outliers = sum(1 for _, _, f in window if f)
+        rows.sort(reverse=True)
+        marked = [f or (i > 0 and rows[i - 1][3]) for i, (_, _, f, _) in enumerate(rows)]
+        window = marked[: params.model_window]
+        outliers = sum(window)
         if outliers >= params.model_flags:
             out[author] = (outliers, len(window))
     return out
