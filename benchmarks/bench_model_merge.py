@@ -339,7 +339,7 @@ def main() -> None:
             linear = results["linear"]["streaming"]["wall"]
             plan = measure("plan", dirs, scratch, "linear")
             print(
-                f"linear's plan alone (open and check all four checkpoints, sha256 of the "
+                f"linear's plan alone (open and check all four checkpoints, BLAKE3 of the "
                 f"three it reads): {plan['wall']:.2f} s, {plan['wall'] / linear:.0%} of "
                 f"linear's streaming wall; its merge pass alone: "
                 f"{bw['wall'] / max(linear - plan['wall'], 1e-9):.2f} of the numpy mean"
