@@ -54,7 +54,7 @@ class AlignedStaging:
     write handed over (a file is finished or closed only after it).
     """
 
-    DEPTH = 4  # buffers per merge thread: writes in flight while it computes the next blocks
+    DEPTH = 2  # buffers per merge thread: one write in flight while it casts the next block
     WRITERS = 2  # threads issuing writes (the disk takes two at once a little faster)
 
     def __init__(self) -> None:
@@ -80,7 +80,8 @@ class AlignedStaging:
         buf: mmap.mmap | None = entry[0]
         if buf is None or len(buf) < nbytes:
             size = -(-nbytes // ALIGN) * ALIGN
-            buf = entry[0] = mmap.mmap(-1, size)  # anonymous maps are page-aligned
+            # private anonymous maps are page-aligned, and cheaper to fault in than shared ones
+            buf = entry[0] = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         return buf, slot
 
     def submit(self, slot: int, fn: Callable[[], None]) -> None:
