@@ -281,17 +281,13 @@ _History = tuple[Mapping[str, object] | None, dict[bytes, Entry]]
 """The global a cohort's previous round trained from, and each author's update of that round."""
 
 
-def _model_cohorts(
-    core: NodeCore,
-) -> list[
-    tuple[
-        str,
-        int,
-        list[Entry],
-        Callable[[], Mapping[str, object] | None],
-        Callable[[], _History],
-    ]
-]:
+_Cohort = tuple[
+    str, int, list[Entry], Callable[[], Mapping[str, object] | None], Callable[[], _History]
+]
+"""(namespace, round, contributions, base loader, history loader) of one cohort to judge."""
+
+
+def _model_cohorts(core: NodeCore) -> list[_Cohort]:
     """(namespace, round, contributions, base loader, history loader) for every cohort to
     judge; the history (a rounds namespace from round 2 on) feeds the ascent statistic."""
     from crdtd.kinds.rounds import round_global, select_cohort
@@ -301,15 +297,7 @@ def _model_cohorts(
     for e in state.visible():
         if e.payload_kind == "safetensors":
             by_ns.setdefault(e.namespace, []).append(e)
-    out: list[
-        tuple[
-            str,
-            int,
-            list[Entry],
-            Callable[[], Mapping[str, object] | None],
-            Callable[[], _History],
-        ]
-    ] = []
+    out: list[_Cohort] = []
 
     def no_history() -> _History:
         return None, {}
