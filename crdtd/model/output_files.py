@@ -55,7 +55,7 @@ class AlignedStaging:
     """
 
     DEPTH = 2  # buffers per merge thread: one write in flight while it casts the next block
-    WRITERS = 2  # threads issuing writes (the disk takes two at once a little faster)
+    WRITERS = 2  # threads issuing writes: one write waits queued behind the one in flight
 
     def __init__(self) -> None:
         self._local = threading.local()
