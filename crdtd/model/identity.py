@@ -3,8 +3,9 @@
 A checkpoint's content id is sha256 over its canonical tensor list (name, dtype, shape and the
 BLAKE3 digest of each tensor's bytes, by name): file layout, sharding and path do not change it.
 The input-set digest hashes the sorted unique content ids, so order and duplication do not
-either. Tensor bytes are hashed with BLAKE3 (3.4x SHA-256's speed on one core here, with
-SHA-NI; see docs/model_merge.md): a merge hashes every byte it reads before it starts.
+either. Tensor bytes are hashed with BLAKE3, several times faster than SHA-256 even with
+SHA-NI (figures and command in docs/model_merge.md): a merge hashes every byte it reads
+before it starts.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 class AlignedStaging:
     """Page-aligned buffers, `DEPTH` per thread and reused, whose direct writes run on a small
     writer pool: a merge thread casts its block into a free buffer, hands the write over and
-    goes on merging while the disk works (a synchronous write left it idle ~0.45 s per GB).
+    goes on merging while the disk works instead of waiting for each write.
 
     A failed write is raised by the next `acquire` or by `drain`; `drain` waits for every
     write handed over (a file is finished or closed only after it).

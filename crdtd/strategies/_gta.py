@@ -98,11 +98,11 @@ def task_vector_chunk(
 _THREAD = threading.local()
 
 
-def _thread_buffer(key: str, numel: int) -> torch.Tensor:
-    """A float32 CPU buffer of at least `numel` entries kept per thread under `key`."""
+def _thread_buffer(key: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A CPU buffer of at least `numel` entries of `dtype` kept per thread under `key`."""
     buf: torch.Tensor | None = getattr(_THREAD, key, None)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=torch.float32)
+        buf = torch.empty(numel, dtype=dtype)
         setattr(_THREAD, key, buf)
     return buf
 
@@ -126,7 +126,7 @@ def rows_for(count: int, n: int, device: torch.device) -> list[torch.Tensor]:
     cols = min(n, CHUNK)
     if device.type != "cpu":
         return [torch.empty(cols, dtype=torch.float32, device=device) for _ in range(count)]
-    buf = _thread_buffer("rows", 3 * CHUNK)
+    buf = _thread_buffer("rows", count * CHUNK)
     return [buf[j * CHUNK : j * CHUNK + cols] for j in range(count)]
 
 
@@ -301,15 +301,10 @@ def _scan_torch(a: torch.Tensor, lo: float | None, hi: float | None) -> Scan:
     return count_below, a[where], where
 
 
-_MASKS = threading.local()
-
-
 def _masks(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Two reused per-thread bool arrays of n entries, for `_scan_numpy`."""
-    buf: np.ndarray | None = getattr(_MASKS, "buf", None)
-    if buf is None or buf.shape[1] < n:
-        buf = _MASKS.buf = np.empty((2, max(n, CHUNK)), dtype=np.bool_)
-    return buf[0, :n], buf[1, :n]
+    buf = _thread_buffer("masks", 2 * max(n, CHUNK), torch.bool).numpy()
+    return buf[:n], buf[n : 2 * n]
 
 
 def _scan_numpy(a: torch.Tensor, lo: float | None, hi: float | None) -> Scan:
