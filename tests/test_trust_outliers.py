@@ -417,3 +417,23 @@ def test_bad_ascent_thresholds_are_refused():
         OutlierParams(max_ascent_cosine=1.0)
     with pytest.raises(ConfigError, match="ascent_aligned"):
         OutlierParams(ascent_aligned=1.5)
+
+
+@pytest.mark.parametrize(
+    "previous_base",
+    [{"w": BASE["w"]}, {"b": BASE["b"][:4], "w": BASE["w"]}],
+    ids=["missing_tensor", "other_shape"],
+)
+def test_a_previous_global_of_another_architecture_skips_only_ascent(previous_base):
+    """A previous global lacking one of this round's tensors (or holding it in another shape)
+    leaves nothing to compare the change with: no ascent, and the cohort's other statistics
+    still judge it (the sign flip is flagged), instead of an error that drops the cohort."""
+    ts = [_honest(i) for i in range(7)]
+    ts.append({k: BASE[k] - 3 * (ts[0][k] - BASE[k]) for k in BASE})
+    contribs = [
+        ModelContribution(_cid(i), _author(i), t, 10, 2, _honest(20 + i)) for i, t in enumerate(ts)
+    ]
+    stats = {s.content_id: s for s in model_outliers(contribs, BASE, None, previous_base)}
+    assert all(s.ascent is None for s in stats.values())
+    assert "direction" in stats[_cid(7)].flags
+    assert all(stats[_cid(i)].flags == () for i in range(7))

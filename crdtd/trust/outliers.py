@@ -313,12 +313,13 @@ def _ascent(
     previous_base: Mapping[str, Any] | None,
 ) -> list[float | None]:
     """Per contribution: cosine of (its task vector − its author's previous one) with the
-    global's last step (base − previous base); None without a previous update or bases."""
+    global's last step (base − previous base); None without a previous update or bases, or
+    when the previous base has other tensors (a changed architecture: nothing to compare)."""
     if base is None or previous_base is None:
         return [None] * len(ordered)
     for n in names:
-        if n not in previous_base:
-            raise TensorMismatchError(f"previous base model has no tensor {n!r}")
+        if n not in previous_base or np.shape(previous_base[n]) != shapes[n]:
+            return [None] * len(ordered)
     step = np.concatenate(
         [
             (
