@@ -720,8 +720,17 @@ def test_ties_is_exact_when_the_strided_sample_is_unrepresentative(levels: int) 
 PROPAGATING = sorted(n for n in names() if get(n).propagates_nonfinite)
 
 
-def test_the_strategies_checked_by_their_result_are_the_linear_family() -> None:
-    assert PROPAGATING == ["fedavg", "linear", "passthrough", "task_arithmetic", "weight_average"]
+def test_the_strategies_checked_by_their_result_are_the_linear_family_ties_and_dare() -> None:
+    assert PROPAGATING == [
+        "dare_linear",
+        "dare_ties",
+        "fedavg",
+        "linear",
+        "passthrough",
+        "task_arithmetic",
+        "ties",
+        "weight_average",
+    ]
 
 
 @pytest.mark.parametrize("name", PROPAGATING)

@@ -803,14 +803,24 @@ def _check_loaded(
         require_finite(base, name, f"the base {plan.base.label}", start)
 
 
+SAMPLE_RUN = 64  # consecutive entries `_sample` takes together
+
+
 def _sample(
     plan: MergePlan, job: TensorJob, stride: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Flat inputs `[k, ⌈n/stride⌉]` and base at every `stride`-th entry, read from the maps."""
+    """Flat inputs `[k, ~n/stride]` and base, read from the maps in runs of `SAMPLE_RUN`
+    entries spread evenly over the tensor: one entry every `stride` would touch every page
+    of a large tensor (a page fault and a mapped page each), runs touch one in `SAMPLE_RUN`."""
     name = job.info.name
+    n = job.info.numel
+    run = max(1, min(SAMPLE_RUN, stride))
+    starts = torch.arange(0, n, stride * run)
+    where = (starts[:, None] + torch.arange(run)[None, :]).reshape(-1)
+    where = where[where < n]
 
     def pick(src: TensorSource) -> torch.Tensor:
-        out = src.view(name).reshape(-1)[::stride].to(plan.device, torch.float32)
+        out = src.view(name).reshape(-1)[where].to(plan.device, torch.float32)
         src.release(name)
         return out
 
@@ -858,8 +868,10 @@ def _merge_block(
     strategy = job.strategy
     assert strategy is not None
     # a strategy whose result is non-finite wherever an input is has its result checked
-    # (one pass over 1/k of the data); the inputs only when it is, to name the culprit
-    late = strategy.propagates_nonfinite
+    # (one pass over 1/k of the data); the inputs only when it is, to name the culprit. A
+    # two-phase strategy decides from the values in its `prepare`, so it is checked up
+    # front when it prepares inline (a whole tensor); its prepare pass checked its blocks
+    late = strategy.propagates_nonfinite and (state is not None or strategy.prepare is None)
     tm = _load(plan, job, buf, rows, check=not late)
     shape = tuple(tm.inputs.shape[1:])
     out = strategy.fn(tm if state is None else replace(tm, state=state))

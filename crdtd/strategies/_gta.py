@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from crdtd.strategies import _kernels as kernels
 from crdtd.strategies._select import ascending, bracket, kth_value, sample_stride
 from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge
 
@@ -51,12 +52,15 @@ class Draws:
         self.stream = stream
         self.below = np.uint16(below)
 
-    def flags(self, c0: int, c1: int) -> np.ndarray:
-        """Bool flags of entries [c0, c1): the entry's 16-bit word is below `below`."""
+    def words(self, c0: int, c1: int) -> np.ndarray:
+        """The 16-bit words of entries [c0, c1) (within one chunk)."""
         first = c0 // CHUNK * CHUNK  # a block off the grid starts inside a chunk's draws
         raw = self.stream(c0 // CHUNK).random_raw((c1 - first + 3) // 4).astype("<u8", copy=False)
-        words = raw.view("<u2")  # low word first on every machine
-        return np.less(words[c0 - first : c1 - first], self.below)
+        return raw.view("<u2")[c0 - first : c1 - first]  # low word first on every machine
+
+    def flags(self, c0: int, c1: int) -> np.ndarray:
+        """Bool flags of entries [c0, c1): the entry's 16-bit word is below `below`."""
+        return np.less(self.words(c0, c1), self.below)
 
     def apply(self, t: torch.Tensor, c0: int, c1: int) -> None:
         """t (entries [c0, c1) of one model's task vector) with the dropped entries zeroed
@@ -175,6 +179,8 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
         base = block.base
         assert base is not None
         off = block.offset
+        if kernels.enabled() and base.device.type == "cpu":
+            return [off], _scan_fused(block, base, active, bounds)
         scratch = scratch_for(block.k, base.numel(), base.device)
         starts: list[int] = []
         found: list[_Gathered] = [_Gathered() for _ in active]
@@ -203,6 +209,27 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
         keeps[i] = gathered[j].keep(n, counts[i], starts)
         gathered[j] = _Gathered()
     return keeps
+
+
+def _scan_fused(
+    block: TensorMerge,
+    base: torch.Tensor,
+    active: list[int],
+    bounds: list[tuple[float | None, float | None]],
+) -> list[_Gathered]:
+    """`scan_block`'s findings from the fused kernel, the whole block as one part."""
+    n, m = base.numel(), len(active)
+    values = _thread_buffer("scan_values", m * n).numpy()[: m * n].reshape(m, n)
+    where = _thread_buffer("scan_where", m * n, torch.int64).numpy()[: m * n].reshape(m, n)
+    x = block.inputs.reshape(block.k, -1).numpy()
+    found = []
+    for below, vals, pos in kernels.scan_block(
+        x, base.reshape(-1).numpy(), active, bounds, values, where
+    ):
+        part = _Gathered()
+        part.add(below, torch.from_numpy(vals), torch.from_numpy(pos))
+        found.append(part)
+    return found
 
 
 class _Gathered:
@@ -442,6 +469,27 @@ def combine(
     unit = bool((weights == 1.0).all())
     total = float(weights.sum())
     divide = normalize and not consensus and abs(total) >= 1e-8
+    fused = _fused_keeps(keeps) if kernels.enabled() and base.device.type == "cpu" else None
+    if fused is not None:
+        positive = unit or bool((w32 > 0).all())
+        kernels.combine_block(
+            tm.inputs.reshape(tm.k, -1).numpy(),
+            flat_base.numpy(),
+            off,
+            fused,
+            _draw_words(keeps, n, off),
+            w32.numpy(),
+            unit=unit,
+            consensus=consensus,
+            normalize=normalize,
+            wmode=kernels.UNIT if unit else (kernels.POSITIVE if positive else kernels.ANY),
+            wfloor=0.5 * float(w32.min()) if positive and not unit else 0.0,
+            divide=divide,
+            total=total,
+            lam=lam,
+            out=out.numpy(),
+        )
+        return out.reshape(base.shape)
     scratch = scratch_for(tm.k, n, base.device)
     rows = rows_for(3, n, base.device)
     for c0, c1 in chunks(n, off):
@@ -459,3 +507,43 @@ def combine(
                 mixed /= total
         torch.add(flat_base[c0 - off : c1 - off], mixed, alpha=lam, out=out[c0 - off : c1 - off])
     return out.reshape(base.shape)
+
+
+FusedKeep = tuple[float | None, int | None, float | None, int | None, float | None]
+
+
+def _fused_keeps(keeps: list[Keep]) -> list[FusedKeep] | None:
+    """`keeps` as the fused kernel's (threshold, tie_from, below, draws_below, scale) per
+    model, or None when one holds what only the torch path applies (a flat mask or scale,
+    a threshold that is not a float32)."""
+    out: list[FusedKeep] = []
+    for keep in keeps:
+        if keep.mask is not None or isinstance(keep.scale, torch.Tensor):
+            return None
+        thr = keep.threshold
+        below = None
+        if thr is not None:
+            if float(np.float32(thr)) != thr:
+                return None
+            below = float(np.nextafter(np.float32(thr), np.float32(0.0)))
+        draws = None if keep.draws is None else int(keep.draws.below)
+        scale = None if keep.scale == 1.0 else float(np.float32(keep.scale))
+        out.append((thr, keep.tie_from, below, draws, scale))
+    return out
+
+
+def _draw_words(keeps: list[Keep], n: int, offset: int) -> np.ndarray:
+    """`[k, n]` 16-bit draw words of a block's entries for the models that draw (a reused
+    per-thread buffer; rows of the other models are left as they are)."""
+    drawing = [i for i, keep in enumerate(keeps) if keep.draws is not None]
+    if not drawing:
+        return np.zeros((len(keeps), 1), np.uint16)
+    k = len(keeps)
+    words = _thread_buffer("words", k * n, torch.int16).numpy().view(np.uint16)[: k * n]
+    words = words.reshape(k, n)
+    for i in drawing:
+        draws = keeps[i].draws
+        assert draws is not None
+        for c0, c1 in chunks(n, offset):
+            words[i, c0 - offset : c1 - offset] = draws.words(c0, c1)
+    return words

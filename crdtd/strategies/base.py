@@ -152,8 +152,8 @@ class TensorBlocks:
     multiple of `BLOCK_ALIGN` (except in tests that ask for tiny blocks). `load(start, stop)`
     gives that block as a `TensorMerge` (valid only until the next load); `map(fn)` runs a
     pure per-block function over all blocks (in parallel in the engine); `sample(stride)`
-    gives the flat inputs `[k, ⌈n/stride⌉]` and base at positions 0, stride, 2·stride, ...
-    without loading whole blocks.
+    gives the flat inputs `[k, ~n/stride]` and base at positions spread evenly over the
+    tensor (every stride-th here, short runs of them in the engine) without loading blocks.
     """
 
     name: str

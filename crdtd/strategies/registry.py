@@ -34,7 +34,8 @@ def register(
     `uses_base=False` says `fn` never reads the base, so the engine need not load it;
     `propagates_nonfinite=True` says a NaN or Inf in any input (or the base) always gives a
     non-finite result entry, so the engine checks the result instead of every input (and the
-    inputs only to name the culprit); `chunk_seeded=True` says a stochastic `fn` draws only
+    inputs only to name the culprit; with a `prepare`, only where `fn` is given the prepared
+    state, as a `prepare` decides from the values); `chunk_seeded=True` says a stochastic `fn` draws only
     from `base.chunk_seed` streams, so it too may run block by block.
     """
 

@@ -221,6 +221,7 @@ _SUM = "θ = θ_base + λ Σ_i w_i τ̂_i (÷ Σ_i w_i when normalize)"
     formula="τ̂_i = top-density(|τ_i|) of τ_i = θ_i − θ_base; " + _DISJOINT,
     needs_base=True,
     prepare=magnitude_state,
+    propagates_nonfinite=True,
 )
 def ties(tm: TensorMerge) -> torch.Tensor:
     """TIES: trim to top-`density` magnitudes, elect sign, disjoint mean (normalize=true)."""
@@ -236,6 +237,7 @@ def ties(tm: TensorMerge) -> torch.Tensor:
     stochastic=True,
     elementwise=True,
     chunk_seeded=True,
+    propagates_nonfinite=True,
 )
 def dare_linear(tm: TensorMerge) -> torch.Tensor:
     """DARE: random drop with keep-probability `density`, rescale by 1/density, then sum."""
@@ -251,6 +253,7 @@ def dare_linear(tm: TensorMerge) -> torch.Tensor:
     stochastic=True,
     elementwise=True,
     chunk_seeded=True,
+    propagates_nonfinite=True,
 )
 def dare_ties(tm: TensorMerge) -> torch.Tensor:
     """DARE drop-and-rescale followed by TIES sign election and disjoint combination."""

@@ -1,0 +1,159 @@
+"""Fused CPU kernels (numba) for the task-arithmetic engine's two hot loops.
+
+`combine` and the magnitude scan of `_gta` run a dozen torch passes over chunks of
+`[k, 2¹⁸]` float32 that do not fit in cache; these kernels do the same float operations in
+the same order over tiles that do, in one call per block with the GIL released. Each
+operation is the one torch performs (f32 subtract, hardshrink, multiply by a 0/1 flag or an
+f32 factor, sums in row order, `clamp(min=0)` keeping −0.0, `sign` giving +0.0, f32 division,
+and a fused multiply-add for `torch.add(base, mixed, alpha=λ)`), so the bytes are those of
+the torch path (tests compare the two). Without numba, or off the CPU, `_gta` keeps its
+torch path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ENABLED = True  # tests switch the kernels off to compare with the torch path
+AVAILABLE = importlib.util.find_spec("numba") is not None
+UNIT, POSITIVE, ANY = 0, 1, 2  # weight modes of the consensus divisor (`elect_and_mix`)
+
+
+def enabled() -> bool:
+    """Whether the fused kernels run (numba installed and not switched off)."""
+    return AVAILABLE and ENABLED
+
+
+def _kernels() -> ModuleType:
+    from crdtd.strategies import _numba_kernels
+
+    return _numba_kernels
+
+
+def preload() -> None:
+    """Import numba and load (or compile, the first time on a machine) both kernels for the
+    engine's argument types: ~0.5 s a process pays once, before its first merge otherwise."""
+    if not enabled():
+        return
+    x = np.zeros((2, 4), np.float32)
+    base = np.zeros(4, np.float32)
+    out = np.empty(4, np.float32)
+    keeps = [(0.5, None, 0.25, None, None), (None, None, None, 1, 2.0)]
+    combine_block(
+        x,
+        base,
+        0,
+        keeps,
+        np.zeros((2, 4), np.uint16),
+        np.ones(2),
+        unit=True,
+        consensus=True,
+        normalize=True,
+        wmode=UNIT,
+        wfloor=0.0,
+        divide=False,
+        total=2.0,
+        lam=1.0,
+        out=out,
+    )
+    scan_block(x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int64))
+
+
+def combine_block(
+    x: np.ndarray,
+    base: np.ndarray,
+    offset: int,
+    keeps: Any,
+    words: np.ndarray,
+    weights: np.ndarray,
+    *,
+    unit: bool,
+    consensus: bool,
+    normalize: bool,
+    wmode: int,
+    wfloor: float,
+    divide: bool,
+    total: float,
+    lam: float,
+    out: np.ndarray,
+) -> None:
+    """`_gta.combine` of a flat block (x `[k, n]`, base `[n]`, float32) into `out`.
+
+    `keeps` is one `(threshold, tie_from, below, draws_below, scale)` per model (None where
+    that part is absent), `words` `[k, n]` the 16-bit draw words of the models with draws.
+    """
+    k = x.shape[0]
+    has_thr = np.zeros(k, np.bool_)
+    thr = np.zeros(k, np.float32)
+    tie = np.full(k, np.iinfo(np.int64).max, np.int64)
+    lim = np.zeros(k, np.float32)
+    has_draws = np.zeros(k, np.bool_)
+    below16 = np.zeros(k, np.uint16)
+    has_scale = np.zeros(k, np.bool_)
+    scale = np.ones(k, np.float32)
+    for i, (threshold, tie_from, below, draws_below, factor) in enumerate(keeps):
+        if threshold is not None:
+            has_thr[i] = True
+            thr[i] = threshold
+            lim[i] = below
+            if tie_from is not None:
+                tie[i] = tie_from
+        if draws_below is not None:
+            has_draws[i] = True
+            below16[i] = draws_below
+        if factor is not None:
+            has_scale[i] = True
+            scale[i] = factor
+    _kernels()._combine(
+        x,
+        base,
+        offset,
+        has_thr,
+        thr,
+        tie,
+        lim,
+        has_draws,
+        words,
+        below16,
+        has_scale,
+        scale,
+        weights.astype(np.float32),
+        unit,
+        consensus,
+        normalize,
+        wmode,
+        np.float32(wfloor),
+        divide,
+        np.float32(total),
+        np.float32(lam),
+        out,
+    )
+
+
+def scan_block(
+    x: np.ndarray,
+    base: np.ndarray,
+    models: list[int],
+    bounds: list[tuple[float | None, float | None]],
+    values: np.ndarray,
+    where: np.ndarray,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per model in `models`: (#entries with |τ| < lo, the |τ| in [lo, hi] in order, their
+    positions) over a flat block of finite values, τ = x[i] − base (None: unbounded);
+    `values`/`where` `[len(models), ≥ n]` are scratch the results are copied out of."""
+    m = len(models)
+    has_lo = np.array([lo is not None for lo, _ in bounds], np.bool_)
+    lo = np.array([-np.inf if lo is None else lo for lo, _ in bounds], np.float32)
+    hi = np.array([np.inf if hi is None else hi for _, hi in bounds], np.float32)
+    below = np.zeros(m, np.int64)
+    sizes = np.zeros(m, np.int64)
+    _kernels()._scan(
+        x, base, np.array(models, np.int64), has_lo, lo, hi, below, sizes, values, where
+    )
+    return [
+        (int(below[j]), values[j, : sizes[j]].copy(), where[j, : sizes[j]].copy()) for j in range(m)
+    ]

@@ -1,0 +1,207 @@
+"""The numba kernels behind `_kernels` (imported on first use: numba and LLVM cost ~0.2 s
+and ~100 MB, which merges that never run a kernel should not pay)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+TILE = 2048  # entries per tile: k + 3 float32 rows of it stay in the L1/L2 cache
+UNIT, POSITIVE, ANY = 0, 1, 2  # weight modes of the consensus divisor (`elect_and_mix`)
+
+
+@intrinsic
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """a·b + c rounded once (IEEE fused multiply-add), as torch's `add(alpha=)` does."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _shrink(t: np.ndarray, lim: np.float32) -> None:
+    """torch.hardshrink(t, lim) in place: |v| ≤ lim becomes +0.0."""
+    zero = np.float32(0.0)
+    for j in range(t.shape[0]):
+        v = t[j]
+        t[j] = zero if (v >= -lim) & (v <= lim) else v
+
+
+@njit(nogil=True, cache=True)
+def _rowsum(t: np.ndarray, c: int, out: np.ndarray) -> None:
+    """out[:c] = Σ_i t[i, :c] in row order, as `_gta.rowsum`."""
+    k = t.shape[0]
+    t0 = t[0, :c]
+    if k == 1:
+        for j in range(c):
+            out[j] = t0[j]
+        return
+    t1 = t[1, :c]
+    for j in range(c):
+        out[j] = t0[j] + t1[j]
+    for i in range(2, k):
+        ti = t[i, :c]
+        for j in range(c):
+            out[j] = out[j] + ti[j]
+
+
+@njit(nogil=True, cache=True)
+def _combine(
+    x: np.ndarray,
+    base: np.ndarray,
+    offset: int,
+    has_thr: np.ndarray,
+    thr: np.ndarray,
+    tie_from: np.ndarray,
+    below: np.ndarray,
+    has_draws: np.ndarray,
+    words: np.ndarray,
+    below16: np.ndarray,
+    has_scale: np.ndarray,
+    scale: np.ndarray,
+    w: np.ndarray,
+    unit: bool,
+    consensus: bool,
+    normalize: bool,
+    wmode: int,
+    wfloor: np.float32,
+    divide: bool,
+    total: np.float32,
+    lam: np.float32,
+    out: np.ndarray,
+) -> None:
+    k, n = x.shape
+    t = np.empty((k, TILE), np.float32)
+    gamma = np.empty(TILE, np.float32)
+    mixed = np.empty(TILE, np.float32)
+    divisor = np.empty(TILE, np.float32)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    # every loop indexes tile slices by its own range variable: numba then knows the
+    # index is not negative and LLVM vectorises (an index like `a + j` is not)
+    for a in range(0, n, TILE):
+        c = min(TILE, n - a)
+        bt = base[a : a + c]
+        for i in range(k):
+            ti = t[i, :c]
+            xt = x[i, a : a + c]
+            for j in range(c):
+                ti[j] = xt[j] - bt[j]
+            if has_thr[i]:
+                cut = min(c, max(0, tie_from[i] - offset - a))
+                _shrink(ti[:cut], thr[i])
+                _shrink(ti[cut:], below[i])
+            if has_draws[i]:
+                wt = words[i, a : a + c]
+                b16 = below16[i]
+                for j in range(c):
+                    ti[j] = ti[j] * (one if wt[j] < b16 else zero)
+            if has_scale[i]:
+                f = scale[i]
+                for j in range(c):
+                    ti[j] = ti[j] * f
+            if not unit:
+                f = w[i]
+                for j in range(c):
+                    ti[j] = ti[j] * f
+        g = gamma[:c]
+        m = mixed[:c]
+        if consensus:
+            _rowsum(t, c, g)
+            for j in range(c):
+                g[j] = -one if g[j] < zero else one
+            for i in range(k):
+                ti = t[i, :c]
+                for j in range(c):
+                    v = ti[j] * g[j]
+                    ti[j] = zero if v < zero else v
+            _rowsum(t, c, m)
+            if normalize:
+                for i in range(k):
+                    ti = t[i, :c]
+                    f = one if unit else w[i]
+                    for j in range(c):
+                        ti[j] = (one if ti[j] > zero else zero) * f
+                d = divisor[:c]
+                _rowsum(t, c, d)
+                if wmode == UNIT:
+                    for j in range(c):
+                        m[j] = m[j] / (one if d[j] < one else d[j])
+                elif wmode == POSITIVE:
+                    for j in range(c):
+                        m[j] = m[j] / (wfloor if d[j] < wfloor else d[j])
+                else:
+                    for j in range(c):
+                        m[j] = m[j] / (one if d[j] == zero else d[j])
+            for j in range(c):
+                m[j] = m[j] * g[j]
+        else:
+            _rowsum(t, c, m)
+            if divide:
+                for j in range(c):
+                    m[j] = m[j] / total
+        ot = out[a : a + c]
+        for j in range(c):
+            ot[j] = _fma(m[j], lam, bt[j])  # type: ignore[call-arg]
+
+
+@njit(nogil=True, cache=True)
+def _scan(
+    x: np.ndarray,
+    base: np.ndarray,
+    models: np.ndarray,
+    has_lo: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    below: np.ndarray,
+    sizes: np.ndarray,
+    values: np.ndarray,
+    where: np.ndarray,
+) -> None:
+    n = base.shape[0]
+    a = np.empty(TILE, np.float32)
+    inside = np.empty(TILE, np.uint8)
+    for j in range(models.shape[0]):
+        xi = x[models[j]]
+        vj = values[j]
+        pj = where[j]
+        low, high = lo[j], hi[j]
+        count = 0
+        size = 0
+        for s in range(0, n, TILE):
+            c = min(TILE, n - s)
+            xt = xi[s : s + c]
+            bt = base[s : s + c]
+            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then
+            # a gather whose branch is rarely taken (a branch on the comparisons
+            # themselves is mispredicted half the time)
+            above = 0
+            seen = 0
+            for q in range(c):
+                v = abs(xt[q] - bt[q])
+                a[q] = v
+                ge = v >= low
+                above += ge
+                inside[q] = ge & (v <= high)
+                seen += inside[q]
+            if has_lo[j]:
+                count += c - above
+            if seen * 16 > c:  # many inside: write every entry, advance past kept ones
+                for q in range(c):
+                    vj[size] = a[q]
+                    pj[size] = s + q
+                    size += inside[q]
+            elif seen:
+                for q in range(c):
+                    if inside[q]:
+                        vj[size] = a[q]
+                        pj[size] = s + q
+                        size += 1
+        below[j] = count
+        sizes[j] = size

@@ -1,0 +1,138 @@
+"""The fused numba kernels of `_gta` give the bytes of its torch path, bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtd.strategies import _kernels, registry
+from crdtd.strategies._gta import KEEP_ALL, Draws, Keep, combine
+from crdtd.strategies._select import sample_stride
+from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge, run_blocks
+from tests.test_model_blockwise import CASES, _stack, _tm
+
+pytestmark = pytest.mark.skipif(not _kernels.AVAILABLE, reason="numba is not installed")
+
+
+def _both(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn() with the kernels, then without: both results."""
+    fast = fn()
+    _kernels.ENABLED = False
+    try:
+        slow = fn()
+    finally:
+        _kernels.ENABLED = True
+    return fast, slow
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy().view(np.uint32)
+
+
+# values where the torch path's choices show: ±0, ties at a threshold, equal magnitudes of
+# opposite signs, sums that cancel to ±0
+VALUES = st.sampled_from([0.0, -0.0, 0.5, -0.5, 0.25, -0.25, 1.0, -1.0, 1.5, 3.0, -3.0, 1e-3])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    k=st.integers(1, 4),
+    n=st.integers(1, 2 * 2048 + 7),
+    offset=st.integers(0, 3 * BLOCK_ALIGN),
+    consensus=st.booleans(),
+    normalize=st.booleans(),
+    lam=st.sampled_from([1.0, 0.7, 1 / 3, 0.0, -1.0]),
+)
+def test_combine_gives_the_torch_paths_bytes(
+    data: st.DataObject,
+    k: int,
+    n: int,
+    offset: int,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> None:
+    """Every keep the kernel takes (thresholds with tie positions, draws, scales), weights of
+    either sign or zero, consensus or sum, on values rich in zeros and ties."""
+    values = data.draw(st.lists(VALUES, min_size=(k + 1) * 8, max_size=(k + 1) * 8))
+    picks = np.resize(np.array(values, dtype=np.float32), (k + 1) * n).reshape(k + 1, n)
+    noise = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    jitter = noise.permuted(picks, axis=1)  # the same values in other places per row
+    x = torch.from_numpy(jitter[:k].copy())
+    base = torch.from_numpy(jitter[k].copy())
+    keeps = []
+    for i in range(k):
+        kind = data.draw(st.sampled_from(["all", "threshold", "draws", "both_scaled"]))
+        if kind == "all":
+            keeps.append(KEEP_ALL)
+            continue
+        threshold = data.draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+        tie_from = data.draw(st.one_of(st.none(), st.integers(0, offset + n + 5)))
+        below = data.draw(st.integers(0, 2**16 - 1))
+        seed = data.draw(st.integers(0, 1000))
+        draws = Draws(lambda chunk, s=seed, i=i: np.random.PCG64(s * 97 + i * 13 + chunk), below)
+        scale = data.draw(st.sampled_from([1.0, 2.0, 1 / 0.3, 0.5]))
+        if kind == "threshold":
+            keeps.append(Keep(threshold=threshold, tie_from=tie_from, scale=scale))
+        elif kind == "draws":
+            keeps.append(Keep(draws=draws, scale=scale))
+        else:
+            keeps.append(Keep(threshold=threshold, tie_from=tie_from, draws=draws, scale=scale))
+    weights = torch.tensor(
+        data.draw(st.lists(st.sampled_from([1.0, 0.5, 2.0, 0.0, -1.0]), min_size=k, max_size=k)),
+        dtype=torch.float64,
+    )
+
+    def run() -> torch.Tensor:
+        tm = TensorMerge("w", x.clone(), base.clone(), {}, (), torch.Generator(), offset=offset)
+        return combine(
+            tm, base.clone(), keeps, weights, consensus=consensus, normalize=normalize, lam=lam
+        )
+
+    fast, slow = _both(run)
+    np.testing.assert_array_equal(_bits(fast), _bits(slow))
+
+
+KERNEL_CASES = [
+    (n, i)
+    for n in ("ties", "dare_linear", "dare_ties", "task_arithmetic")
+    for i in range(len(CASES[n]))
+]
+
+
+@pytest.mark.parametrize("name, index", KERNEL_CASES)
+def test_blockwise_merges_give_the_torch_paths_bytes(name: str, index: int) -> None:
+    """The strategies' own block passes (TIES's magnitude scan included) on many ties."""
+    strategy = registry.get(name)
+    x, base = _stack(3, 2 * BLOCK_ALIGN + 12_345, seed=index)
+    case = CASES[name][index]
+
+    def run() -> torch.Tensor:
+        blocks = TensorBlocks.of(_tm(name, x, base, case), BLOCK_ALIGN)
+        return torch.cat(list(run_blocks(strategy, blocks)))
+
+    fast, slow = _both(run)
+    np.testing.assert_array_equal(_bits(fast), _bits(slow))
+
+
+def test_a_bracket_the_sample_misses_still_gives_the_torch_paths_bytes() -> None:
+    """TIES on a tensor whose sample is unlike the rest (the scan falls back to every entry)."""
+    strategy = registry.get("ties")
+    n = 2 * BLOCK_ALIGN
+    x, base = _stack(3, n, seed=5)
+    x[:, : n // 2] = base[: n // 2] + (x[:, : n // 2] - base[: n // 2]) * 1e-3
+    step = sample_stride(n)
+    x[:, ::step] = base[::step]  # the strided sample sees only zero task vectors
+
+    def run() -> torch.Tensor:
+        tm = _tm("ties", x, base, ({"density": 0.3}, []))
+        return torch.cat(list(run_blocks(strategy, TensorBlocks.of(tm, BLOCK_ALIGN))))
+
+    fast, slow = _both(run)
+    np.testing.assert_array_equal(_bits(fast), _bits(slow))
