@@ -168,19 +168,18 @@ def _scan(
     a = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
     for j in range(models.shape[0]):
-        xi = x[models[j]]
-        vj = values[j]
-        pj = where[j]
-        low, high = lo[j], hi[j]
-        count = 0
-        size = 0
-        for s in range(0, n, TILE):
-            c = min(TILE, n - s)
-            xt = xi[s : s + c]
-            bt = base[s : s + c]
-            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then
-            # a gather whose branch is rarely taken (a branch on the comparisons
-            # themselves is mispredicted half the time)
+        below[j] = 0
+        sizes[j] = 0
+    # tiles outside, models inside: a tile of the base is read once for all models
+    for s in range(0, n, TILE):
+        c = min(TILE, n - s)
+        bt = base[s : s + c]
+        for j in range(models.shape[0]):
+            xt = x[models[j], s : s + c]
+            low, high = lo[j], hi[j]
+            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then a
+            # gather whose branch is rarely taken (a branch on the comparisons themselves
+            # is mispredicted half the time)
             above = 0
             seen = 0
             for q in range(c):
@@ -191,7 +190,10 @@ def _scan(
                 inside[q] = ge & (v <= high)
                 seen += inside[q]
             if has_lo[j]:
-                count += c - above
+                below[j] += c - above
+            size = sizes[j]
+            vj = values[j]
+            pj = where[j]
             if seen * 16 > c:  # many inside: write every entry, advance past kept ones
                 for q in range(c):
                     vj[size] = a[q]
@@ -203,5 +205,4 @@ def _scan(
                         vj[size] = a[q]
                         pj[size] = s + q
                         size += 1
-        below[j] = count
-        sizes[j] = size
+            sizes[j] = size
