@@ -509,14 +509,11 @@ def combine(
     return out.reshape(base.shape)
 
 
-FusedKeep = tuple[float | None, int | None, float | None, int | None, float | None]
-
-
-def _fused_keeps(keeps: list[Keep]) -> list[FusedKeep] | None:
+def _fused_keeps(keeps: list[Keep]) -> list[kernels.FusedKeep] | None:
     """`keeps` as the fused kernel's (threshold, tie_from, below, draws_below, scale) per
     model, or None when one holds what only the torch path applies (a flat mask or scale,
     a threshold that is not a float32)."""
-    out: list[FusedKeep] = []
+    out: list[kernels.FusedKeep] = []
     for keep in keeps:
         if keep.mask is not None or isinstance(keep.scale, torch.Tensor):
             return None

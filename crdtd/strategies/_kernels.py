@@ -13,14 +13,17 @@ torch path.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 ENABLED = True  # tests switch the kernels off to compare with the torch path
 AVAILABLE = importlib.util.find_spec("numba") is not None
 UNIT, POSITIVE, ANY = 0, 1, 2  # weight modes of the consensus divisor (`elect_and_mix`)
+# one model's keep: (threshold, tie_from, the float32 below the threshold, draws' `below`,
+# scale), None where that part is absent
+FusedKeep = tuple[float | None, int | None, float | None, int | None, float | None]
 
 
 def enabled() -> bool:
@@ -67,7 +70,7 @@ def combine_block(
     x: np.ndarray,
     base: np.ndarray,
     offset: int,
-    keeps: Any,
+    keeps: Sequence[FusedKeep],
     words: np.ndarray,
     weights: np.ndarray,
     *,
@@ -83,8 +86,8 @@ def combine_block(
 ) -> None:
     """`_gta.combine` of a flat block (x `[k, n]`, base `[n]`, float32) into `out`.
 
-    `keeps` is one `(threshold, tie_from, below, draws_below, scale)` per model (None where
-    that part is absent), `words` `[k, n]` the 16-bit draw words of the models with draws.
+    `keeps` is one `FusedKeep` per model, `words` `[k, n]` the 16-bit draw words of the
+    models with draws.
     """
     k = x.shape[0]
     has_thr = np.zeros(k, np.bool_)
