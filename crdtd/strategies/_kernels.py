@@ -39,7 +39,8 @@ def _kernels() -> ModuleType:
 
 def preload() -> None:
     """Import numba and load (or compile, the first time on a machine) both kernels for the
-    engine's argument types: ~0.5 s a process pays once, before its first merge otherwise."""
+    engine's argument types: what a process pays once, before its first merge otherwise
+    (0.4-0.6 s here, see docs/model_merge.md)."""
     if not enabled():
         return
     x = np.zeros((2, 4), np.float32)
