@@ -136,3 +136,21 @@ def test_a_bracket_the_sample_misses_still_gives_the_torch_paths_bytes() -> None
 
     fast, slow = _both(run)
     np.testing.assert_array_equal(_bits(fast), _bits(slow))
+
+
+def test_float64_tensors_take_the_torch_path() -> None:
+    """The kernels are float32 only; float64 tensors a caller hands in combine as the torch
+    path combines them (its base added in float64), not through a float32 kernel."""
+    third = 1.0 / 3.0  # not a float32
+    x = torch.tensor([[0.5, -1.0, 2.0], [2 * third, 1.0, -3.0]], dtype=torch.float64)
+    base = torch.tensor([third, 0.0, third], dtype=torch.float64)
+
+    def run() -> torch.Tensor:
+        tm = TensorMerge("w", x.clone(), base.clone(), {}, (), torch.Generator())
+        keeps = [Keep(threshold=0.75), KEEP_ALL]
+        weights = torch.ones(2, dtype=torch.float64)
+        return combine(tm, base.clone(), keeps, weights, consensus=True, normalize=True, lam=1.0)
+
+    fast, slow = _both(run)
+    assert fast.dtype == torch.float64
+    assert fast.tolist() == slow.tolist()

@@ -179,7 +179,7 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
         base = block.base
         assert base is not None
         off = block.offset
-        if kernels.enabled() and base.device.type == "cpu":
+        if _fusable(block.inputs, base):
             return [off], _scan_fused(block, base, active, bounds)
         scratch = scratch_for(block.k, base.numel(), base.device)
         starts: list[int] = []
@@ -469,7 +469,7 @@ def combine(
     unit = bool((weights == 1.0).all())
     total = float(weights.sum())
     divide = normalize and not consensus and abs(total) >= 1e-8
-    fused = _fused_keeps(keeps) if kernels.enabled() and base.device.type == "cpu" else None
+    fused = _fused_keeps(keeps) if _fusable(tm.inputs, base) else None
     if fused is not None:
         positive = unit or bool((w32 > 0).all())
         kernels.combine_block(
@@ -507,6 +507,16 @@ def combine(
                 mixed /= total
         torch.add(flat_base[c0 - off : c1 - off], mixed, alpha=lam, out=out[c0 - off : c1 - off])
     return out.reshape(base.shape)
+
+
+def _fusable(inputs: torch.Tensor, base: torch.Tensor) -> bool:
+    """Whether the fused kernels take these tensors: float32 on the CPU, kernels on."""
+    return (
+        kernels.enabled()
+        and base.device.type == "cpu"
+        and base.dtype == torch.float32
+        and inputs.dtype == torch.float32
+    )
 
 
 def _fused_keeps(keeps: list[Keep]) -> list[kernels.FusedKeep] | None:
