@@ -140,9 +140,9 @@ def test_engine_merges_blockwise_with_the_bytes_of_whole_tensors(
     loaded: list[int] = []
     real = merge_mod._load
 
-    def spy(plan, job, buf, block, check=True):  # type: ignore[no-untyped-def]
+    def spy(plan, job, buf, block, check=True, raw=False):  # type: ignore[no-untyped-def]
         loaded.append(0 if block is None else block.stop - block.start)
-        return real(plan, job, buf, block, check)
+        return real(plan, job, buf, block, check, raw)
 
     monkeypatch.setattr(merge_mod, "_load", spy)
     ModelMerge(schema).merge_to_dir(items, tmp_path / "blocks", base)
@@ -179,3 +179,68 @@ def test_ties_gives_the_same_bytes_when_the_sampled_bracket_misses(
     parts = run_blocks(strategy, TensorBlocks.of(_tm("ties", x, base, case), 1000))
     assert torch.equal(whole, want)
     assert torch.cat(list(parts)).numpy().tobytes() == want.numpy().tobytes()
+
+
+RAW_CASES = [
+    ("ties", {"density": 0.3, "lambda": 0.8}),
+    ("dare_ties", {"density": 0.4}),
+    ("dare_linear", {"density": 0.6}),
+]
+
+
+@pytest.mark.parametrize("name, params", RAW_CASES)
+def test_blocks_read_as_bf16_bits_give_the_torch_paths_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, params: dict
+) -> None:
+    """The kernels widen bf16 file blocks themselves (`TensorMerge.raw`); with the kernels
+    off the same merge widens them into float32 first and runs the torch path."""
+    from crdtd.strategies import _kernels
+
+    items, base = _checkpoints(tmp_path)
+    schema = ModelMergeSchema.single(name, params)
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)
+    reads: list[bool] = []
+    real = merge_mod._read_raw
+
+    def spy(*args: Any) -> Any:
+        got = real(*args)
+        reads.append(got is not None)
+        return got
+
+    monkeypatch.setattr(merge_mod, "_read_raw", spy)
+    ModelMerge(schema).merge_to_dir(items, tmp_path / "raw", base)
+    assert any(reads)  # the 700×1000 tensor's blocks were read as bits
+    monkeypatch.setattr(_kernels, "ENABLED", False)
+    ModelMerge(schema).merge_to_dir(items, tmp_path / "torch", base)
+    assert hash_dir(tmp_path / "raw") == hash_dir(tmp_path / "torch")
+
+
+@pytest.mark.parametrize("name, params", RAW_CASES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["input", "base"])
+def test_nan_or_inf_in_a_block_read_as_bits_is_refused_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    params: dict,
+    bad: float,
+    where: str,
+) -> None:
+    """A NaN or Inf in a bf16 block the kernels read themselves is still refused with the
+    tensor, the checkpoint and the flat position named, and nothing is written."""
+    from crdtd.errors import NonFiniteTensorError
+
+    items, base = _checkpoints(tmp_path)
+    target = base if where == "base" else Path(str(items[1].weights))
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(target / "model.safetensors"))
+    tensors["embed.weight"][600, 17] = bad
+    save_file(tensors, str(target / "model.safetensors"))
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)
+    label = target.name
+    with pytest.raises(NonFiniteTensorError, match=rf"'embed\.weight'.*{label}.*position 600017"):
+        ModelMerge(ModelMergeSchema.single(name, params)).merge_to_dir(
+            items, tmp_path / "out", base
+        )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

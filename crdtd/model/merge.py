@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -59,6 +60,7 @@ from crdtd.model.writer import (
 )
 from crdtd.strategies import registry
 from crdtd.strategies.base import (
+    RawInputs,
     Strategy,
     TensorBlocks,
     TensorMerge,
@@ -704,6 +706,13 @@ class _Buffers:
         self.out = torch.empty(max(blockwise, default=0), dtype=torch.float32, device=dev)
         self.staging = torch.empty(min(biggest, LOAD_SLICE) * item, dtype=torch.uint8)
         self.staging_view = self.staging.numpy().data
+        self._raw = np.empty(0, np.uint16)
+
+    def raw_rows(self, rows: int, n: int) -> np.ndarray:
+        """`[rows, n]` uint16 for `_read_raw`, reused (grown on first need only)."""
+        if self._raw.size < rows * n:
+            self._raw = np.empty(rows * n, np.uint16)
+        return self._raw[: rows * n].reshape(rows, n)
 
 
 def _load_range(
@@ -745,10 +754,17 @@ def require_finite(values: torch.Tensor, name: str, where: str, offset: int = 0)
 
 
 def _load(
-    plan: MergePlan, job: TensorJob, buf: _Buffers, block: slice | None, check: bool = True
+    plan: MergePlan,
+    job: TensorJob,
+    buf: _Buffers,
+    block: slice | None,
+    check: bool = True,
+    raw: bool = False,
 ) -> TensorMerge:
     """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers;
-    NaN and Inf refused (`check`; else the caller checks, see `_check_loaded`)."""
+    NaN and Inf refused (`check`; else the caller checks, see `_check_loaded`). With `raw`
+    (a block of a `raw_inputs` strategy) bf16 files are only read, into `TensorMerge.raw`:
+    its `widen()` fills the float32 buffers and does the check."""
     name = job.info.name
 
     def part(t: torch.Tensor) -> torch.Tensor:
@@ -758,14 +774,21 @@ def _load(
     k, n = len(plan.inputs), math.prod(shape)
     stack = buf.stack[: k * n].view(k, *shape)
     start = 0 if block is None else block.start
-    for i, inp in enumerate(plan.inputs):
-        _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
     base_t = None
     if plan.base is not None and _reads_base(job):
         base_t = buf.base[:n].view(shape)
-        _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
-    if check:
-        _check_loaded(plan, name, stack, base_t, start)
+
+    def widen() -> None:
+        for i, inp in enumerate(plan.inputs):
+            _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
+        if base_t is not None and plan.base is not None:
+            _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
+        if check:
+            _check_loaded(plan, name, stack, base_t, start)
+
+    rawin = _read_raw(plan, job, buf, start, n, widen) if raw and block is not None else None
+    if rawin is None:
+        widen()
     extras: tuple[dict[str, torch.Tensor], ...] = ()
     if any(inp.extras for inp in plan.inputs):
         extras = tuple(
@@ -790,7 +813,28 @@ def _load(
         0 if block is None else block.start,
         input_dtype=job.input_dtype,
         out=buf.out[:n].view(shape) if buf.out.numel() >= n else None,
+        raw=rawin,
     )
+
+
+def _read_raw(
+    plan: MergePlan, job: TensorJob, buf: _Buffers, start: int, n: int, widen: Callable[[], None]
+) -> RawInputs | None:
+    """Entries [start, start + n) of every input and the base as bf16 bits, read straight
+    into the reused raw rows; None unless every one is a bf16 file tensor (other sources
+    and dtypes are widened as usual)."""
+    name = job.info.name
+    sources = [inp.source for inp in plan.inputs]
+    if plan.base is None or not _reads_base(job):
+        return None
+    sources.append(plan.base)
+    for src in sources:
+        if getattr(src, "read_into", None) is None or src.infos[name].torch_dtype != torch.bfloat16:
+            return None
+    rows = buf.raw_rows(len(sources), n)
+    for row, src in zip(rows, sources):
+        src.read_into(name, start, start + n, row.data.cast("B"))  # type: ignore[attr-defined]
+    return RawInputs(rows[:-1], rows[-1], widen)
 
 
 def _check_loaded(
@@ -841,7 +885,12 @@ def _blocks(
 
     def map_blocks(fn: Callable[[TensorMerge], Any]) -> list[Any]:
         assert pool is not None
-        return pool.map(lambda worker, b: fn(_load(plan, job, worker, slice(*b))), bounds)
+        raw = job.strategy is not None and job.strategy.raw_inputs
+
+        def load(worker: _Buffers, b: tuple[int, int]) -> Any:
+            return fn(_load(plan, job, worker, slice(*b), raw=raw))
+
+        return pool.map(load, bounds)
 
     return TensorBlocks(
         name,
@@ -872,10 +921,12 @@ def _merge_block(
     # two-phase strategy decides from the values in its `prepare`, so it is checked up
     # front when it prepares inline (a whole tensor); its prepare pass checked its blocks
     late = strategy.propagates_nonfinite and (state is not None or strategy.prepare is None)
-    tm = _load(plan, job, buf, rows, check=not late)
+    tm = _load(plan, job, buf, rows, check=not late, raw=strategy.raw_inputs)
     shape = tuple(tm.inputs.shape[1:])
     out = strategy.fn(tm if state is None else replace(tm, state=state))
     if late and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out.sum())):
+        if tm.raw is not None:
+            tm.raw.widen()
         _check_loaded(plan, name, tm.inputs, tm.base, tm.offset)
     for inp in plan.inputs:
         for src in inp.extras.values():

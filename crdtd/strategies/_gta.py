@@ -181,6 +181,8 @@ def top_magnitude_keeps(blocks: TensorBlocks, counts: list[int]) -> list[Keep]:
         off = block.offset
         if _fusable(block.inputs, base):
             return [off], _scan_fused(block, base, active, bounds)
+        if block.raw is not None:
+            block.raw.widen()
         scratch = scratch_for(block.k, base.numel(), base.device)
         starts: list[int] = []
         found: list[_Gathered] = [_Gathered() for _ in active]
@@ -221,11 +223,16 @@ def _scan_fused(
     n, m = base.numel(), len(active)
     values = _thread_buffer("scan_values", m * n).numpy()[: m * n].reshape(m, n)
     where = _thread_buffer("scan_where", m * n, torch.int64).numpy()[: m * n].reshape(m, n)
-    x = block.inputs.reshape(block.k, -1).numpy()
+    raw = block.raw
+    if raw is not None and raw.base is not None:
+        x, b = raw.x, raw.base
+    else:
+        x, b = block.inputs.reshape(block.k, -1).numpy(), base.reshape(-1).numpy()
+    results, finite = kernels.scan_block(x, b, active, bounds, values, where)
+    if not finite and raw is not None:
+        raw.widen()  # refuses NaN/Inf, naming the input (finite values that overflowed pass)
     found = []
-    for below, vals, pos in kernels.scan_block(
-        x, base.reshape(-1).numpy(), active, bounds, values, where
-    ):
+    for below, vals, pos in results:
         part = _Gathered()
         part.add(below, torch.from_numpy(vals), torch.from_numpy(pos))
         found.append(part)
@@ -470,11 +477,15 @@ def combine(
     total = float(weights.sum())
     divide = normalize and not consensus and abs(total) >= 1e-8
     fused = _fused_keeps(keeps) if _fusable(tm.inputs, base) else None
+    raw = tm.raw
+    if raw is not None and (fused is None or raw.base is None):
+        raw.widen()
+        raw = None
     if fused is not None:
         positive = unit or bool((w32 > 0).all())
         kernels.combine_block(
-            tm.inputs.reshape(tm.k, -1).numpy(),
-            flat_base.numpy(),
+            tm.inputs.reshape(tm.k, -1).numpy() if raw is None else raw.x,
+            flat_base.numpy() if raw is None or raw.base is None else raw.base,
             off,
             fused,
             _draw_words(keeps, n, off),

@@ -85,7 +85,8 @@ def combine_block(
     lam: float,
     out: np.ndarray,
 ) -> None:
-    """`_gta.combine` of a flat block (x `[k, n]`, base `[n]`, float32) into `out`.
+    """`_gta.combine` of a flat block (x `[k, n]`, base `[n]`: float32, or bf16 bits as
+    uint16) into `out` (float32).
 
     `keeps` is one `FusedKeep` per model, `words` `[k, n]` the 16-bit draw words of the
     models with draws.
@@ -145,9 +146,10 @@ def scan_block(
     bounds: list[tuple[float | None, float | None]],
     values: np.ndarray,
     where: np.ndarray,
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], bool]:
     """Per model in `models`: (#entries with |τ| < lo, the |τ| in [lo, hi] in order, their
-    positions) over a flat block of finite values, τ = x[i] − base (None: unbounded);
+    positions) over a flat block, τ = x[i] − base (None: unbounded), and whether every |τ|
+    was finite (the counts assume it). x and base are float32, or bf16 bits as uint16;
     `values`/`where` `[len(models), ≥ n]` are scratch the results are copied out of."""
     m = len(models)
     has_lo = np.array([lo is not None for lo, _ in bounds], np.bool_)
@@ -155,9 +157,9 @@ def scan_block(
     hi = np.array([np.inf if hi is None else hi for _, hi in bounds], np.float32)
     below = np.zeros(m, np.int64)
     sizes = np.zeros(m, np.int64)
-    _kernels()._scan(
-        x, base, np.array(models, np.int64), has_lo, lo, hi, below, sizes, values, where
-    )
-    return [
+    models_ = np.array(models, np.int64)
+    finite = _kernels()._scan(x, base, models_, has_lo, lo, hi, below, sizes, values, where)
+    found = [
         (int(below[j]), values[j, : sizes[j]].copy(), where[j, : sizes[j]].copy()) for j in range(m)
     ]
+    return found, bool(finite)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 TILE = 2048  # entries per tile: k + 3 float32 rows of it stay in the L1/L2 cache
 UNIT, POSITIVE, ANY = 0, 1, 2  # weight modes of the consensus divisor (`elect_and_mix`)
@@ -22,6 +22,35 @@ def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
         return builder.fma(*args)
 
     return sig, codegen
+
+
+def _widen(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """dst[:n] ← src as float32 (n = len(src)), returned: bf16 bits (uint16) are widened
+    exactly (the bits shifted into a float32's top half), float32 copied."""
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@overload(_widen, jit_options={"nogil": True})
+def _widen_impl(src, dst):  # type: ignore[no-untyped-def]
+    if src.dtype == types.uint16:
+
+        def widen_bf16(src, dst):  # type: ignore[no-untyped-def]
+            n = src.shape[0]
+            bits = dst[:n].view(np.uint32)
+            for q in range(n):
+                bits[q] = np.uint32(src[q]) << np.uint32(16)
+            return dst[:n]
+
+        return widen_bf16
+
+    def copy(src, dst):  # type: ignore[no-untyped-def]
+        n = src.shape[0]
+        out = dst[:n]
+        for q in range(n):
+            out[q] = src[q]
+        return out
+
+    return copy
 
 
 @njit(nogil=True, cache=True)
@@ -78,6 +107,8 @@ def _combine(
 ) -> None:
     k, n = x.shape
     t = np.empty((k, TILE), np.float32)
+    xw = np.empty(TILE, np.float32)
+    bw = np.empty(TILE, np.float32)
     gamma = np.empty(TILE, np.float32)
     mixed = np.empty(TILE, np.float32)
     divisor = np.empty(TILE, np.float32)
@@ -87,10 +118,10 @@ def _combine(
     # index is not negative and LLVM vectorises (an index like `a + j` is not)
     for a in range(0, n, TILE):
         c = min(TILE, n - a)
-        bt = base[a : a + c]
+        bt = _widen(base[a : a + c], bw)
         for i in range(k):
             ti = t[i, :c]
-            xt = x[i, a : a + c]
+            xt = _widen(x[i, a : a + c], xw)
             for j in range(c):
                 ti[j] = xt[j] - bt[j]
             if has_thr[i]:
@@ -163,25 +194,31 @@ def _scan(
     sizes: np.ndarray,
     values: np.ndarray,
     where: np.ndarray,
-) -> None:
+) -> bool:
+    """See `_kernels.scan_block`; returns whether some |τ| was NaN or infinite."""
     n = base.shape[0]
     a = np.empty(TILE, np.float32)
+    xw = np.empty(TILE, np.float32)
+    bw = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
+    inf = np.float32(np.inf)
+    finite = True
     for j in range(models.shape[0]):
         below[j] = 0
         sizes[j] = 0
     # tiles outside, models inside: a tile of the base is read once for all models
     for s in range(0, n, TILE):
         c = min(TILE, n - s)
-        bt = base[s : s + c]
+        bt = _widen(base[s : s + c], bw)
         for j in range(models.shape[0]):
-            xt = x[models[j], s : s + c]
+            xt = _widen(x[models[j], s : s + c], xw)
             low, high = lo[j], hi[j]
             # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then a
             # gather whose branch is rarely taken (a branch on the comparisons themselves
             # is mispredicted half the time)
             above = 0
             seen = 0
+            bounded = 0
             for q in range(c):
                 v = abs(xt[q] - bt[q])
                 a[q] = v
@@ -189,6 +226,8 @@ def _scan(
                 above += ge
                 inside[q] = ge & (v <= high)
                 seen += inside[q]
+                bounded += v < inf
+            finite &= bounded == c
             if has_lo[j]:
                 below[j] += c - above
             size = sizes[j]
@@ -206,3 +245,4 @@ def _scan(
                         pj[size] = s + q
                         size += 1
             sizes[j] = size
+    return finite

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
+import numpy as np
 import torch
 
 from crdtd.errors import StrategyParamError, echo
@@ -88,6 +89,19 @@ class Param:
 
 
 @dataclass(frozen=True)
+class RawInputs:
+    """A block's inputs and base as read, bf16 bits (uint16 numpy `[k, n]` and `[n]`, None
+    without a base), not yet widened into `TensorMerge.inputs`/`base`: the engine hands them
+    to strategies that declare `raw_inputs`, whose kernels widen them tile by tile. Code
+    that needs the float32 tensors calls `widen()` first, which fills them (and refuses
+    NaN/Inf where the engine was to check them)."""
+
+    x: np.ndarray
+    base: np.ndarray | None
+    widen: Callable[[], None]
+
+
+@dataclass(frozen=True)
 class TensorMerge:
     """Everything a strategy may look at for one tensor name.
 
@@ -114,6 +128,7 @@ class TensorMerge:
     state: Any = None
     input_dtype: torch.dtype = torch.float32
     out: torch.Tensor | None = None
+    raw: RawInputs | None = None
 
     @property
     def k(self) -> int:
@@ -249,6 +264,7 @@ class Strategy:
     uses_base: bool = True
     propagates_nonfinite: bool = False
     chunk_seeded: bool = False
+    raw_inputs: bool = False
 
     @property
     def blockwise(self) -> bool:

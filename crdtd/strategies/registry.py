@@ -27,6 +27,7 @@ def register(
     uses_base: bool = True,
     propagates_nonfinite: bool = False,
     chunk_seeded: bool = False,
+    raw_inputs: bool = False,
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` under `name` with its declared parameters.
 
@@ -36,7 +37,10 @@ def register(
     non-finite result entry, so the engine checks the result instead of every input (and the
     inputs only to name the culprit; with a `prepare`, only where `fn` is given the prepared
     state, as a `prepare` decides from the values); `chunk_seeded=True` says a stochastic `fn` draws only
-    from `base.chunk_seed` streams, so it too may run block by block.
+    from `base.chunk_seed` streams, so it too may run block by block; `raw_inputs=True` says
+    `fn` and its `prepare`'s per-block function take a block whose `TensorMerge.raw` holds
+    the inputs as read (`RawInputs`): they call `raw.widen()` before reading the float32
+    tensors, and refuse NaN/Inf themselves otherwise.
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
@@ -60,6 +64,7 @@ def register(
             uses_base=uses_base,
             propagates_nonfinite=propagates_nonfinite,
             chunk_seeded=chunk_seeded,
+            raw_inputs=raw_inputs,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

@@ -222,6 +222,7 @@ _SUM = "θ = θ_base + λ Σ_i w_i τ̂_i (÷ Σ_i w_i when normalize)"
     needs_base=True,
     prepare=magnitude_state,
     propagates_nonfinite=True,
+    raw_inputs=True,
 )
 def ties(tm: TensorMerge) -> torch.Tensor:
     """TIES: trim to top-`density` magnitudes, elect sign, disjoint mean (normalize=true)."""
@@ -238,6 +239,7 @@ def ties(tm: TensorMerge) -> torch.Tensor:
     elementwise=True,
     chunk_seeded=True,
     propagates_nonfinite=True,
+    raw_inputs=True,
 )
 def dare_linear(tm: TensorMerge) -> torch.Tensor:
     """DARE: random drop with keep-probability `density`, rescale by 1/density, then sum."""
@@ -254,6 +256,7 @@ def dare_linear(tm: TensorMerge) -> torch.Tensor:
     elementwise=True,
     chunk_seeded=True,
     propagates_nonfinite=True,
+    raw_inputs=True,
 )
 def dare_ties(tm: TensorMerge) -> torch.Tensor:
     """DARE drop-and-rescale followed by TIES sign election and disjoint combination."""
