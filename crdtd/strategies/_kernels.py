@@ -39,32 +39,34 @@ def _kernels() -> ModuleType:
 
 def preload() -> None:
     """Import numba and load (or compile, the first time on a machine) both kernels for the
-    engine's argument types: what a process pays once, before its first merge otherwise
-    (0.4-0.6 s here, see docs/model_merge.md)."""
+    engine's argument types (float32 blocks, and bf16 bits as uint16): what a process pays
+    once, before its first merge otherwise (0.4-0.6 s here, see docs/model_merge.md)."""
     if not enabled():
         return
-    x = np.zeros((2, 4), np.float32)
-    base = np.zeros(4, np.float32)
-    out = np.empty(4, np.float32)
-    keeps = [(0.5, None, 0.25, None, None), (None, None, None, 1, 2.0)]
-    combine_block(
-        x,
-        base,
-        0,
-        keeps,
-        np.zeros((2, 4), np.uint16),
-        np.ones(2),
-        unit=True,
-        consensus=True,
-        normalize=True,
-        wmode=UNIT,
-        wfloor=0.0,
-        divide=False,
-        total=2.0,
-        lam=1.0,
-        out=out,
-    )
-    scan_block(x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int64))
+    keeps: list[FusedKeep] = [(0.5, None, 0.25, None, None), (None, None, None, 1, 2.0)]
+    for dtype in (np.float32, np.uint16):
+        x = np.zeros((2, 4), dtype)
+        base = np.zeros(4, dtype)
+        combine_block(
+            x,
+            base,
+            0,
+            keeps,
+            np.zeros((2, 4), np.uint16),
+            np.ones(2),
+            unit=True,
+            consensus=True,
+            normalize=True,
+            wmode=UNIT,
+            wfloor=0.0,
+            divide=False,
+            total=2.0,
+            lam=1.0,
+            out=np.empty(4, np.float32),
+        )
+        scan_block(
+            x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int64)
+        )
 
 
 def combine_block(
