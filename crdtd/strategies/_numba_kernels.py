@@ -183,6 +183,33 @@ def _combine(
 
 
 @njit(nogil=True, cache=True)
+def _flags(
+    xt: np.ndarray,
+    bt: np.ndarray,
+    low: np.float32,
+    high: np.float32,
+    a: np.ndarray,
+    inside: np.ndarray,
+) -> tuple[int, int, int]:
+    """One vectorised pass over a tile: a ← |xt − bt|, inside ← lo ≤ a ≤ hi; the counts of
+    entries ≥ lo, inside, and finite (a function of its own: in the scan's body the stores
+    to its result arrays kept LLVM from vectorising this loop)."""
+    inf = np.float32(np.inf)
+    above = 0
+    seen = 0
+    bounded = 0
+    for q in range(xt.shape[0]):
+        v = abs(xt[q] - bt[q])
+        a[q] = v
+        ge = v >= low
+        above += ge
+        inside[q] = ge & (v <= high)
+        seen += inside[q]
+        bounded += v < inf
+    return above, seen, bounded
+
+
+@njit(nogil=True, cache=True)
 def _scan(
     x: np.ndarray,
     base: np.ndarray,
@@ -201,7 +228,6 @@ def _scan(
     xw = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
-    inf = np.float32(np.inf)
     finite = True
     for j in range(models.shape[0]):
         below[j] = 0
@@ -216,17 +242,7 @@ def _scan(
             # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then a
             # gather whose branch is rarely taken (a branch on the comparisons themselves
             # is mispredicted half the time)
-            above = 0
-            seen = 0
-            bounded = 0
-            for q in range(c):
-                v = abs(xt[q] - bt[q])
-                a[q] = v
-                ge = v >= low
-                above += ge
-                inside[q] = ge & (v <= high)
-                seen += inside[q]
-                bounded += v < inf
+            above, seen, bounded = _flags(xt, bt, low, high, a, inside)
             finite &= bounded == c
             if has_lo[j]:
                 below[j] += c - above
