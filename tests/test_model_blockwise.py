@@ -185,7 +185,21 @@ RAW_CASES = [
     ("ties", {"density": 0.3, "lambda": 0.8}),
     ("dare_ties", {"density": 0.4}),
     ("dare_linear", {"density": 0.6}),
+    ("linear", {}),
+    ("fedavg", {}),
 ]
+
+
+def _raw_items(name: str, items: list[Contribution]) -> list[Contribution]:
+    """`_checkpoints`' contributions with the per-model parameter `name` takes."""
+    if name != "fedavg":
+        return items
+    return [Contribution(c.weights, {"num_examples": 100 * (i + 1)}) for i, c in enumerate(items)]
+
+
+def test_the_strategies_that_take_raw_blocks_are_the_ones_tested_here() -> None:
+    raw = sorted(s.name for s in registry.all_strategies() if s.raw_inputs)
+    assert raw == sorted(name for name, _ in RAW_CASES)
 
 
 @pytest.mark.parametrize("name, params", RAW_CASES)
@@ -197,6 +211,7 @@ def test_blocks_read_as_bf16_bits_give_the_torch_paths_bytes(
     from crdtd.strategies import _kernels
 
     items, base = _checkpoints(tmp_path)
+    items = _raw_items(name, items)
     schema = ModelMergeSchema.single(name, params)
     monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)
     reads: list[bool] = []
@@ -230,7 +245,10 @@ def test_nan_or_inf_in_a_block_read_as_bits_is_refused_naming_it(
     tensor, the checkpoint and the flat position named, and nothing is written."""
     from crdtd.errors import NonFiniteTensorError
 
+    if where == "base" and not registry.get(name).uses_base:
+        pytest.skip(f"{name} never reads the base")
     items, base = _checkpoints(tmp_path)
+    items = _raw_items(name, items)
     target = base if where == "base" else Path(str(items[1].weights))
     from safetensors.torch import load_file
 

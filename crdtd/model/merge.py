@@ -820,21 +820,21 @@ def _load(
 def _read_raw(
     plan: MergePlan, job: TensorJob, buf: _Buffers, start: int, n: int, widen: Callable[[], None]
 ) -> RawInputs | None:
-    """Entries [start, start + n) of every input and the base as bf16 bits, read straight
-    into the reused raw rows; None unless every one is a bf16 file tensor (other sources
-    and dtypes are widened as usual)."""
+    """Entries [start, start + n) of every input and the base (if the strategy reads it) as
+    bf16 bits, read straight into the reused raw rows; None unless every one is a bf16 file
+    tensor (other sources and dtypes are widened as usual)."""
     name = job.info.name
     sources = [inp.source for inp in plan.inputs]
-    if plan.base is None or not _reads_base(job):
-        return None
-    sources.append(plan.base)
+    with_base = plan.base is not None and _reads_base(job)
+    if with_base and plan.base is not None:
+        sources.append(plan.base)
     for src in sources:
         if getattr(src, "read_into", None) is None or src.infos[name].torch_dtype != torch.bfloat16:
             return None
     rows = buf.raw_rows(len(sources), n)
     for row, src in zip(rows, sources):
         src.read_into(name, start, start + n, row.data.cast("B"))  # type: ignore[attr-defined]
-    return RawInputs(rows[:-1], rows[-1], widen)
+    return RawInputs(rows[:-1], rows[-1], widen) if with_base else RawInputs(rows, None, widen)
 
 
 def _check_loaded(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from crdtd.errors import StrategyParamError
-from crdtd.strategies.base import TensorBlocks, TensorMerge
+from crdtd.strategies import _kernels as kernels
+from crdtd.strategies.base import RawInputs, TensorBlocks, TensorMerge
 
 
 def per_model(tm: TensorMerge | TensorBlocks, key: str, default: float) -> torch.Tensor:
@@ -22,14 +24,25 @@ def per_model(tm: TensorMerge | TensorBlocks, key: str, default: float) -> torch
 
 
 def weighted_sum(
-    weights: torch.Tensor, stack: torch.Tensor, out: torch.Tensor | None = None
+    weights: torch.Tensor,
+    stack: torch.Tensor,
+    out: torch.Tensor | None = None,
+    raw: RawInputs | None = None,
 ) -> torch.Tensor:
     """Σ_i w_i · stack[i] in float32 (`weights` is a length-k vector), into `out` if given.
 
     One multiply and k − 1 in-place `add_(alpha=w_i)`, in input order: every platform sums
-    in the same order (a BLAS `tensordot` picks its own blocking).
+    in the same order (a BLAS `tensordot` picks its own blocking). With `raw` (the block
+    as bf16 bits, `stack` not yet filled) the fused kernel does the same operations on the
+    bits widened tile by tile; without the kernels it widens them first.
     """
     w = weights.to(torch.float32).tolist()
+    if raw is not None:
+        fits = out is not None and out.dtype == torch.float32 and out.device.type == "cpu"
+        if fits and kernels.enabled() and out is not None and out.is_contiguous():
+            kernels.weighted_sum_block(raw.x, np.array(w, np.float32), out.numpy().reshape(-1))
+            return out
+        raw.widen()
     result = torch.mul(stack[0], w[0], out=out)
     for i in range(1, len(w)):
         result.add_(stack[i], alpha=w[i])

@@ -224,6 +224,9 @@ def _scan_fused(
     values = _thread_buffer("scan_values", m * n).numpy()[: m * n].reshape(m, n)
     where = _thread_buffer("scan_where", m * n, torch.int64).numpy()[: m * n].reshape(m, n)
     raw = block.raw
+    if raw is not None and raw.base is None:
+        raw.widen()
+        raw = None
     if raw is not None and raw.base is not None:
         x, b = raw.x, raw.base
     else:

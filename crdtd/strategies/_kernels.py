@@ -67,6 +67,7 @@ def preload() -> None:
         scan_block(
             x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int64)
         )
+        weighted_sum_block(x, np.ones(2), np.empty(4, np.float32))
 
 
 def combine_block(
@@ -165,3 +166,9 @@ def scan_block(
         (int(below[j]), values[j, : sizes[j]].copy(), where[j, : sizes[j]].copy()) for j in range(m)
     ]
     return found, bool(finite)
+
+
+def weighted_sum_block(x: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """`_common.weighted_sum` of a flat block (x `[k, n]`: float32, or bf16 bits as uint16)
+    into `out` (float32)."""
+    _kernels()._weighted_sum(x, weights.astype(np.float32), out)

@@ -262,3 +262,23 @@ def _scan(
                         size += 1
             sizes[j] = size
     return finite
+
+
+@njit(nogil=True, cache=True)
+def _weighted_sum(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    """out = Σ_i w_i·x_i as `_common.weighted_sum` does it: x_0·w_0, then one FMA per
+    further input in input order (torch's `add_(alpha=)`), tile by tile."""
+    k, n = x.shape
+    xw = np.empty(TILE, np.float32)
+    for a in range(0, n, TILE):
+        c = min(TILE, n - a)
+        ot = out[a : a + c]
+        xt = _widen(x[0, a : a + c], xw)
+        f = w[0]
+        for j in range(c):
+            ot[j] = xt[j] * f
+        for i in range(1, k):
+            xt = _widen(x[i, a : a + c], xw)
+            f = w[i]
+            for j in range(c):
+                ot[j] = _fma(xt[j], f, ot[j])  # type: ignore[call-arg]

@@ -26,13 +26,14 @@ WEIGHT = Param("weight", float, 1.0, "per-model weight", per_model=True)
     elementwise=True,
     uses_base=False,
     propagates_nonfinite=True,
+    raw_inputs=True,
 )
 def linear(tm: TensorMerge) -> torch.Tensor:
     """Weighted mean θ = Σ w_i θ_i / Σ w_i (weight=1.0, normalize=true); the base is unused."""
     w = per_model(tm, "weight", 1.0)
     if tm.params.get("normalize", True):
         w = w / nonzero_total(w, "linear")
-    return weighted_sum(w, tm.inputs, tm.out)
+    return weighted_sum(w, tm.inputs, tm.out, tm.raw)
 
 
 @register(

@@ -291,6 +291,7 @@ def centered_clip(tm: TensorMerge) -> torch.Tensor:
     elementwise=True,
     uses_base=False,
     propagates_nonfinite=True,
+    raw_inputs=True,
 )
 def fedavg(tm: TensorMerge) -> torch.Tensor:
     """FedAvg: mean of the contributions weighted by their `num_examples` (default 1 each)."""
@@ -300,4 +301,4 @@ def fedavg(tm: TensorMerge) -> torch.Tensor:
         raise StrategyParamError(
             f"strategy 'fedavg' on tensor {tm.name!r}: parameter 'num_examples' sums to zero"
         )
-    return weighted_sum(n / total, tm.inputs, tm.out)
+    return weighted_sum(n / total, tm.inputs, tm.out, tm.raw)
