@@ -2,8 +2,8 @@
 
 Builds a base and three fine-tuned checkpoints of `--gb` GB each (bf16, Llama-like shapes,
 sharded safetensors with an index, written with the `safetensors` library), then runs, each
-in its own subprocess (imports done before the clock starts, numba's JIT cache for the
-strategies with fused kernels included) so peak RSS is its own:
+in its own subprocess (imports done before the clock starts, numba's compiled kernels
+included) so peak RSS is its own:
 
   * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes every input, streams the
     tensors from the safetensors files, writes sharded safetensors);
@@ -215,9 +215,6 @@ def run_bandwidth(dirs: list[Path]) -> tuple[float, int]:
     return best, sum(st.nbytes for st in stacks)
 
 
-KERNEL_STRATEGIES = ("ties", "dare_ties", "dare_linear", "task_arithmetic")
-
-
 def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
     """Run one path and print its wall time and peak RSS as JSON (imports before the clock)."""
     import numpy  # noqa: F401
@@ -228,7 +225,7 @@ def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
     import crdtd.strategies  # noqa: F401
     from crdtd.strategies import _kernels
 
-    if path in ("streaming", "naive") and strategy in KERNEL_STRATEGIES:
+    if path in ("streaming", "naive"):
         _kernels.preload()  # numba's import and JIT cache: once per process, like torch's import
 
     extra: dict[str, float] = {}
