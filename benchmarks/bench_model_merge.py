@@ -3,7 +3,7 @@
 Builds a base and three fine-tuned checkpoints of `--gb` GB each (bf16, Llama-like shapes,
 sharded safetensors with an index, written with the `safetensors` library), then runs, each
 in its own subprocess (imports done before the clock starts, numba's compiled kernels
-included) so peak RSS is its own:
+included for the strategies that run them) so peak RSS is its own:
 
   * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes every input, streams the
     tensors from the safetensors files, writes sharded safetensors);
@@ -223,9 +223,10 @@ def worker(path: str, dirs: list[Path], out: Path, strategy: str) -> None:
 
     import crdtd.model.merge
     import crdtd.strategies  # noqa: F401
-    from crdtd.strategies import _kernels
+    from crdtd.strategies import _kernels, registry
 
-    if path in ("streaming", "naive"):
+    fused = {s.name for s in registry.all_strategies() if s.raw_inputs} | {"task_arithmetic"}
+    if path in ("streaming", "naive") and strategy in fused:
         _kernels.preload()  # numba's import and JIT cache: once per process, like torch's import
 
     extra: dict[str, float] = {}
