@@ -822,7 +822,10 @@ def _read_raw(
 ) -> RawInputs | None:
     """Entries [start, start + n) of every input and the base (if the strategy reads it) as
     bf16 bits, read straight into the reused raw rows; None unless every one is a bf16 file
-    tensor (other sources and dtypes are widened as usual)."""
+    tensor and the merge runs on the CPU, where the kernels are (other sources, dtypes and
+    devices are widened as usual)."""
+    if plan.device.type != "cpu":
+        return None
     name = job.info.name
     sources = [inp.source for inp in plan.inputs]
     with_base = plan.base is not None and _reads_base(job)
