@@ -778,15 +778,24 @@ def _load(
     if plan.base is not None and _reads_base(job):
         base_t = buf.base[:n].view(shape)
 
+    rawin: RawInputs | None = None
+
     def widen() -> None:
-        for i, inp in enumerate(plan.inputs):
-            _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
-        if base_t is not None and plan.base is not None:
-            _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
+        if rawin is not None:  # from the bits already read (bf16 → float32 is exact)
+            for i in range(k):
+                stack[i].reshape(-1).copy_(torch.from_numpy(rawin.x[i]).view(torch.bfloat16))
+            if base_t is not None and rawin.base is not None:
+                base_t.reshape(-1).copy_(torch.from_numpy(rawin.base).view(torch.bfloat16))
+        else:
+            for i, inp in enumerate(plan.inputs):
+                _load_range(stack[i].reshape(-1), inp.source, name, start, start + n, buf)
+            if base_t is not None and plan.base is not None:
+                _load_range(base_t.reshape(-1), plan.base, name, start, start + n, buf)
         if check:
             _check_loaded(plan, name, stack, base_t, start)
 
-    rawin = _read_raw(plan, job, buf, start, n, widen) if raw and block is not None else None
+    if raw and block is not None:
+        rawin = _read_raw(plan, job, buf, start, n, widen)
     if rawin is None:
         widen()
     extras: tuple[dict[str, torch.Tensor], ...] = ()
