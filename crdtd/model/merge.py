@@ -779,8 +779,13 @@ def _load(
         base_t = buf.base[:n].view(shape)
 
     rawin: RawInputs | None = None
+    widened = False
 
-    def widen() -> None:
+    def widen() -> None:  # once: a strategy's fallback and the late check may both ask
+        nonlocal widened
+        if widened:
+            return
+        widened = True
         if rawin is not None:  # from the bits already read (bf16 → float32 is exact)
             for i in range(k):
                 stack[i].reshape(-1).copy_(torch.from_numpy(rawin.x[i]).view(torch.bfloat16))

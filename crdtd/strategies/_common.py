@@ -38,8 +38,13 @@ def weighted_sum(
     """
     w = weights.to(torch.float32).tolist()
     if raw is not None:
-        fits = out is not None and out.dtype == torch.float32 and out.device.type == "cpu"
-        if fits and kernels.enabled() and out is not None and out.is_contiguous():
+        if (
+            kernels.enabled()
+            and out is not None
+            and out.dtype == torch.float32
+            and out.device.type == "cpu"
+            and out.is_contiguous()
+        ):
             kernels.weighted_sum_block(raw.x, np.array(w, np.float32), out.numpy().reshape(-1))
             return out
         raw.widen()

@@ -420,6 +420,17 @@ def rowsum(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return out
 
 
+def divisor_rule(weights: torch.Tensor | None) -> tuple[int, float]:
+    """How the consensus divisor is kept off zero, as (`kernels` mode, floor): unit weights
+    (None) count agreeing models, so 0 (nothing to divide) becomes 1; positive weights move
+    only exact zeros, to half the smallest weight; weights of either sign replace 0 by 1."""
+    if weights is None:
+        return kernels.UNIT, 1.0
+    if bool((weights > 0).all()):
+        return kernels.POSITIVE, 0.5 * float(weights.min())
+    return kernels.ANY, 0.0
+
+
 def elect_and_mix(
     t: torch.Tensor,
     weights: torch.Tensor | None,
@@ -446,12 +457,11 @@ def elect_and_mix(
         if weights is not None:
             t.mul_(weights.view(-1, 1))
         rowsum(t, out=divisor)
-        if weights is None:
-            divisor.clamp_(min=1.0)  # agreeing counts: 0 (nothing to divide) becomes 1
-        elif bool((weights > 0).all()):
-            divisor.clamp_(min=0.5 * float(weights.min()))  # only exact zeros are moved
-        else:
+        mode, floor = divisor_rule(weights)
+        if mode == kernels.ANY:
             divisor.masked_fill_(divisor == 0, 1.0)
+        else:
+            divisor.clamp_(min=floor)
         mixed /= divisor
     return mixed.mul_(gamma)
 
@@ -485,10 +495,14 @@ def combine(
         raw.widen()
         raw = None
     if fused is not None:
-        positive = unit or bool((w32 > 0).all())
+        if raw is None or raw.base is None:
+            x, b = tm.inputs.reshape(tm.k, -1).numpy(), flat_base.numpy()
+        else:
+            x, b = raw.x, raw.base
+        wmode, wfloor = divisor_rule(None if unit else w32)
         kernels.combine_block(
-            tm.inputs.reshape(tm.k, -1).numpy() if raw is None else raw.x,
-            flat_base.numpy() if raw is None or raw.base is None else raw.base,
+            x,
+            b,
             off,
             fused,
             _draw_words(keeps, n, off),
@@ -496,8 +510,8 @@ def combine(
             unit=unit,
             consensus=consensus,
             normalize=normalize,
-            wmode=kernels.UNIT if unit else (kernels.POSITIVE if positive else kernels.ANY),
-            wfloor=0.5 * float(w32.min()) if positive and not unit else 0.0,
+            wmode=wmode,
+            wfloor=wfloor,
             divide=divide,
             total=total,
             lam=lam,

@@ -38,7 +38,7 @@ def _kernels() -> ModuleType:
 
 
 def preload() -> None:
-    """Import numba and load (or compile, the first time on a machine) both kernels for the
+    """Import numba and load (or compile, the first time on a machine) the kernels for the
     engine's argument types (float32 blocks, and bf16 bits as uint16): what a process pays
     once, before its first merge otherwise (0.4-0.6 s here, see docs/model_merge.md)."""
     if not enabled():
