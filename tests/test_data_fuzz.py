@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtd.data import merge
-from crdtd.errors import MergeError
+from crdtd.errors import MergeError, SchemaError
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -149,3 +150,13 @@ def test_arbitrary_bytes_in_any_table_file_raise_only_typed_errors(
     suffix: str, data: bytes
 ) -> None:
     _merge_only_typed_errors([(suffix, data)])
+
+
+def test_a_csv_column_with_an_empty_name_is_a_typed_error(tmp_path: Path) -> None:
+    """Found by the CSV fuzz test: polars cannot select a column named "" by name."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,\n0,")
+    for threshold in (0, 10**9):
+        with pytest.raises(SchemaError, match="empty name"):
+            merge(path, key="id", out=tmp_path / "out.parquet", fast_threshold=threshold)
+        assert not (tmp_path / "out.parquet").exists()

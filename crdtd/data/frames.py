@@ -60,6 +60,8 @@ def _check_column_names(names: Iterable[Any], label: str) -> None:
     for c in names:
         if not isinstance(c, str):
             raise SchemaError(f"column names must be strings; {label} has column {c!r}")
+        if not c:  # polars cannot select it by name (`pl.col("")` finds nothing)
+            raise SchemaError(f"{label} has a column with an empty name")
         if c in seen:
             raise SchemaError(f"{label} has two columns named {c!r}")
         seen.add(c)
@@ -130,12 +132,15 @@ def to_polars(
     """A columnar input as a normalised polars frame, or None if polars cannot represent it
     (or is not installed: then the row-by-row path serves pandas and arrow inputs)."""
     if kind == PATH:
-        return normalise_frame(read_table(obj, csv_schema))
+        table = read_table(obj, csv_schema)
+        _check_column_names(table.columns, label)
+        return normalise_frame(table)
     try:
         import polars as pl
     except ImportError:
         return None
     if kind == POLARS:
+        _check_column_names(obj.columns, label)
         return normalise_frame(obj)
     if kind == ARROW:
         _check_column_names(obj.column_names, label)
@@ -182,8 +187,11 @@ def to_records(
     if kind == RECORDS:
         return obj  # type: ignore[no-any-return]
     if kind == PATH:
-        return read_table(obj, csv_schema).to_dicts()
+        table = read_table(obj, csv_schema)
+        _check_column_names(table.columns, label)
+        return table.to_dicts()
     if kind == POLARS:
+        _check_column_names(obj.columns, label)
         return obj.to_dicts()  # type: ignore[no-any-return]
     if kind == ARROW:
         _check_column_names(obj.column_names, label)
