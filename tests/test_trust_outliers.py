@@ -254,6 +254,48 @@ def test_a_small_site_disagreeing_after_the_others_converged_is_not_a_direction_
     assert "direction" in _flags([*quiet, flipped])[8]
 
 
+def _two_class_cohort(flip: bool) -> tuple[ContributionStats, ...]:
+    """Eight sites along v with spread-out step sizes and two whose own data points mostly
+    elsewhere (u ⟂ v); with `flip`, site 9 sends −1.5× its update."""
+    rng = np.random.default_rng(5)
+    base = {"w": rng.normal(size=64)}
+    v = rng.normal(size=64)
+    v /= np.linalg.norm(v)
+    u = rng.normal(size=64)
+    u -= (u @ v) * v
+    u /= np.linalg.norm(u)
+    ups = []
+    for i in range(10):
+        noise = np.random.default_rng(50 + i).normal(size=64) / 8
+        ups.append((0.4 + 0.2 * i) * v + 0.8 * noise if i < 8 else 0.3 * v + 0.8 * u + 0.3 * noise)
+    if flip:
+        ups[9] = -1.5 * ups[9]
+    contribs = _contribs([{"w": base["w"] + d} for d in ups])
+    return model_outliers(contribs, base, OutlierParams.for_federation(10))
+
+
+def test_a_flipped_site_whose_data_points_elsewhere_is_marked_against_only() -> None:
+    """Its norm ratio and direction z sit inside the round's spread (no outlier flag), but it
+    points against the others (cosine below −0.2): the soft `against` flag, which the round
+    screen ignores and the report carries; the same site training honestly raises nothing."""
+    from crdtd.trust.evidence import AGAINST_FLAG
+
+    flipped = {s.content_id: s for s in _two_class_cohort(flip=True)}[_cid(9)]
+    assert flipped.norm_ratio < 4 and flipped.direction_z < 3
+    assert flipped.flags == () and flipped.soft == ("against",)
+    assert not flipped.outlier and flipped.mask == AGAINST_FLAG
+    honest = _two_class_cohort(flip=False)
+    assert all(s.flags == () and s.soft == () for s in honest)
+    obs = report_observation(_two_class_cohort(flip=True), "model/x", 1, _author(0))
+    (verdict,) = [v for v in decode_model_report(obs.data, "t").verdicts if v.content_id == _cid(9)]
+    assert verdict.flags == AGAINST_FLAG and not verdict.outlier
+
+
+def test_against_cosine_outside_its_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="against_cosine"):
+        OutlierParams(against_cosine=0.3)
+
+
 def test_min_direction_share_outside_its_range_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="min_direction_share"):
         OutlierParams(min_direction_share=1.5)

@@ -308,14 +308,20 @@ def test_model_reports_score_identically_in_any_order():
 
 def _ascent_rounds(fed: Fed, ascent_in: dict[int, set[int]], rounds: range):
     """Every honest observer reports every round, flagging `ascent_in[round]` as ascent only."""
-    from crdtd.trust.evidence import ASCENT_FLAG, ModelVerdict, ProofKind, proof_for_model_report
+    from crdtd.trust.evidence import ASCENT_FLAG
+
+    masks = {r: {a: ASCENT_FLAG for a in authors} for r, authors in ascent_in.items()}
+    return _masked_rounds(fed, masks, rounds)
+
+
+def _masked_rounds(fed: Fed, masks: dict[int, dict[int, int]], rounds: range):
+    """Every honest observer reports every round, giving author a the flag mask masks[r][a]."""
+    from crdtd.trust.evidence import ModelVerdict, ProofKind, proof_for_model_report
 
     out = []
     for r in rounds:
         verdicts = [
-            ModelVerdict(
-                fed.kid(a), fed.cid(a, r), r, ASCENT_FLAG if a in ascent_in.get(r, ()) else 0
-            )
+            ModelVerdict(fed.kid(a), fed.cid(a, r), r, masks.get(r, {}).get(a, 0))
             for a in range(fed.n)
         ]
         data = proof_for_model_report("model/x", r, verdicts)
@@ -341,3 +347,40 @@ def test_one_ascent_verdict_counts_two_contributions_and_gates_nobody():
     scores = compute_scores(_ascent_rounds(fed, {3: {8}}, range(1, 6)), fed.members)
     assert scores.trust[fed.kid(8)] == SCALE
     assert all(scores.trust[fed.kid(i)] == SCALE for i in range(10))
+
+
+AGAINST = 16
+DIRECTION = 2
+
+
+def test_a_run_of_against_verdicts_ending_in_an_outlier_counts_whole():
+    """Against in rounds 1 and 2, a direction outlier in round 3: three of three."""
+    from crdtd.trust.evidence import AGAINST_FLAG
+
+    assert AGAINST_FLAG == AGAINST
+    fed = Fed(10)
+    masks = {1: {8: AGAINST}, 2: {8: AGAINST}, 3: {8: DIRECTION}}
+    scores = compute_scores(_masked_rounds(fed, masks, range(1, 4)), fed.members)
+    assert scores.trust[fed.kid(8)] == 0
+    (fault,) = scores.faults[fed.kid(8)]
+    assert fault.detail.startswith("3 of its last 3")
+    assert all(scores.trust[fed.kid(i)] == SCALE for i in range(8))
+
+
+def test_against_verdicts_alone_or_after_the_outlier_gate_nobody():
+    """Soft flags count only before an outlier: alone in every round, or after the last
+    outlier (against in 1, direction in 2, against in 3-5), they are not corroborated."""
+    fed = Fed(10)
+    always = {r: {8: AGAINST} for r in range(1, 6)}
+    scores = compute_scores(_masked_rounds(fed, always, range(1, 6)), fed.members)
+    assert scores.trust[fed.kid(8)] == SCALE
+    after = {1: {8: AGAINST}, 2: {8: DIRECTION}, **{r: {8: AGAINST} for r in (3, 4, 5)}}
+    scores = compute_scores(_masked_rounds(fed, after, range(1, 6)), fed.members)
+    assert scores.trust[fed.kid(8)] == SCALE
+
+
+def test_a_soft_flag_is_not_an_outlier_verdict():
+    from crdtd.trust.evidence import AGAINST_FLAG, ModelVerdict
+
+    assert not ModelVerdict(b"a" * 32, b"c" * 32, 1, AGAINST_FLAG).outlier
+    assert ModelVerdict(b"a" * 32, b"c" * 32, 1, AGAINST_FLAG | DIRECTION).outlier

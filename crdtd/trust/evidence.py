@@ -55,9 +55,11 @@ from crdtd.state.entry import (
 from crdtd.store.chunks import Manifest, chunk_digest
 
 __all__ = [
+    "AGAINST_FLAG",
     "ASCENT_FLAG",
     "DIMENSIONS",
     "ENVELOPE_VERSION",
+    "SOFT_FLAGS",
     "WEIGHT_UNIT",
     "Evidence",
     "Finding",
@@ -87,6 +89,14 @@ MAX_EPOCH = 2**62
 ASCENT_FLAG = 8
 """The verdict flag bit of an `ascent` outlier (crdtd.trust.outliers): its statistic compares
 an author's update with its previous one, so crdtd.trust.scores counts both as flagged."""
+
+AGAINST_FLAG = 16
+"""The verdict flag bit of an `against` contribution (crdtd.trust.outliers): a weak sign on its
+own, so crdtd.trust.scores never counts it alone, only when the author's next judged
+contribution counts as an outlier (a run of them before an outlier counts whole)."""
+
+SOFT_FLAGS = AGAINST_FLAG
+"""Verdict bits that are not outlier flags by themselves."""
 
 
 class ProofKind(IntEnum):
@@ -325,7 +335,8 @@ class ModelVerdict:
 
     @property
     def outlier(self) -> bool:
-        return self.flags != 0
+        """True when a flag other than a soft one was raised."""
+        return self.flags & ~SOFT_FLAGS != 0
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ further, and √n is the conservative growth of a sum of noisy steps):
   looks like an honest site of the other class in any one round (norm ratio 1–2, direction
   z within ±1), and only this statistic, in the benchmark's breast-cancer α = 0.1 runs,
   tells it apart;
+- against (soft): the cosine with the others' coordinate-wise median below `against_cosine`
+  (−0.2) for an update that moves the model by more than `min_norm_share` of the base's norm.
+  Honest sites of a skewed federation point away from the others too (a one-class site late
+  in training reaches −0.8, though with a tiny step), so this flag never counts alone: it
+  counts only when the author's next contribution is an outlier, and then a run of them
+  counts whole. A sign flipper of a site whose own data points away from the others (norm
+  ratio 1.4–3.2, direction z below 3 in round 1) shows it from round 1 (cosine −0.26 to
+  −0.50 on this project's benchmark) and is flagged outright one or two rounds later, so it
+  is gated at round 3 instead of 4;
 - collusion similarity: the largest cosine between x_i − m and x_j − m over contributions
   of other authors that both moved (scaled norm at least a tenth of the median; m the
   median of all): flag `collusion` at ≥ 0.99 — colluders sending one crafted update ("a
@@ -69,6 +78,7 @@ import numpy as np
 
 from crdtd.errors import ConfigError, TensorMismatchError
 from crdtd.trust.evidence import (
+    AGAINST_FLAG,
     ASCENT_FLAG,
     ModelVerdict,
     Observation,
@@ -86,8 +96,14 @@ __all__ = [
     "report_observation",
 ]
 
-FLAG_BITS = {"norm": 1, "direction": 2, "collusion": 4, "ascent": ASCENT_FLAG}
-"""Bits of a verdict's flag mask in a model report."""
+FLAG_BITS = {
+    "norm": 1,
+    "direction": 2,
+    "collusion": 4,
+    "ascent": ASCENT_FLAG,
+    "against": AGAINST_FLAG,
+}
+"""Bits of a verdict's flag mask in a model report (`against` is soft: see ContributionStats)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class OutlierParams:
     aligned_cosine: float = 0.3
     max_ascent_cosine: float = 0.15
     ascent_aligned: float = 0.0
+    against_cosine: float = -0.2
     sybil_cosine: float | None = 0.99
     min_contributions: int = 3
 
@@ -132,6 +149,8 @@ class OutlierParams:
             )
         if not -1.0 <= self.ascent_aligned <= 1.0:
             raise ConfigError(f"outlier ascent_aligned {self.ascent_aligned} is outside [-1, 1]")
+        if not -1.0 <= self.against_cosine <= 0.0:
+            raise ConfigError(f"outlier against_cosine {self.against_cosine} is outside [-1, 0]")
         if self.sybil_cosine is not None and not 0.0 < self.sybil_cosine <= 1.0:
             raise ConfigError(f"outlier sybil_cosine {self.sybil_cosine} is outside (0, 1]")
         if self.min_contributions < 3:
@@ -165,7 +184,11 @@ class ModelContribution:
 
 @dataclass(frozen=True)
 class ContributionStats:
-    """The statistics of one contribution and the flags they raised (empty = fine)."""
+    """The statistics of one contribution and the flags they raised (empty = fine).
+
+    `soft` holds flags that are no outlier verdict on their own (`against`): the round screen
+    ignores them and crdtd.trust.scores counts them only when the author's next
+    contribution is an outlier."""
 
     content_id: bytes
     author: bytes
@@ -175,16 +198,17 @@ class ContributionStats:
     flags: tuple[str, ...]
     seq: int = 0
     ascent: float | None = None  # None: no previous update to compare with
+    soft: tuple[str, ...] = ()
 
     @property
     def outlier(self) -> bool:
-        """True when any flag was raised."""
+        """True when any flag other than a soft one was raised."""
         return bool(self.flags)
 
     @property
     def mask(self) -> int:
-        """The flags as a report's bit mask."""
-        return sum(FLAG_BITS[f] for f in self.flags)
+        """The flags, soft ones included, as a report's bit mask."""
+        return sum(FLAG_BITS[f] for f in self.flags + self.soft)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -399,6 +423,7 @@ def _model_outliers(
         z = (mid_proj - proj[i]) / spread
         sim = sims[i]
         flags: list[str] = []
+        soft: list[str] = []
         if enough:
             if ratio > params.max_against_norm_ratio and raw[i] > params.min_norm_share * base_norm:
                 along = _along(x, i)  # (a big step the way the others go: a site still learning)
@@ -415,8 +440,16 @@ def _model_outliers(
                 and _along(x, i) < params.ascent_aligned
             ):
                 flags.append("ascent")  # (noisy late changes still point with the others)
+            if (
+                not flags
+                and raw[i] > params.min_norm_share * base_norm
+                and _along(x, i) < params.against_cosine
+            ):
+                soft.append("against")  # (counted only when the author's next update is flagged)
         out.append(
-            ContributionStats(c.content_id, c.author, ratio, z, sim, tuple(flags), c.seq, ascent[i])
+            ContributionStats(
+                c.content_id, c.author, ratio, z, sim, tuple(flags), c.seq, ascent[i], tuple(soft)
+            )
         )
     return tuple(out)
 

@@ -35,7 +35,10 @@ same evidence, members and revocations compute identical bytes. The formula (doc
    contributions, by its own chain order, are outliers: older verdicts fall out of the
    window (decay), so an author whose updates look normal again recovers. A contribution
    flagged `ascent` (by that majority) also makes the author's previous judged contribution
-   an outlier: that statistic compares the two (crdtd.trust.outliers).
+   an outlier: that statistic compares the two (crdtd.trust.outliers). A contribution flagged
+   `against` (a soft flag: it pointed against the others) is an outlier only when the
+   author's next judged contribution is one, so a run of them ending in an outlier counts
+   whole and a run that ends in normal updates counts nothing.
 7. **Trust.** `t(s) = min_d dim(s, d)`, 0 when revoked. Because t weights the aggregate,
    t is the fixed point of steps 4–7, iterated from t₀ (faults only) at most
    `params.iterations` times, stopping early when t no longer changes.
@@ -56,8 +59,10 @@ from crdtd.errors import ConfigError, EvidenceError
 from crdtd.lattice import GCounter
 from crdtd.state.entry import Entry
 from crdtd.trust.evidence import (
+    AGAINST_FLAG,
     ASCENT_FLAG,
     DIMENSIONS,
+    SOFT_FLAGS,
     WEIGHT_UNIT,
     Evidence,
     ProofKind,
@@ -281,35 +286,53 @@ def _take_report(ev: Evidence, d: _Derived) -> None:
         d.verdicts.setdefault((v.author, v.content_id), {})[ev.observer] = (v.seq, v.flags)
 
 
+def _majority(
+    cell: Mapping[bytes, tuple[int, int]], trust: Mapping[bytes, int], total: int, bits: int
+) -> bool:
+    """Whether observers holding more than half of the trust mass set any of `bits`."""
+    return 2 * sum(trust.get(o, 0) for o, (_, f) in cell.items() if f & bits) > total
+
+
 def model_gated(
     d: _Derived, trust: Mapping[bytes, int], params: TrustParams
 ) -> dict[bytes, tuple[int, int]]:
     """Authors gated by corroborated model reports: author -> (outliers, judged) in its window.
 
     Judged: observers holding more than half of the trust mass reported the contribution;
-    outlier: observers holding more than half flagged it, or flagged the author's next
-    judged contribution `ascent` (a statistic of the pair). The window is the author's last
-    `model_window` judged contributions by seq (the seq most reporting mass names).
+    outlier: observers holding more than half flagged it (soft flags aside), or flagged the
+    author's next judged contribution `ascent` (a statistic of the pair), or flagged it
+    `against` while that next contribution is an outlier (corroboration from the next
+    round). The window is the author's last `model_window` judged contributions by seq (the
+    seq most reporting mass names).
     """
     total = sum(trust.values())
     if total == 0:
         return {}
-    judged: dict[bytes, list[tuple[int, bytes, bool, bool]]] = defaultdict(list)
+    judged: dict[bytes, list[tuple[int, bytes, bool, bool, bool]]] = defaultdict(list)
     for (author, cid), cell in sorted(d.verdicts.items()):
         reported = sum(trust.get(o, 0) for o in cell)
         if 2 * reported <= total:
             continue
-        flagged = sum(trust.get(o, 0) for o, (_, f) in cell.items() if f)
-        ascent = sum(trust.get(o, 0) for o, (_, f) in cell.items() if f & ASCENT_FLAG)
         by_seq: dict[int, int] = defaultdict(int)
         for o, (seq, _) in cell.items():
             by_seq[seq] += trust.get(o, 0)
         seq = min(by_seq, key=lambda q: (-by_seq[q], q))
-        judged[author].append((seq, cid, 2 * flagged > total, 2 * ascent > total))
+        judged[author].append(
+            (
+                seq,
+                cid,
+                _majority(cell, trust, total, ~SOFT_FLAGS),
+                _majority(cell, trust, total, ASCENT_FLAG),
+                _majority(cell, trust, total, AGAINST_FLAG),
+            )
+        )
     out: dict[bytes, tuple[int, int]] = {}
     for author, rows in judged.items():
-        rows.sort(reverse=True)
-        marked = [f or (i > 0 and rows[i - 1][3]) for i, (_, _, f, _) in enumerate(rows)]
+        rows.sort(reverse=True)  # newest first: a contribution's successor is rows[i - 1]
+        marked: list[bool] = []
+        for i, (_, _, flagged, _, against) in enumerate(rows):
+            after = i > 0 and (rows[i - 1][3] or (against and marked[i - 1]))
+            marked.append(flagged or after)
         window = marked[: params.model_window]
         outliers = sum(window)
         if outliers >= params.model_flags:
