@@ -154,3 +154,37 @@ def test_float64_tensors_take_the_torch_path() -> None:
     fast, slow = _both(run)
     assert fast.dtype == torch.float64
     assert fast.tolist() == slow.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 2 * 2048 + 15),
+    seed=st.integers(0, 2**16),
+    quantiles=st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.2)),
+    raw=st.booleans(),
+)
+def test_the_scan_kernel_finds_every_entry_of_the_bracket_in_order(
+    n: int, seed: int, quantiles: tuple[float, float], raw: bool
+) -> None:
+    """Counts below, values and positions inside [lo, hi] as numpy finds them, for brackets
+    from empty to wide (the sparse gather reads eight flags a word, then a tail)."""
+    rng = np.random.default_rng(seed)
+    bits = rng.normal(0, 1, (3, n)).astype(np.float32).view(np.uint32) >> 16
+    x16, b16 = bits.astype(np.uint16), (bits[0] ^ 1).astype(np.uint16)
+    xf = (x16.astype(np.uint32) << 16).view(np.float32)
+    bf = (b16.astype(np.uint32) << 16).view(np.float32)
+    a = np.abs(xf - bf)
+    q, width = quantiles
+    lo = float(np.quantile(a[1], q))
+    hi = float(np.quantile(a[1], min(1.0, q + width)))
+    x, b = (x16, b16) if raw else (xf, bf)
+    values = np.empty((2, n), np.float32)
+    where = np.empty((2, n), np.int64)
+    found, finite = _kernels.scan_block(x, b, [1, 2], [(lo, hi), (None, hi)], values, where)
+    assert finite
+    for (below, vals, pos), row, low in zip(found, (1, 2), (lo, None)):
+        inside = (a[row] <= hi) if low is None else (a[row] >= low) & (a[row] <= hi)
+        expect = np.flatnonzero(inside)
+        np.testing.assert_array_equal(pos, expect)
+        np.testing.assert_array_equal(vals, a[row][expect])
+        assert below == (0 if low is None else int((a[row] < low).sum()))

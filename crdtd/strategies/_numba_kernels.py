@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic, overload
 
 TILE = 2048  # entries per tile: k + 3 float32 rows of it stay in the L1/L2 cache
@@ -228,6 +229,7 @@ def _scan(
     xw = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
+    flag_words = inside.view(np.uint64)  # (a flag is 0 or 1: a set byte's lowest bit)
     finite = True
     for j in range(models.shape[0]):
         below[j] = 0
@@ -240,8 +242,8 @@ def _scan(
             xt = _widen(x[models[j], s : s + c], xw)
             low, high = lo[j], hi[j]
             # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then a
-            # gather whose branch is rarely taken (a branch on the comparisons themselves
-            # is mispredicted half the time)
+            # gather that visits only the set flags (a branch on the comparisons themselves
+            # is mispredicted half the time, one per flag still once per entry inside)
             above, seen, bounded = _flags(xt, bt, low, high, a, inside)
             finite &= bounded == c
             if has_lo[j]:
@@ -254,8 +256,16 @@ def _scan(
                     vj[size] = a[q]
                     pj[size] = s + q
                     size += inside[q]
-            elif seen:
-                for q in range(c):
+            elif seen:  # few inside: the flags eight to a word, set ones by trailing zeros
+                for w in range(c >> 3):
+                    word = flag_words[w]
+                    while word:
+                        q = (w << 3) + (trailing_zeros(word) >> 3)  # type: ignore[call-arg]
+                        vj[size] = a[q]
+                        pj[size] = s + q
+                        size += 1
+                        word &= word - np.uint64(1)
+                for q in range(c & ~7, c):
                     if inside[q]:
                         vj[size] = a[q]
                         pj[size] = s + q
