@@ -188,3 +188,34 @@ def test_the_scan_kernel_finds_every_entry_of_the_bracket_in_order(
         np.testing.assert_array_equal(pos, expect)
         np.testing.assert_array_equal(vals, a[row][expect])
         assert below == (0 if low is None else int((a[row] < low).sum()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    c=st.integers(0, 2048),
+    density=st.sampled_from([0.0, 0.03, 0.5, 1.0]),
+    room=st.integers(0, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_both_gathers_append_the_flagged_entries_in_order(
+    c: int, density: float, room: int, seed: int
+) -> None:
+    """The compress gather (where the CPU has AVX-512F) and the portable one append the same
+    entries and positions; near the end of the output row the compress one goes on entry by
+    entry (it stores 16 lanes at a time)."""
+    from crdtd.strategies import _numba_kernels as nk
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=2048).astype(np.float32)
+    inside = (rng.random(2048) < density).astype(np.uint8)
+    expect = np.flatnonzero(inside[:c])
+    start = 5
+    gathers = [nk._gather_words] + ([nk._gather_packed] if nk.COMPRESS else [])
+    for gather in gathers:
+        vj = np.full(start + len(expect) + room, -1.0, np.float32)
+        pj = np.full(len(vj), -1, np.int64)
+        size = gather(a, inside, c, 100, vj, pj, start)
+        assert size == start + len(expect)
+        np.testing.assert_array_equal(vj[start:size], a[expect])
+        np.testing.assert_array_equal(pj[start:size], expect + 100)
+        assert (vj[:start] == -1.0).all() and (pj[:start] == -1).all()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import llvmlite.binding
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils, config
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic, overload
 
@@ -23,6 +26,123 @@ def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
         return builder.fma(*args)
 
     return sig, codegen
+
+
+def _has_compress() -> bool:
+    """Whether numba compiles for this machine's CPU and it has AVX-512F (its compress
+    instructions pack the selected lanes of a vector in order)."""
+    if getattr(config, "CPU_NAME", None) is not None:
+        return False  # (a named target, e.g. a portable cache: its features are not ours)
+    return bool(llvmlite.binding.get_host_cpu_features().get("avx512f", False))
+
+
+COMPRESS = _has_compress()
+_F32, _I8, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V16F, _V16B, _V8I = ir.VectorType(_F32, 16), ir.VectorType(_I8, 16), ir.VectorType(_I64, 8)
+_V16M, _V8M = ir.VectorType(ir.IntType(1), 16), ir.VectorType(ir.IntType(1), 8)
+
+
+@intrinsic
+def _compress16(
+    typingctx: Any, a: Any, inside: Any, q: Any, vj: Any, pj: Any, size: Any, at: Any
+) -> Any:
+    """Append a[q:q+16] where inside[q:q+16] is set to vj[size:] and their positions
+    at + q + lane to pj[size:], in order; returns the new size. AVX-512F only; it stores 16
+    lanes each time, so vj and pj need 16 entries of room past `size`."""
+    sig = types.intp(a, inside, types.intp, vj, pj, types.intp, types.intp)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        a_, inside_, q_, vj_, pj_, size_, at_ = args
+        arrays = [
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(signature.args[:2] + signature.args[3:5], (a_, inside_, vj_, pj_))
+        ]
+        av, fv, vv, pv = (arr.data for arr in arrays)
+        mod = builder.module
+
+        def at_ptr(base: Any, index: Any, vector: Any) -> Any:
+            return builder.bitcast(builder.gep(base, [index]), vector.as_pointer())
+
+        x = builder.load(at_ptr(av, q_, _V16F), align=4)
+        flags = builder.load(at_ptr(fv, q_, _V16B), align=1)
+        mask = builder.icmp_unsigned("!=", flags, ir.Constant(_V16B, [0] * 16))
+        pack_f = cgutils.get_or_insert_function(
+            mod,
+            ir.FunctionType(_V16F, [_V16F, _V16F, _V16M]),
+            "llvm.x86.avx512.mask.compress.v16f32",
+        )
+        pack_q = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(_V8I, [_V8I, _V8I, _V8M]), "llvm.x86.avx512.mask.compress.v8i64"
+        )
+        count = cgutils.get_or_insert_function(mod, ir.FunctionType(_I8, [_I8]), "llvm.ctpop.i8")
+        packed = builder.call(pack_f, [x, ir.Constant(_V16F, None), mask])
+        builder.store(packed, at_ptr(vv, size_, _V16F), align=4)
+        first = builder.insert_element(
+            ir.Constant(_V8I, None), builder.add(at_, q_), ir.Constant(_I32, 0)
+        )
+        splat = builder.shuffle_vector(
+            first, ir.Constant(_V8I, None), ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+        )
+        size = size_
+        for half in (0, 1):
+            lanes = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * half, 8 * half + 8)))
+            m = builder.shuffle_vector(mask, ir.Constant(_V16M, None), lanes)
+            where = builder.add(splat, ir.Constant(_V8I, list(range(8 * half, 8 * half + 8))))
+            builder.store(
+                builder.call(pack_q, [where, ir.Constant(_V8I, None), m]),
+                at_ptr(pv, size, _V8I),
+                align=8,
+            )
+            size = builder.add(
+                size, builder.zext(builder.call(count, [builder.bitcast(m, _I8)]), _I64)
+            )
+        return size
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _gather_packed(
+    a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
+) -> int:
+    """`_scan`'s gather with the compress instructions, 16 flags at a time."""
+    room = vj.shape[0] - 16
+    g = 0
+    while g + 16 <= c and size <= room:
+        size = _compress16(a, inside, g, vj, pj, size, s)  # type: ignore[call-arg]
+        g += 16
+    for q in range(g, c):
+        if inside[q]:
+            vj[size] = a[q]
+            pj[size] = s + q
+            size += 1
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _gather_words(
+    a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
+) -> int:
+    """`_scan`'s gather anywhere: the flags eight to a word, set ones by trailing zeros (a
+    flag is 0 or 1, so a set byte's lowest bit; little-endian)."""
+    flag_words = inside.view(np.uint64)
+    for w in range(c >> 3):
+        word = flag_words[w]
+        while word:
+            q = (w << 3) + (trailing_zeros(word) >> 3)  # type: ignore[call-arg]
+            vj[size] = a[q]
+            pj[size] = s + q
+            size += 1
+            word &= word - np.uint64(1)
+    for q in range(c & ~7, c):
+        if inside[q]:
+            vj[size] = a[q]
+            pj[size] = s + q
+            size += 1
+    return size
+
+
+_gather = _gather_packed if COMPRESS else _gather_words
 
 
 def _widen(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -229,7 +349,6 @@ def _scan(
     xw = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
-    flag_words = inside.view(np.uint64)  # (a flag is 0 or 1: a set byte's lowest bit)
     finite = True
     for j in range(models.shape[0]):
         below[j] = 0
@@ -241,9 +360,9 @@ def _scan(
         for j in range(models.shape[0]):
             xt = _widen(x[models[j], s : s + c], xw)
             low, high = lo[j], hi[j]
-            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then a
-            # gather that visits only the set flags (a branch on the comparisons themselves
-            # is mispredicted half the time, one per flag still once per entry inside)
+            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then the
+            # gather of the entries inside (a branch per entry on the comparisons themselves
+            # is mispredicted half the time, one per set flag once per entry inside)
             above, seen, bounded = _flags(xt, bt, low, high, a, inside)
             finite &= bounded == c
             if has_lo[j]:
@@ -251,25 +370,8 @@ def _scan(
             size = sizes[j]
             vj = values[j]
             pj = where[j]
-            if seen * 16 > c:  # many inside: write every entry, advance past kept ones
-                for q in range(c):
-                    vj[size] = a[q]
-                    pj[size] = s + q
-                    size += inside[q]
-            elif seen:  # few inside: the flags eight to a word, set ones by trailing zeros
-                for w in range(c >> 3):
-                    word = flag_words[w]
-                    while word:
-                        q = (w << 3) + (trailing_zeros(word) >> 3)  # type: ignore[call-arg]
-                        vj[size] = a[q]
-                        pj[size] = s + q
-                        size += 1
-                        word &= word - np.uint64(1)
-                for q in range(c & ~7, c):
-                    if inside[q]:
-                        vj[size] = a[q]
-                        pj[size] = s + q
-                        size += 1
+            if seen:
+                size = _gather(a, inside, c, s, vj, pj, size)
             sizes[j] = size
     return finite
 
