@@ -3,7 +3,10 @@
 Builds a base and three fine-tuned checkpoints of `--gb` GB each (bf16, Llama-like shapes,
 sharded safetensors with an index, written with the `safetensors` library), then runs, each
 in its own subprocess (imports done before the clock starts, numba's compiled kernels
-included for the strategies that run them) so peak RSS is its own:
+included for the strategies that run them) so peak RSS is its own, `--repeat` (3) times in
+rounds over all of them, keeping each one's best wall (as the bandwidth baseline keeps its
+best pass; on a shared machine one run of linear varied 0.9-1.5 s within minutes) and its
+largest peak RSS:
 
   * streaming: `crdtd.model.ModelMerge(...).merge_to_dir` (hashes every input, streams the
     tensors from the safetensors files, writes sharded safetensors);
@@ -291,6 +294,9 @@ def main() -> None:
     ap.add_argument(
         "--paths", default="naive,streaming", help="which paths to run (naive,streaming)"
     )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs of each strategy and path; the best counts"
+    )
     args = ap.parse_args()
     if args.build:
         build(Path(args.build), args.gb)
@@ -317,15 +323,26 @@ def main() -> None:
             f"intermediate {inter}, kv {kv}, {layers} layers, vocab {VOCAB}); "
             f"built in {time.perf_counter() - t0:.1f} s"
         )
+        strategies, paths = args.strategies.split(","), args.paths.split(",")
+        runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _ in range(args.repeat):  # rounds over every run, so drift reaches all alike
+            for strategy in strategies:
+                for path in paths:
+                    runs.setdefault((strategy, path), []).append(
+                        measure(path, dirs, scratch, strategy)
+                    )
         results: dict[str, dict[str, dict[str, float]]] = {}
-        for strategy in args.strategies.split(","):
+        for strategy in strategies:
             results[strategy] = {}
-            for path in args.paths.split(","):
-                r = measure(path, dirs, scratch, strategy)
+            for path in paths:
+                walls = [r["wall"] for r in runs[(strategy, path)]]
+                r = {"wall": min(walls), "rss": max(r["rss"] for r in runs[(strategy, path)])}
                 results[strategy][path] = r
+                each = ", ".join(f"{w:.2f}" for w in walls)
                 print(
                     f"{strategy:7s} {path:9s} wall {r['wall']:7.2f} s  "
                     f"input {in_bytes / r['wall'] / 1e9:5.2f} GB/s  peak RSS {r['rss'] / 1e9:6.2f} GB"
+                    + (f"  (best of {each})" if len(walls) > 1 else "")
                 )
         bw = measure("bandwidth", dirs, scratch, "linear")
         print(

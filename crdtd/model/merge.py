@@ -51,6 +51,7 @@ from crdtd.model.schema import (
     count_layers,
     resolve_params,
 )
+from crdtd.model.workers import PriorityWorkers
 from crdtd.model.writer import (
     DEFAULT_SHARD_SIZE,
     ShardedWriter,
@@ -985,19 +986,16 @@ class _BlockPool:
         self.workers = 1 if plan.device.type != "cpu" else max(1, min(cores, MAX_WORKERS))
         self._local = threading.local()
         self._threads = torch.get_num_threads()
-        self._pool = None
+        self._pool: PriorityWorkers | None = None
         self._prepare: ThreadPoolExecutor | None = None
         if self.workers > 1 and self.jobs:
             torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(
-                # one more thread than cores: reads and writes stall on page allocation (a
-                # fresh page of the output costs far more than its copy in a VM), and a
-                # third unit in flight fills those stalls (bench_model_merge: linear 5.3 s
-                # with two threads, 4.6 s with three, on 2 cores)
-                self.workers + 1,
-                thread_name_prefix="crdtd-merge",
-                initializer=torch.set_num_threads,
-                initargs=(1,),
+            # one more thread than cores: reads and writes stall on page allocation (a fresh
+            # page of the output costs far more than its copy in a VM), and a third unit in
+            # flight fills those stalls (bench_model_merge: linear 5.3 s with two threads,
+            # 4.6 s with three, on 2 cores); a `prepare`'s scan blocks go first (`map`)
+            self._pool = PriorityWorkers(
+                self.workers + 1, "crdtd-merge", functools.partial(torch.set_num_threads, 1)
             )
             # `prepare` passes run one at a time on a thread of their own, ahead of the
             # blocks, so their serial parts overlap the blocks of the tensors before them
@@ -1021,10 +1019,13 @@ class _BlockPool:
     def _call(self, fn: Callable[[_Buffers, Any], Any], item: Any) -> Any:
         return fn(self.buffers(), item)
 
-    def submit(self, fn: Callable[[_Buffers, Any], Any], item: Any) -> Future[Any]:
-        """fn(buffers, item) on one of the threads, or here at once without threads."""
+    def submit(
+        self, fn: Callable[[_Buffers, Any], Any], item: Any, urgent: bool = False
+    ) -> Future[Any]:
+        """fn(buffers, item) on one of the threads (`urgent`: before every waiting unit that
+        is not), or here at once without threads."""
         if self._pool is not None:
-            return self._pool.submit(self._call, fn, item)
+            return self._pool.submit(self._call, fn, item, urgent=urgent)
         done: Future[Any] = Future()
         try:
             done.set_result(fn(self.buffers(), item))
@@ -1033,8 +1034,10 @@ class _BlockPool:
         return done
 
     def map(self, fn: Callable[[_Buffers, Any], Any], items: Sequence[Any]) -> list[Any]:
-        """[fn(buffers, item) for each item], run side by side; the first error (in order)."""
-        futures = [self.submit(fn, item) for item in items]
+        """[fn(buffers, item) for each item], run side by side ahead of the merge units
+        waiting (a `prepare` scan: the blocks of its tensor wait for it); the first error
+        (in order)."""
+        futures = [self.submit(fn, item, urgent=True) for item in items]
         try:
             return [f.result() for f in futures]
         finally:
@@ -1066,7 +1069,7 @@ class _BlockPool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
         if self._prepare is not None:
             self._prepare.shutdown(wait=True, cancel_futures=True)
         if self._pool is not None:
