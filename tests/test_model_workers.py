@@ -14,7 +14,14 @@ def test_urgent_calls_run_before_the_normal_ones_waiting() -> None:
     gate = threading.Event()
     order: list[str] = []
     try:
-        blocker = pool.submit(gate.wait)  # holds the only thread while the queue fills
+        started = threading.Event()
+
+        def hold() -> bool:
+            started.set()
+            return gate.wait()
+
+        blocker = pool.submit(hold)  # holds the only thread while the queue fills
+        assert started.wait(10)
         normal = [pool.submit(order.append, f"n{i}") for i in range(3)]
         urgent = [pool.submit(order.append, f"u{i}", urgent=True) for i in range(2)]
         gate.set()
@@ -38,9 +45,15 @@ def test_an_error_reaches_the_submitter_and_the_thread_goes_on() -> None:
 
 def test_shutdown_cancels_what_has_not_started() -> None:
     pool = PriorityWorkers(1, "t")
-    gate = threading.Event()
-    running = pool.submit(gate.wait)
+    gate, started = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait()
+
+    running = pool.submit(hold)
     waiting = pool.submit(lambda: "ran")
+    assert started.wait(10)
     threading.Timer(0.2, gate.set).start()
     pool.shutdown()
     assert running.result() is True

@@ -12,7 +12,7 @@ import contextlib
 import json
 import mmap
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,8 @@ _DTYPE_ALIASES: dict[str, torch.dtype] = {
 MAX_HEADER = 100 << 20
 MAX_HASH_THREADS = 8  # each holds at most one piece of file pages
 DIGEST_PIECE = 8 << 20  # bytes hashed between page drops
+PieceVisitor = Callable[[memoryview, int], None]
+"""Sees a tensor's bytes piece by piece while they are hashed: (piece, its byte offset)."""
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 PAGE = mmap.PAGESIZE
 HF_SIDE_FILES = (
@@ -205,9 +207,10 @@ class SafetensorsFile:
                 raise InputReadError(f"{self.path}: tensor {name!r} is truncated on disk")
             done += n
 
-    def digest(self, name: str) -> bytes:
+    def digest(self, name: str, visit: PieceVisitor | None = None) -> bytes:
         """BLAKE3 digest of tensor `name`'s bytes, mapping each piece in one call before hashing it
-        (`MADV_POPULATE_READ`, where the kernel has it) and dropping it after."""
+        (`MADV_POPULATE_READ`, where the kernel has it) and dropping it after; `visit(piece,
+        offset)` sees each piece (its byte offset in the tensor) while it is mapped."""
         start, end = self._span[name]
         h = tensor_hasher()
         view = memoryview(self._map)
@@ -218,6 +221,8 @@ class SafetensorsFile:
                 with contextlib.suppress(OSError, ValueError):
                     self._map.madvise(MADV_POPULATE_READ, aligned, hi - aligned)
                 h.update(view[lo:hi])
+                if visit is not None:
+                    visit(view[lo:hi], lo - start)
                 self._drop(lo, hi)
         finally:
             view.release()
@@ -306,9 +311,9 @@ class FileCheckpoint:
         """Entries [start, stop) of flat tensor `name`, raw, into `out` (see SafetensorsFile)."""
         self._where[name].read_into(name, start, stop, out)
 
-    def digest(self, name: str) -> bytes:
-        """sha256 of tensor `name`'s bytes."""
-        return self._where[name].digest(name)
+    def digest(self, name: str, visit: PieceVisitor | None = None) -> bytes:
+        """BLAKE3 digest of tensor `name`'s bytes (see `SafetensorsFile.digest`)."""
+        return self._where[name].digest(name, visit)
 
     def close(self) -> None:
         for f in self.files:
@@ -419,16 +424,22 @@ def source_content_id(source: TensorSource, pool: ThreadPoolExecutor | None = No
 
 
 def content_ids(
-    sources: Sequence[TensorSource], pool: ThreadPoolExecutor | None = None
+    sources: Sequence[TensorSource],
+    pool: ThreadPoolExecutor | None = None,
+    visits: Mapping[tuple[int, str], PieceVisitor] | None = None,
 ) -> list[bytes]:
-    """Content ids of many sources, hashing tensors in parallel threads (GIL released)."""
+    """Content ids of many sources, hashing tensors in parallel threads (GIL released);
+    `visits[(source index, name)]` sees that tensor's bytes piece by piece as they are
+    hashed (only sources with their own `digest` have pieces to show)."""
     jobs = [(i, name) for i, s in enumerate(sources) for name in sorted(s.infos)]
+    visits = visits or {}
 
     def digest(job: tuple[int, str]) -> bytes:
         src, name = sources[job[0]], job[1]
         own = getattr(src, "digest", None)
         if own is not None:
-            return bytes(own(name))
+            visit = visits.get(job)
+            return bytes(own(name) if visit is None else own(name, visit))
         data = src.raw(name)
         try:
             return tensor_digest(data, lambda: src.release(name))

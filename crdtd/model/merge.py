@@ -39,6 +39,7 @@ from crdtd.model.identity import input_set_digest
 from crdtd.model.io import (
     MAX_HASH_THREADS,
     CheckpointLike,
+    PieceVisitor,
     TensorInfo,
     TensorSource,
     content_ids,
@@ -46,6 +47,7 @@ from crdtd.model.io import (
     parse_dtype,
     st_dtype,
 )
+from crdtd.model.sampling import PieceSampler, sample_positions
 from crdtd.model.schema import (
     ModelMergeSchema,
     count_layers,
@@ -60,6 +62,7 @@ from crdtd.model.writer import (
     side_files_of,
 )
 from crdtd.strategies import registry
+from crdtd.strategies._select import sample_stride
 from crdtd.strategies.base import (
     RawInputs,
     Strategy,
@@ -121,6 +124,9 @@ class MergePlan:
     side_files: dict[str, Path]
     device: torch.device
     _opened: list[TensorSource] = field(default_factory=list)
+    # (id of an input's source or the base, tensor name) -> its sample taken while hashing,
+    # for the `prepare` of a two-phase strategy (see `crdtd.model.sampling`)
+    samples: dict[tuple[int, str], PieceSampler] = field(default_factory=dict)
 
     @property
     def content_ids(self) -> tuple[str, ...]:
@@ -590,7 +596,8 @@ def build_plan(
         ]
         if base is not None:
             hashed.append(base)
-        ids = _content_ids(hashed)
+        samplers = _samplers(hashed, len(inputs), checked)
+        ids = _content_ids(hashed, {key: s.visit for key, s in samplers.items()})
         pos = 0
         for inp in inputs:
             inp.content_id = ids[pos]
@@ -614,6 +621,7 @@ def build_plan(
             side_files_of(root),
             device or torch.device("cpu"),
             opened,
+            {(id(hashed[i]), name): s for (i, name), s in samplers.items() if s.complete},
         )
         _dry_run(plan)
         return plan
@@ -628,14 +636,39 @@ def _reads_base(job: TensorJob) -> bool:
     return job.strategy is None or job.strategy.uses_base
 
 
-def _content_ids(sources: Sequence[TensorSource]) -> list[bytes]:
-    """Content ids, hashing in parallel; a source may carry its own `precomputed_id`."""
+def _content_ids(
+    sources: Sequence[TensorSource],
+    visits: Mapping[tuple[int, str], PieceVisitor] | None = None,
+) -> list[bytes]:
+    """Content ids, hashing in parallel; a source may carry its own `precomputed_id`.
+    `visits[(source index, name)]` sees the tensor's bytes as they are hashed."""
     known = [getattr(s, "precomputed_id", None) for s in sources]
-    todo = [s for s, k in zip(sources, known) if k is None]
+    todo = [i for i, k in enumerate(known) if k is None]
+    at = {i: j for j, i in enumerate(todo)}
+    shown = {(at[i], name): v for (i, name), v in (visits or {}).items() if i in at}
     workers = max(1, min(os.cpu_count() or 1, MAX_HASH_THREADS))
     with ThreadPoolExecutor(workers, thread_name_prefix="crdtd-hash") as pool:
-        fresh = iter(content_ids(todo, pool))
+        fresh = iter(content_ids([sources[i] for i in todo], pool, shown))
     return [k if k is not None else next(fresh) for k in known]
+
+
+def _samplers(
+    hashed: Sequence[TensorSource], k: int, jobs: Sequence[TensorJob]
+) -> dict[tuple[int, str], PieceSampler]:
+    """Samplers for the tensors whose strategy prepares in blocks (TIES): every input's
+    (sources 0..k-1 of `hashed`) and the base's (the last, when it is hashed)."""
+    if len(hashed) == k:
+        return {}
+    out = {}
+    for job in jobs:
+        s = job.strategy
+        if s is None or s.prepare is None or block_bounds(job, CHUNK_ELEMENTS) is None:
+            continue
+        name, n = job.info.name, job.info.numel
+        for i in [*range(k), len(hashed) - 1]:
+            dtype = hashed[i].infos[name].torch_dtype
+            out[(i, name)] = PieceSampler(n, sample_stride(n), dtype)
+    return out
 
 
 def _metadata(
@@ -865,21 +898,23 @@ def _check_loaded(
         require_finite(base, name, f"the base {plan.base.label}", start)
 
 
-SAMPLE_RUN = 64  # consecutive entries `_sample` takes together
-
-
 def _sample(
     plan: MergePlan, job: TensorJob, stride: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Flat inputs `[k, ~n/stride]` and base, read from the maps in runs of `SAMPLE_RUN`
-    entries spread evenly over the tensor: one entry every `stride` would touch every page
-    of a large tensor (a page fault and a mapped page each), runs touch one in `SAMPLE_RUN`."""
+    """Flat inputs `[k, ~n/stride]` and base at `sample_positions(n, stride)`: taken while
+    the plan hashed them where it could, else read from the maps."""
     name = job.info.name
-    n = job.info.numel
-    run = max(1, min(SAMPLE_RUN, stride))
-    starts = torch.arange(0, n, stride * run)
-    where = (starts[:, None] + torch.arange(run)[None, :]).reshape(-1)
-    where = where[where < n]
+    holders = [inp.source for inp in plan.inputs]
+    if plan.base is not None:
+        holders.append(plan.base)
+    taken = [plan.samples.get((id(src), name)) for src in holders]
+    if all(t is not None and t.stride == stride for t in taken):
+        rows = [t.values().to(plan.device) for t in taken if t is not None]
+        for src in holders:  # (used once: a sample is 65,536 entries of each input)
+            plan.samples.pop((id(src), name), None)
+        k = len(plan.inputs)
+        return torch.stack(rows[:k]), rows[k] if plan.base is not None else None
+    where = torch.from_numpy(sample_positions(job.info.numel, stride))
 
     def pick(src: TensorSource) -> torch.Tensor:
         out = src.view(name).reshape(-1)[where].to(plan.device, torch.float32)
