@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crdtd.model.merge as merge_mod
-from crdtd.model import ModelMerge, ModelMergeSchema
+from crdtd.model import Contribution, ModelMerge, ModelMergeSchema
 from crdtd.model.sampling import PieceSampler, sample_positions
 from crdtd.strategies.base import BLOCK_ALIGN
 from tests.model_generators import hash_dir
@@ -69,3 +69,17 @@ def test_ties_takes_its_samples_while_hashing_with_the_same_bytes(
     finally:
         plan.close()
     assert hash_dir(tmp_path / "early") == hash_dir(tmp_path / "late")
+
+
+def test_only_strategies_whose_prepare_samples_get_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items, base = _checkpoints(tmp_path)
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)
+    slerp_input = [Contribution(items[0].weights)]  # (slerp takes no per-model weight)
+    for name, params, inputs in (("slerp", {"t": 0.4}, slerp_input), ("linear", {}, items)):
+        plan = ModelMerge(ModelMergeSchema.single(name, params)).plan(inputs, base)
+        try:
+            assert plan.samples == {}
+        finally:
+            plan.close()

@@ -596,7 +596,7 @@ def build_plan(
         ]
         if base is not None:
             hashed.append(base)
-        samplers = _samplers(hashed, len(inputs), checked)
+        samplers = _samplers(hashed, len(inputs), base is not None, checked)
         ids = _content_ids(hashed, {key: s.visit for key, s in samplers.items()})
         pos = 0
         for inp in inputs:
@@ -653,16 +653,16 @@ def _content_ids(
 
 
 def _samplers(
-    hashed: Sequence[TensorSource], k: int, jobs: Sequence[TensorJob]
+    hashed: Sequence[TensorSource], k: int, with_base: bool, jobs: Sequence[TensorJob]
 ) -> dict[tuple[int, str], PieceSampler]:
-    """Samplers for the tensors whose strategy prepares in blocks (TIES): every input's
-    (sources 0..k-1 of `hashed`) and the base's (the last, when it is hashed)."""
-    if len(hashed) == k:
-        return {}
+    """Samplers for the tensors whose strategy's `prepare` samples (TIES): every input's
+    (sources 0..k-1 of `hashed`) and the base's (the last, `with_base`; extras sit between)."""
+    if not with_base:
+        return {}  # (the prepares that sample read a base: without one they read late)
     out = {}
     for job in jobs:
         s = job.strategy
-        if s is None or s.prepare is None or block_bounds(job, CHUNK_ELEMENTS) is None:
+        if s is None or not s.prepare_samples or block_bounds(job, CHUNK_ELEMENTS) is None:
             continue
         name, n = job.info.name, job.info.numel
         for i in [*range(k), len(hashed) - 1]:

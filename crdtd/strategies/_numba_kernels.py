@@ -175,12 +175,12 @@ def _widen_impl(src, dst):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def _shrink(t: np.ndarray, lim: np.float32) -> None:
-    """torch.hardshrink(t, lim) in place: |v| ≤ lim becomes +0.0."""
+def _shrunk(xt: np.ndarray, bt: np.ndarray, lim: np.float32, out: np.ndarray) -> None:
+    """out ← torch.hardshrink(xt − bt, lim): |v| ≤ lim becomes +0.0."""
     zero = np.float32(0.0)
-    for j in range(t.shape[0]):
-        v = t[j]
-        t[j] = zero if (v >= -lim) & (v <= lim) else v
+    for j in range(xt.shape[0]):
+        v = xt[j] - bt[j]
+        out[j] = zero if (v >= -lim) & (v <= lim) else v
 
 
 @njit(nogil=True, cache=True)
@@ -243,12 +243,13 @@ def _combine(
         for i in range(k):
             ti = t[i, :c]
             xt = _widen(x[i, a : a + c], xw)
-            for j in range(c):
-                ti[j] = xt[j] - bt[j]
-            if has_thr[i]:
+            if has_thr[i]:  # τ and its hardshrink in one pass (the threshold, then below it)
                 cut = min(c, max(0, tie_from[i] - offset - a))
-                _shrink(ti[:cut], thr[i])
-                _shrink(ti[cut:], below[i])
+                _shrunk(xt[:cut], bt[:cut], thr[i], ti[:cut])
+                _shrunk(xt[cut:c], bt[cut:c], below[i], ti[cut:])
+            else:
+                for j in range(c):
+                    ti[j] = xt[j] - bt[j]
             if has_draws[i]:
                 wt = words[i, a : a + c]
                 b16 = below16[i]
@@ -268,20 +269,26 @@ def _combine(
             _rowsum(t, c, g)
             for j in range(c):
                 g[j] = -one if g[j] < zero else one
-            for i in range(k):
+            # per model in row order: its part agreeing with the elected sign (clamped at
+            # 0, keeping −0.0), summed into m, and its weight where that part is > 0 into d
+            # (the first row copied, the rest added: `_rowsum`'s order)
+            d = divisor[:c]
+            t0 = t[0, :c]
+            f = one if unit else w[0]
+            for j in range(c):
+                v = t0[j] * g[j]
+                v = zero if v < zero else v
+                m[j] = v
+                d[j] = (one if v > zero else zero) * f
+            for i in range(1, k):
                 ti = t[i, :c]
+                f = one if unit else w[i]
                 for j in range(c):
                     v = ti[j] * g[j]
-                    ti[j] = zero if v < zero else v
-            _rowsum(t, c, m)
+                    v = zero if v < zero else v
+                    m[j] = m[j] + v
+                    d[j] = d[j] + (one if v > zero else zero) * f
             if normalize:
-                for i in range(k):
-                    ti = t[i, :c]
-                    f = one if unit else w[i]
-                    for j in range(c):
-                        ti[j] = (one if ti[j] > zero else zero) * f
-                d = divisor[:c]
-                _rowsum(t, c, d)
                 if wmode == UNIT:
                     for j in range(c):
                         m[j] = m[j] / (one if d[j] < one else d[j])

@@ -265,6 +265,7 @@ class Strategy:
     propagates_nonfinite: bool = False
     chunk_seeded: bool = False
     raw_inputs: bool = False
+    prepare_samples: bool = False
 
     @property
     def blockwise(self) -> bool:

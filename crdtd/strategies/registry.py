@@ -28,6 +28,7 @@ def register(
     propagates_nonfinite: bool = False,
     chunk_seeded: bool = False,
     raw_inputs: bool = False,
+    prepare_samples: bool = False,
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: register `fn` under `name` with its declared parameters.
 
@@ -40,7 +41,9 @@ def register(
     from `base.chunk_seed` streams, so it too may run block by block; `raw_inputs=True` says
     `fn` and its `prepare`'s per-block function take a block whose `TensorMerge.raw` holds
     the inputs as read (`RawInputs`): they call `raw.widen()` before reading the float32
-    tensors, and refuse NaN/Inf themselves otherwise.
+    tensors, and refuse NaN/Inf themselves otherwise; `prepare_samples=True` says the
+    `prepare` starts from `blocks.sample(sample_stride(n))`, which the engine then takes
+    while it hashes the inputs.
     """
 
     def deco(fn: StrategyFn) -> StrategyFn:
@@ -65,6 +68,7 @@ def register(
             propagates_nonfinite=propagates_nonfinite,
             chunk_seeded=chunk_seeded,
             raw_inputs=raw_inputs,
+            prepare_samples=prepare_samples,
             summary=doc.splitlines()[0] if doc else "",
         )
         return fn

@@ -221,6 +221,7 @@ _SUM = "θ = θ_base + λ Σ_i w_i τ̂_i (÷ Σ_i w_i when normalize)"
     formula="τ̂_i = top-density(|τ_i|) of τ_i = θ_i − θ_base; " + _DISJOINT,
     needs_base=True,
     prepare=magnitude_state,
+    prepare_samples=True,
     propagates_nonfinite=True,
     raw_inputs=True,
 )
