@@ -200,8 +200,8 @@ def test_the_scan_kernel_finds_every_entry_of_the_bracket_in_order(
 def test_both_gathers_append_the_flagged_entries_in_order(
     c: int, density: float, room: int, seed: int
 ) -> None:
-    """The compress gather (where the CPU has AVX-512F) and the portable one append the same
-    entries and positions; near the end of the output row the compress one goes on entry by
+    """The compress gather (where the CPU has AVX-512F), the word-wise one and the per-flag
+    one (big-endian) append the same entries and positions; near the end of the output row the compress one goes on entry by
     entry (it stores 16 lanes at a time)."""
     from crdtd.strategies import _numba_kernels as nk
 
@@ -210,7 +210,7 @@ def test_both_gathers_append_the_flagged_entries_in_order(
     inside = (rng.random(2048) < density).astype(np.uint8)
     expect = np.flatnonzero(inside[:c])
     start = 5
-    gathers = [nk._gather_words] + ([nk._gather_packed] if nk.COMPRESS else [])
+    gathers = [nk._gather_each, nk._gather_words] + ([nk._gather_packed] if nk.COMPRESS else [])
     for gather in gathers:
         vj = np.full(start + len(expect) + room, -1.0, np.float32)
         pj = np.full(len(vj), -1, np.int64)

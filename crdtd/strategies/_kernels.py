@@ -13,15 +13,13 @@ torch path.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
 
 ENABLED = True  # tests switch the kernels off to compare with the torch path
-# (the scan reads its byte flags eight to a word, lowest address in the lowest bits)
-AVAILABLE = importlib.util.find_spec("numba") is not None and sys.byteorder == "little"
+AVAILABLE = importlib.util.find_spec("numba") is not None
 UNIT, POSITIVE, ANY = 0, 1, 2  # weight modes of the consensus divisor (`elect_and_mix`)
 # one model's keep: (threshold, tie_from, the float32 below the threshold, draws' `below`,
 # scale), None where that part is absent

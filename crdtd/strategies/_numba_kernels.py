@@ -3,6 +3,7 @@ and ~100 MB, which merges that never run a kernel should not pay)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import llvmlite.binding
@@ -142,7 +143,26 @@ def _gather_words(
     return size
 
 
-_gather = _gather_packed if COMPRESS else _gather_words
+@njit(nogil=True, cache=True)
+def _gather_each(
+    a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
+) -> int:
+    """`_scan`'s gather flag by flag (big-endian machines, where `_gather_words`'s byte
+    order does not hold)."""
+    for q in range(c):
+        if inside[q]:
+            vj[size] = a[q]
+            pj[size] = s + q
+            size += 1
+    return size
+
+
+if COMPRESS:
+    _gather = _gather_packed
+elif sys.byteorder == "little":
+    _gather = _gather_words
+else:
+    _gather = _gather_each
 
 
 def _widen(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -417,6 +417,13 @@ def _model_outliers(
             sims[i] = max(sims[i], cos)
             sims[j] = max(sims[j], cos)
     ascent = _ascent(ordered, x, names, shapes, base, previous_base)
+    alongs: dict[int, float] = {}
+
+    def along(i: int) -> float:  # (a median over the others: worked out once, when asked)
+        if i not in alongs:
+            alongs[i] = _along(x, i)
+        return alongs[i]
+
     out = []
     for i, c in enumerate(ordered):
         ratio = norms[i] / mid_norm if mid_norm > 0.0 else math.inf if norms[i] > 0 else 1.0
@@ -426,8 +433,8 @@ def _model_outliers(
         soft: list[str] = []
         if enough:
             if ratio > params.max_against_norm_ratio and raw[i] > params.min_norm_share * base_norm:
-                along = _along(x, i)  # (a big step the way the others go: a site still learning)
-                if along < 0.0 or (ratio > params.max_norm_ratio and along < params.aligned_cosine):
+                cos = along(i)  # (a big step the way the others go: a site still learning)
+                if cos < 0.0 or (ratio > params.max_norm_ratio and cos < params.aligned_cosine):
                     flags.append("norm")
             if z > params.max_direction_z and raw[i] > params.min_direction_share * base_norm:
                 flags.append("direction")  # (a step too small to move the model is no threat)
@@ -437,13 +444,13 @@ def _model_outliers(
             if (
                 up is not None
                 and up > params.max_ascent_cosine
-                and _along(x, i) < params.ascent_aligned
+                and along(i) < params.ascent_aligned
             ):
                 flags.append("ascent")  # (noisy late changes still point with the others)
             if (
                 not flags
                 and raw[i] > params.min_norm_share * base_norm
-                and _along(x, i) < params.against_cosine
+                and along(i) < params.against_cosine
             ):
                 soft.append("against")  # (counted only when the author's next update is flagged)
         out.append(
