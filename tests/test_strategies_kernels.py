@@ -219,3 +219,56 @@ def test_both_gathers_append_the_flagged_entries_in_order(
         np.testing.assert_array_equal(vj[start:size], a[expect])
         np.testing.assert_array_equal(pj[start:size], expect + 100)
         assert (vj[:start] == -1.0).all() and (pj[:start] == -1).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(width=32, allow_nan=True, allow_infinity=True),
+            st.sampled_from([0.0, -0.0, 1.5, -1.5, 2.0**-149]),
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    picks=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+    kernels_on=st.booleans(),
+)
+def test_order_statistics_are_the_sorts_entries_and_counts(
+    values: list[float], picks: list[float], kernels_on: bool
+) -> None:
+    """The counting select gives np.sort's m-th entry (±0.0 compare equal, every NaN last)
+    and `searchsorted(side="right")` of it, for any ranks, with the kernels on or off."""
+    a = np.array(values, np.float32)
+    ordered = np.sort(a)
+    ranks = [1 + int(p * (a.size - 1)) for p in picks]
+    was = _kernels.ENABLED
+    _kernels.ENABLED = kernels_on
+    try:
+        found = _kernels.order_stats(a, ranks)
+    finally:
+        _kernels.ENABLED = was
+    for (value, count), m in zip(found, ranks):
+        want = ordered[m - 1]
+        if np.isnan(want):
+            assert np.isnan(value) and count == a.size
+        else:
+            assert value == want
+            assert count == int(np.searchsorted(ordered, want, side="right"))
+    strided = np.repeat(a, 2)[::2]  # a non-contiguous view, as a strided sample is
+    assert (
+        _kernels.order_stats(strided, ranks[:1])[0][1] == _kernels.order_stats(a, ranks[:1])[0][1]
+    )
+
+
+def test_order_statistics_of_bf16_task_vectors_match_the_sort() -> None:
+    """Long runs of equal values (what bf16 checkpoints' task vectors hold) and many ranks."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.02, 200_000).astype(np.float32)
+    bf = ((x.view(np.uint32) >> 16) << 16).view(np.float32)
+    a = np.abs(bf - np.float32(0.001))
+    ordered = np.sort(a)
+    ranks = [1, 7, 50_000, 100_000, 199_999, 200_000]
+    for (value, count), m in zip(_kernels.order_stats(a, ranks), ranks):
+        assert value == ordered[m - 1]
+        assert count == int(np.searchsorted(ordered, ordered[m - 1], side="right"))

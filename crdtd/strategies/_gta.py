@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from crdtd.strategies import _kernels as kernels
-from crdtd.strategies._select import ascending, bracket, kth_value, sample_stride
+from crdtd.strategies._select import bracket, kth_value, sample_stride
 from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge
 
 CHUNK = BLOCK_ALIGN
@@ -281,10 +281,8 @@ class _Gathered:
         cand = torch.cat(self.values)
         m = n - count - self.below
         if cand.device.type == "cpu":
-            ordered = ascending(cand)
-            v = float(ordered[m - 1])
-            n_le = self.below + int(np.searchsorted(ordered, ordered[m - 1], side="right"))
-            del ordered
+            v, at_or_below = kernels.order_stats(cand.numpy(), [m])[0]
+            n_le = self.below + at_or_below
         else:
             v = kth_value(cand, m)
             n_le = self.below + int(torch.count_nonzero(cand <= v))

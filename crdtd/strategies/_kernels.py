@@ -172,3 +172,27 @@ def weighted_sum_block(x: np.ndarray, weights: np.ndarray, out: np.ndarray) -> N
     """`_common.weighted_sum` of a flat block (x `[k, n]`: float32, or bf16 bits as uint16)
     into `out` (float32)."""
     _kernels()._weighted_sum(x, weights.astype(np.float32), out)
+
+
+def order_stats(a: np.ndarray, ranks: Sequence[int]) -> list[tuple[float, int]]:
+    """Per rank m (1-based): the m-th smallest of the 1-D array `a` as `np.sort` orders it,
+    and how many entries sort at or before it (`searchsorted(side="right")`).
+
+    Float32 goes to a counting select in linear time; numpy's sort costs n·log n, and its
+    AVX-512 quicksort is 5x slower than its AVX2 one on AMD Zen 4 (measured there: 0.20 vs
+    0.04 s for 4M float32), where the select takes 0.01 s. Other dtypes, or kernels off:
+    the sort.
+    """
+    if not len(ranks):
+        return []
+    if enabled() and a.dtype == np.float32 and a.ndim == 1:
+        ms = np.asarray(ranks, np.int64)
+        values = np.empty(len(ms), np.float32)
+        n_le = np.empty(len(ms), np.int64)
+        _kernels()._order_stats(np.ascontiguousarray(a), ms, values, n_le)
+        return [(float(v), int(c)) for v, c in zip(values, n_le)]
+    ordered = np.sort(a)
+    return [
+        (float(ordered[m - 1]), int(np.searchsorted(ordered, ordered[m - 1], side="right")))
+        for m in ranks
+    ]

@@ -194,13 +194,46 @@ def _widen_impl(src, dst):  # type: ignore[no-untyped-def]
     return copy
 
 
+@intrinsic
+def _bf16(typingctx: Any, bits: Any) -> Any:
+    """The float32 of bf16 bits (a uint16): the bits shifted into its top half, exact."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        wide = builder.shl(builder.zext(args[0], _I32), ir.Constant(_I32, 16))
+        return builder.bitcast(wide, _F32)
+
+    return sig, codegen
+
+
+def _at(src: np.ndarray, q: int) -> np.float32:
+    """src[q] as float32: bf16 bits (uint16) widened exactly, float32 as it is (so a pass
+    reads the file's bits with no widened copy of them)."""
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@overload(_at, jit_options={"nogil": True}, inline="always")
+def _at_impl(src, q):  # type: ignore[no-untyped-def]
+    if src.dtype == types.uint16:
+        return lambda src, q: _bf16(src[q])  # type: ignore[call-arg]
+    return lambda src, q: src[q]
+
+
 @njit(nogil=True, cache=True)
-def _shrunk(xt: np.ndarray, bt: np.ndarray, lim: np.float32, out: np.ndarray) -> None:
-    """out ← torch.hardshrink(xt − bt, lim): |v| ≤ lim becomes +0.0."""
+def _shrunk(xs: np.ndarray, bt: np.ndarray, lim: np.float32, out: np.ndarray) -> None:
+    """out ← torch.hardshrink(xs − bt, lim): |v| ≤ lim becomes +0.0 (xs: bf16 bits or
+    float32, read as `_at`)."""
     zero = np.float32(0.0)
-    for j in range(xt.shape[0]):
-        v = xt[j] - bt[j]
+    for j in range(out.shape[0]):
+        v = _at(xs, j) - bt[j]
         out[j] = zero if (v >= -lim) & (v <= lim) else v
+
+
+@njit(nogil=True, cache=True)
+def _minus(xs: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
+    """out ← xs − bt (xs: bf16 bits or float32, read as `_at`)."""
+    for j in range(out.shape[0]):
+        out[j] = _at(xs, j) - bt[j]
 
 
 @njit(nogil=True, cache=True)
@@ -248,7 +281,6 @@ def _combine(
 ) -> None:
     k, n = x.shape
     t = np.empty((k, TILE), np.float32)
-    xw = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
     gamma = np.empty(TILE, np.float32)
     mixed = np.empty(TILE, np.float32)
@@ -262,14 +294,13 @@ def _combine(
         bt = _widen(base[a : a + c], bw)
         for i in range(k):
             ti = t[i, :c]
-            xt = _widen(x[i, a : a + c], xw)
+            xs = x[i, a : a + c]
             if has_thr[i]:  # τ and its hardshrink in one pass (the threshold, then below it)
                 cut = min(c, max(0, tie_from[i] - offset - a))
-                _shrunk(xt[:cut], bt[:cut], thr[i], ti[:cut])
-                _shrunk(xt[cut:c], bt[cut:c], below[i], ti[cut:])
+                _shrunk(xs[:cut], bt[:cut], thr[i], ti[:cut])
+                _shrunk(xs[cut:c], bt[cut:c], below[i], ti[cut:])
             else:
-                for j in range(c):
-                    ti[j] = xt[j] - bt[j]
+                _minus(xs, bt, ti)
             if has_draws[i]:
                 wt = words[i, a : a + c]
                 b16 = below16[i]
@@ -332,22 +363,22 @@ def _combine(
 
 @njit(nogil=True, cache=True)
 def _flags(
-    xt: np.ndarray,
+    xs: np.ndarray,
     bt: np.ndarray,
     low: np.float32,
     high: np.float32,
     a: np.ndarray,
     inside: np.ndarray,
 ) -> tuple[int, int, int]:
-    """One pass over a tile: a ← |xt − bt|, inside ← lo ≤ a ≤ hi; the counts of entries
-    ≥ lo, inside, and finite (a function of its own: inline in the scan's body the same
-    loop ran slower, measured, not explained)."""
+    """One pass over a tile: a ← |xs − bt| (xs: bf16 bits or float32, read as `_at`),
+    inside ← lo ≤ a ≤ hi; the counts of entries ≥ lo, inside, and finite (a function of
+    its own: inline in the scan's body the same loop ran slower, measured, not explained)."""
     inf = np.float32(np.inf)
     above = 0
     seen = 0
     bounded = 0
-    for q in range(xt.shape[0]):
-        v = abs(xt[q] - bt[q])
+    for q in range(xs.shape[0]):
+        v = abs(_at(xs, q) - bt[q])
         a[q] = v
         ge = v >= low
         above += ge
@@ -373,7 +404,6 @@ def _scan(
     """See `_kernels.scan_block`; returns whether some |τ| was NaN or infinite."""
     n = base.shape[0]
     a = np.empty(TILE, np.float32)
-    xw = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
     inside = np.empty(TILE, np.uint8)
     finite = True
@@ -385,12 +415,12 @@ def _scan(
         c = min(TILE, n - s)
         bt = _widen(base[s : s + c], bw)
         for j in range(models.shape[0]):
-            xt = _widen(x[models[j], s : s + c], xw)
+            xs = x[models[j], s : s + c]
             low, high = lo[j], hi[j]
             # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then the
             # gather of the entries inside (a branch per entry on the comparisons themselves
             # is mispredicted half the time, one per set flag once per entry inside)
-            above, seen, bounded = _flags(xt, bt, low, high, a, inside)
+            above, seen, bounded = _flags(xs, bt, low, high, a, inside)
             finite &= bounded == c
             if has_lo[j]:
                 below[j] += c - above
@@ -421,3 +451,59 @@ def _weighted_sum(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
             f = w[i]
             for j in range(c):
                 ot[j] = _fma(xt[j], f, ot[j])  # type: ignore[call-arg]
+
+
+@njit(nogil=True, cache=True)
+def _order_key(bits: np.uint32) -> np.uint32:
+    """A uint32 that orders float32 values (given as their bits) as `np.sort` does: −0.0
+    keyed as +0.0 (they compare equal), every NaN last."""
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    if magnitude > np.uint32(0x7F800000):
+        return np.uint32(0xFFFFFFFF)
+    if magnitude == np.uint32(0) or not bits >> np.uint32(31):
+        return magnitude | np.uint32(0x80000000)
+    return ~bits
+
+
+@njit(nogil=True, cache=True)
+def _order_stats(a: np.ndarray, ranks: np.ndarray, values: np.ndarray, n_le: np.ndarray) -> None:
+    """values[r] ← the ranks[r]-th smallest (1-based) of float32 `a` as `np.sort` orders
+    it, n_le[r] ← how many entries sort at or before it (`searchsorted(side="right")` on the
+    sorted array): a counting pass over the order keys' high 16 bits, then one per rank over
+    the low 16 bits of the keys in its bucket, where a sort takes n·log n."""
+    n = a.shape[0]
+    bits = a.view(np.uint32)
+    keys = np.empty(n, np.uint32)
+    high = np.zeros(65536, np.int64)
+    for q in range(n):
+        k = _order_key(bits[q])
+        keys[q] = k
+        high[k >> np.uint32(16)] += 1
+    low = np.zeros(65536, np.int64)
+    out = values.view(np.uint32)
+    for r in range(ranks.shape[0]):
+        m = ranks[r]
+        below = 0
+        top = 0
+        while below + high[top] < m:
+            below += high[top]
+            top += 1
+        low[:] = 0
+        t = np.uint32(top)
+        for q in range(n):
+            if keys[q] >> np.uint32(16) == t:
+                low[keys[q] & np.uint32(0xFFFF)] += 1
+        rest = m - below
+        under = 0
+        bottom = 0
+        while under + low[bottom] < rest:
+            under += low[bottom]
+            bottom += 1
+        key = (t << np.uint32(16)) | np.uint32(bottom)
+        n_le[r] = below + under + low[bottom]
+        if key == np.uint32(0xFFFFFFFF):
+            out[r] = np.uint32(0x7FC00000)
+        elif key >> np.uint32(31):
+            out[r] = key & np.uint32(0x7FFFFFFF)
+        else:
+            out[r] = ~key

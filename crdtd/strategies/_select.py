@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+
+from crdtd.strategies._kernels import order_stats
 
 _SAMPLE = 65_536
 _DIRECT = 262_144
@@ -23,19 +24,14 @@ _CHUNK = 1 << 20
 def kth_value(a: torch.Tensor, m: int) -> float:
     """The m-th smallest value (1-based) of the 1-D tensor `a`.
 
-    On the CPU from numpy's vectorised sort: introselect (`np.partition`) is faster on
-    distinct values but about 15× slower on long runs of equal ones, which task vectors of
-    bf16 checkpoints are full of; elsewhere `torch.kthvalue`. An order statistic is one
+    On the CPU from a counting select (`_kernels.order_stats`): introselect
+    (`np.partition`) is about 15× slower on long runs of equal values, which task vectors
+    of bf16 checkpoints are full of; elsewhere `torch.kthvalue`. An order statistic is one
     value, so both agree.
     """
     if a.device.type == "cpu":
-        return float(ascending(a)[m - 1])
+        return order_stats(a.detach().numpy(), [m])[0][0]
     return float(torch.kthvalue(a, m).values)
-
-
-def ascending(a: torch.Tensor) -> np.ndarray:
-    """The values of the 1-D CPU tensor `a` sorted ascending (a fresh numpy array)."""
-    return np.sort(a.detach().numpy())
 
 
 def bracket(sample: torch.Tensor, m: int, n: int) -> tuple[float | None, float | None]:
@@ -46,15 +42,17 @@ def bracket(sample: torch.Tensor, m: int, n: int) -> tuple[float | None, float |
     s = sample.numel()
     p = (m - 0.5) / n
     margin = 6.0 * math.sqrt(max(p * (1.0 - p), 1.0 / s) / s) + 2.0 / s
-    lo = None
-    hi = None
-    ordered = ascending(sample) if sample.device.type == "cpu" else None
+    ranks: dict[str, int] = {}
     if p - margin > 0:
-        m_lo = max(1, math.floor((p - margin) * s))
-        lo = kth_value(sample, m_lo) if ordered is None else float(ordered[m_lo - 1])
+        ranks["lo"] = max(1, math.floor((p - margin) * s))
     if p + margin < 1:
-        m_hi = min(s, math.ceil((p + margin) * s))
-        hi = kth_value(sample, m_hi) if ordered is None else float(ordered[m_hi - 1])
+        ranks["hi"] = min(s, math.ceil((p + margin) * s))
+    if sample.device.type == "cpu":
+        found = order_stats(sample.detach().numpy(), list(ranks.values()))
+        at = {side: v for side, (v, _) in zip(ranks, found)}
+    else:
+        at = {side: kth_value(sample, r) for side, r in ranks.items()}
+    lo, hi = at.get("lo"), at.get("hi")
     return lo, hi
 
 
