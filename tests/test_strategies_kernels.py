@@ -76,7 +76,7 @@ def test_combine_gives_the_torch_paths_bytes(
         tie_from = data.draw(st.one_of(st.none(), st.integers(0, offset + n + 5)))
         below = data.draw(st.integers(0, 2**16 - 1))
         seed = data.draw(st.integers(0, 1000))
-        draws = Draws(lambda chunk, s=seed, i=i: np.random.PCG64(s * 97 + i * 13 + chunk), below)
+        draws = Draws(lambda chunk, s=seed, i=i: s * 97 + i * 13 + chunk, below)
         scale = data.draw(st.sampled_from([1.0, 2.0, 1 / 0.3, 0.5]))
         if kind == "threshold":
             keeps.append(Keep(threshold=threshold, tie_from=tie_from, scale=scale))
@@ -272,3 +272,22 @@ def test_order_statistics_of_bf16_task_vectors_match_the_sort() -> None:
     for (value, count), m in zip(_kernels.order_stats(a, ranks), ranks):
         assert value == ordered[m - 1]
         assert count == int(np.searchsorted(ordered, ordered[m - 1], side="right"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**63 - 1),
+    count=st.integers(0, 70),
+    kernels_on=st.booleans(),
+)
+def test_pcg64_draws_are_numpys(seed: int, count: int, kernels_on: bool) -> None:
+    """The four-lane PCG64 gives `np.random.PCG64(seed).random_raw(count)` word for word
+    (DARE's masks are documented as those draws), any count, kernels on or off."""
+    was = _kernels.ENABLED
+    _kernels.ENABLED = kernels_on
+    try:
+        mine = _kernels.pcg64_raw(seed, count)
+    finally:
+        _kernels.ENABLED = was
+    np.testing.assert_array_equal(mine, np.random.PCG64(seed).random_raw(count))
+    assert mine.dtype == np.uint64

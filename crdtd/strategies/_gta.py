@@ -46,16 +46,18 @@ class Keep:
 class Draws:
     """Random keep flags drawn where they are applied, one chunk of the `CHUNK` grid at a
     time, so no flat mask of the whole tensor or block is ever held: `flags(c0, c1)` gives
-    the flags of entries [c0, c1) (within one chunk) from `stream(chunk)`'s 16-bit words."""
+    the flags of entries [c0, c1) (within one chunk) from the 16-bit words of
+    `PCG64(seed(chunk))`'s raw draws (`kernels.pcg64_raw`, numpy's draws)."""
 
-    def __init__(self, stream: Callable[[int], np.random.BitGenerator], below: int) -> None:
-        self.stream = stream
+    def __init__(self, seed: Callable[[int], int], below: int) -> None:
+        self.seed = seed
         self.below = np.uint16(below)
 
     def words(self, c0: int, c1: int) -> np.ndarray:
         """The 16-bit words of entries [c0, c1) (within one chunk)."""
         first = c0 // CHUNK * CHUNK  # a block off the grid starts inside a chunk's draws
-        raw = self.stream(c0 // CHUNK).random_raw((c1 - first + 3) // 4).astype("<u8", copy=False)
+        raw = kernels.pcg64_raw(self.seed(c0 // CHUNK), (c1 - first + 3) // 4)
+        raw = raw.astype("<u8", copy=False)
         return raw.view("<u2")[c0 - first : c1 - first]  # low word first on every machine
 
     def flags(self, c0: int, c1: int) -> np.ndarray:

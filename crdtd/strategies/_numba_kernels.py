@@ -507,3 +507,61 @@ def _order_stats(a: np.ndarray, ranks: np.ndarray, values: np.ndarray, n_le: np.
             out[r] = key & np.uint32(0x7FFFFFFF)
         else:
             out[r] = ~key
+
+
+_I128 = ir.IntType(128)
+
+
+@intrinsic
+def _pcg_draw(typingctx: Any, lo: Any, hi: Any, m_lo: Any, m_hi: Any, c_lo: Any, c_hi: Any) -> Any:
+    """(PCG64's output of the 128-bit state (lo, hi), the low and high words of s·m + c mod
+    2¹²⁸): numpy's PCG64 (XSL-RR output of a 128-bit LCG) with LLVM's 128-bit integers,
+    which numba lacks."""
+    u64 = types.uint64
+    sig = types.UniTuple(u64, 3)(u64, u64, u64, u64, u64, u64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        lo_, hi_, mlo, mhi, clo, chi = args
+        sixty_four = ir.Constant(_I128, 64)
+
+        def wide(low: Any, high: Any) -> Any:
+            return builder.or_(
+                builder.shl(builder.zext(high, _I128), sixty_four), builder.zext(low, _I128)
+            )
+
+        mixed = builder.xor(hi_, lo_)
+        turn = builder.lshr(hi_, ir.Constant(_I64, 58))
+        rotr = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I64, [_I64, _I64, _I64]), "llvm.fshr.i64"
+        )
+        out = builder.call(rotr, [mixed, mixed, turn])
+        nxt = builder.add(builder.mul(wide(lo_, hi_), wide(mlo, mhi)), wide(clo, chi))
+        low = builder.trunc(nxt, _I64)
+        high = builder.trunc(builder.lshr(nxt, sixty_four), _I64)
+        return context.make_tuple(builder, signature.return_type, [out, low, high])
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)
+def _pcg64_fill(
+    states: np.ndarray, m_lo: int, m_hi: int, c_lo: int, c_hi: int, out: np.ndarray
+) -> None:
+    """out ← consecutive PCG64 draws from four interleaved lanes: lane j (states[2j],
+    states[2j + 1]: low, high) holds the state of draw j, 4 + j, …, each stepped by the
+    four-step multiplier and increment, so four independent multiply chains overlap where
+    one would wait on each product. The lanes live in registers while they run."""
+    a0, a1, b0, b1 = states[0], states[1], states[2], states[3]
+    e0, e1, d0, d1 = states[4], states[5], states[6], states[7]
+    m0, m1, k0, k1 = np.uint64(m_lo), np.uint64(m_hi), np.uint64(c_lo), np.uint64(c_hi)
+    n = out.shape[0]
+    q = 0
+    while q + 4 <= n:
+        out[q], a0, a1 = _pcg_draw(a0, a1, m0, m1, k0, k1)  # type: ignore[call-arg]
+        out[q + 1], b0, b1 = _pcg_draw(b0, b1, m0, m1, k0, k1)  # type: ignore[call-arg]
+        out[q + 2], e0, e1 = _pcg_draw(e0, e1, m0, m1, k0, k1)  # type: ignore[call-arg]
+        out[q + 3], d0, d1 = _pcg_draw(d0, d1, m0, m1, k0, k1)  # type: ignore[call-arg]
+        q += 4
+    left = ((a0, a1), (b0, b1), (e0, e1))
+    for j in range(n - q):
+        out[q + j] = _pcg_draw(left[j][0], left[j][1], m0, m1, k0, k1)[0]  # type: ignore[call-arg]

@@ -119,13 +119,9 @@ def random_keeps(tm: TensorMerge, base: torch.Tensor) -> list[Keep]:
         # rescale), dropped ones by 0: the bytes of a 0/1 mask followed by the scale
         factor = float(np.float32(1.0 / density if tm.params.get("rescale", True) else 1.0))
         below = min(int(density * 2.0**16), 2**16 - 1)
-        draws = Draws(functools.partial(_stream, tm.generator, i), below)
+        draws = Draws(functools.partial(chunk_seed, tm.generator, i), below)
         keeps.append(Keep(scale=factor, draws=draws))
     return keeps
-
-
-def _stream(generator: torch.Generator, model: int, chunk: int) -> np.random.BitGenerator:
-    return np.random.PCG64(chunk_seed(generator, model, chunk))
 
 
 def sparsify_outliers(tm: TensorMerge, tv: torch.Tensor, i: int) -> Keep:
