@@ -99,6 +99,36 @@ def test_combine_gives_the_torch_paths_bytes(
     np.testing.assert_array_equal(_bits(fast), _bits(slow))
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    k=st.integers(2, 3),
+    n=st.integers(1, 2 * 2048 + 7),
+    lam=st.sampled_from([1.0, 0.7, -1.0]),
+)
+def test_the_unit_weight_disjoint_mean_gives_the_torch_paths_bytes(
+    data: st.DataObject, k: int, n: int, lam: float
+) -> None:
+    """TIES's and DARE's usual case (two or three models of unit weight, normalised
+    consensus) runs its own one-pass loop: the same bytes as the torch path."""
+    values = data.draw(st.lists(VALUES, min_size=(k + 1) * 8, max_size=(k + 1) * 8))
+    picks = np.resize(np.array(values, dtype=np.float32), (k + 1) * n).reshape(k + 1, n)
+    noise = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    jitter = noise.permuted(picks, axis=1)
+    x = torch.from_numpy(jitter[:k].copy())
+    base = torch.from_numpy(jitter[k].copy())
+    thresholds = data.draw(st.lists(st.sampled_from([0.0, 0.25, 0.5]), min_size=k, max_size=k))
+    keeps = [Keep(threshold=t, tie_from=n // 2) for t in thresholds]
+
+    def run() -> torch.Tensor:
+        tm = TensorMerge("w", x.clone(), base.clone(), {}, (), torch.Generator())
+        ones = torch.ones(k, dtype=torch.float64)
+        return combine(tm, base.clone(), keeps, ones, consensus=True, normalize=True, lam=lam)
+
+    fast, slow = _both(run)
+    np.testing.assert_array_equal(_bits(fast), _bits(slow))
+
+
 KERNEL_CASES = [
     (n, i)
     for n in ("ties", "dare_linear", "dare_ties", "task_arithmetic")
