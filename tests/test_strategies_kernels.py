@@ -321,3 +321,26 @@ def test_pcg64_draws_are_numpys(seed: int, count: int, kernels_on: bool) -> None
         _kernels.ENABLED = was
     np.testing.assert_array_equal(mine, np.random.PCG64(seed).random_raw(count))
     assert mine.dtype == np.uint64
+
+
+@pytest.mark.parametrize(
+    "c0, c1",
+    [
+        (0, 1000),
+        (0, 1001),
+        (BLOCK_ALIGN, 2 * BLOCK_ALIGN),
+        (5, 800),
+        (BLOCK_ALIGN + 4, BLOCK_ALIGN + 12),
+    ],
+)
+def test_draws_filled_in_place_are_the_chunks_words(c0: int, c1: int) -> None:
+    """`Draws.fill` draws straight into its row at a chunk's start and copies elsewhere;
+    either way the row holds `words(c0, c1)`, and nothing past it changes."""
+    draws = Draws(lambda chunk: 1234 + chunk, 30_000)
+    row = np.full(c1 - c0 + 8, 7, np.uint16)
+    draws.fill(c0, c1, row[: c1 - c0])
+    np.testing.assert_array_equal(row[: c1 - c0], draws.words(c0, c1))
+    assert (row[c1 - c0 :] == 7).all()
+    first = c0 // BLOCK_ALIGN * BLOCK_ALIGN
+    raw = np.random.PCG64(1234 + c0 // BLOCK_ALIGN).random_raw((c1 - first + 3) // 4)
+    np.testing.assert_array_equal(row[: c1 - c0], raw.view("<u2")[c0 - first : c1 - first])

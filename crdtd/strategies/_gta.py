@@ -9,6 +9,7 @@ tensor, so a block of it (`TensorMerge.offset`) is processed exactly as inside t
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,15 @@ class Draws:
         raw = kernels.pcg64_raw(self.seed(c0 // CHUNK), (c1 - first + 3) // 4)
         raw = raw.astype("<u8", copy=False)
         return raw.view("<u2")[c0 - first : c1 - first]  # low word first on every machine
+
+    def fill(self, c0: int, c1: int, out: np.ndarray) -> None:
+        """out (uint16 `[c1 − c0]`) ← `words(c0, c1)`; drawn straight into `out` where it
+        can hold the raw draws (a chunk's start, whole draws, aligned, little-endian)."""
+        whole = c0 % CHUNK == 0 and (c1 - c0) % 4 == 0 and sys.byteorder == "little"
+        if whole and out.flags.c_contiguous and out.ctypes.data % 8 == 0:
+            kernels.pcg64_raw(self.seed(c0 // CHUNK), (c1 - c0) // 4, out.view(np.uint64))
+        else:
+            out[:] = self.words(c0, c1)
 
     def flags(self, c0: int, c1: int) -> np.ndarray:
         """Bool flags of entries [c0, c1): the entry's 16-bit word is below `below`."""
@@ -580,5 +590,5 @@ def _draw_words(keeps: list[Keep], n: int, offset: int) -> np.ndarray:
         draws = keeps[i].draws
         assert draws is not None
         for c0, c1 in chunks(n, offset):
-            words[i, c0 - offset : c1 - offset] = draws.words(c0, c1)
+            draws.fill(c0, c1, words[i, c0 - offset : c1 - offset])
     return words
