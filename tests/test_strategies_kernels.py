@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -16,18 +17,24 @@ from crdtd.strategies._select import sample_stride
 from crdtd.strategies.base import BLOCK_ALIGN, TensorBlocks, TensorMerge, run_blocks
 from tests.test_model_blockwise import CASES, _stack, _tm
 
+T = TypeVar("T")
+
 pytestmark = pytest.mark.skipif(not _kernels.AVAILABLE, reason="numba is not installed")
+
+
+def _switched(on: bool, fn: Callable[[], T]) -> T:
+    """fn() with the kernels switched on or off (as they were afterwards)."""
+    was = _kernels.ENABLED
+    _kernels.ENABLED = on
+    try:
+        return fn()
+    finally:
+        _kernels.ENABLED = was
 
 
 def _both(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """fn() with the kernels, then without: both results."""
-    fast = fn()
-    _kernels.ENABLED = False
-    try:
-        slow = fn()
-    finally:
-        _kernels.ENABLED = True
-    return fast, slow
+    return _switched(True, fn), _switched(False, fn)
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -272,12 +279,7 @@ def test_order_statistics_are_the_sorts_entries_and_counts(
     a = np.array(values, np.float32)
     ordered = np.sort(a)
     ranks = [1 + int(p * (a.size - 1)) for p in picks]
-    was = _kernels.ENABLED
-    _kernels.ENABLED = kernels_on
-    try:
-        found = _kernels.order_stats(a, ranks)
-    finally:
-        _kernels.ENABLED = was
+    found = _switched(kernels_on, lambda: _kernels.order_stats(a, ranks))
     for (value, count), m in zip(found, ranks):
         want = ordered[m - 1]
         if np.isnan(want):
@@ -313,12 +315,7 @@ def test_order_statistics_of_bf16_task_vectors_match_the_sort() -> None:
 def test_pcg64_draws_are_numpys(seed: int, count: int, kernels_on: bool) -> None:
     """The four-lane PCG64 gives `np.random.PCG64(seed).random_raw(count)` word for word
     (DARE's masks are documented as those draws), any count, kernels on or off."""
-    was = _kernels.ENABLED
-    _kernels.ENABLED = kernels_on
-    try:
-        mine = _kernels.pcg64_raw(seed, count)
-    finally:
-        _kernels.ENABLED = was
+    mine = _switched(kernels_on, lambda: _kernels.pcg64_raw(seed, count))
     np.testing.assert_array_equal(mine, np.random.PCG64(seed).random_raw(count))
     assert mine.dtype == np.uint64
 

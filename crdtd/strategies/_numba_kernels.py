@@ -103,6 +103,36 @@ def _compress16(
 
 
 @njit(nogil=True, cache=True)
+def _gather_from(
+    a: np.ndarray,
+    inside: np.ndarray,
+    first: int,
+    c: int,
+    s: int,
+    vj: np.ndarray,
+    pj: np.ndarray,
+    size: int,
+) -> int:
+    """Append a[q] and s + q for each set flag q in [first, c), flag by flag: the gathers'
+    tails, and all of `_gather_each`."""
+    for q in range(first, c):
+        if inside[q]:
+            vj[size] = a[q]
+            pj[size] = s + q
+            size += 1
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _gather_each(
+    a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
+) -> int:
+    """`_scan`'s gather flag by flag (big-endian machines, where `_gather_words`'s byte
+    order does not hold)."""
+    return _gather_from(a, inside, 0, c, s, vj, pj, size)
+
+
+@njit(nogil=True, cache=True)
 def _gather_packed(
     a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
 ) -> int:
@@ -112,12 +142,7 @@ def _gather_packed(
     while g + 16 <= c and size <= room:
         size = _compress16(a, inside, g, vj, pj, size, s)  # type: ignore[call-arg]
         g += 16
-    for q in range(g, c):
-        if inside[q]:
-            vj[size] = a[q]
-            pj[size] = s + q
-            size += 1
-    return size
+    return _gather_from(a, inside, g, c, s, vj, pj, size)
 
 
 @njit(nogil=True, cache=True)
@@ -135,26 +160,7 @@ def _gather_words(
             pj[size] = s + q
             size += 1
             word &= word - np.uint64(1)
-    for q in range(c & ~7, c):
-        if inside[q]:
-            vj[size] = a[q]
-            pj[size] = s + q
-            size += 1
-    return size
-
-
-@njit(nogil=True, cache=True)
-def _gather_each(
-    a: np.ndarray, inside: np.ndarray, c: int, s: int, vj: np.ndarray, pj: np.ndarray, size: int
-) -> int:
-    """`_scan`'s gather flag by flag (big-endian machines, where `_gather_words`'s byte
-    order does not hold)."""
-    for q in range(c):
-        if inside[q]:
-            vj[size] = a[q]
-            pj[size] = s + q
-            size += 1
-    return size
+    return _gather_from(a, inside, c & ~7, c, s, vj, pj, size)
 
 
 if COMPRESS:
