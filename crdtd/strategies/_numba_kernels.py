@@ -373,6 +373,16 @@ def _combine(
             ot[j] = _fma(m[j], lam, bt[j])  # type: ignore[call-arg]
 
 
+@njit(nogil=True, cache=True)
+def _agreeing(v: np.float32, g: np.float32) -> tuple[np.float32, np.float32]:
+    """(max(v·g, 0) keeping −0.0, 1 where that is > 0 else 0): one model's part that agrees
+    with the elected sign g, and its unit weight in the divisor."""
+    zero = np.float32(0.0)
+    part = v * g
+    part = zero if part < zero else part
+    return part, np.float32(1.0) if part > zero else zero
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _elect2(t: np.ndarray, c: int, lam: np.float32, bt: np.ndarray, out: np.ndarray) -> None:
     """`_elect3` for two models."""
@@ -382,14 +392,10 @@ def _elect2(t: np.ndarray, c: int, lam: np.float32, bt: np.ndarray, out: np.ndar
     t1 = t[1, :c]
     for j in range(c):
         g = -one if t0[j] + t1[j] < zero else one
-        v = t0[j] * g
-        v = zero if v < zero else v
-        m = v
-        d = one if v > zero else zero
-        v = t1[j] * g
-        v = zero if v < zero else v
+        m, d = _agreeing(t0[j], g)
+        v, f = _agreeing(t1[j], g)
         m = m + v
-        d = d + (one if v > zero else zero)
+        d = d + f
         out[j] = _fma((m / (one if d < one else d)) * g, lam, bt[j])  # type: ignore[call-arg]
 
 
@@ -408,18 +414,13 @@ def _elect3(t: np.ndarray, c: int, lam: np.float32, bt: np.ndarray, out: np.ndar
     t2 = t[2, :c]
     for j in range(c):
         g = -one if (t0[j] + t1[j]) + t2[j] < zero else one
-        v = t0[j] * g
-        v = zero if v < zero else v
-        m = v
-        d = one if v > zero else zero
-        v = t1[j] * g
-        v = zero if v < zero else v
+        m, d = _agreeing(t0[j], g)
+        v, f = _agreeing(t1[j], g)
         m = m + v
-        d = d + (one if v > zero else zero)
-        v = t2[j] * g
-        v = zero if v < zero else v
+        d = d + f
+        v, f = _agreeing(t2[j], g)
         m = m + v
-        d = d + (one if v > zero else zero)
+        d = d + f
         out[j] = _fma((m / (one if d < one else d)) * g, lam, bt[j])  # type: ignore[call-arg]
 
 
