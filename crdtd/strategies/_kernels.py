@@ -181,9 +181,9 @@ def order_stats(a: np.ndarray, ranks: Sequence[int]) -> list[tuple[float, int]]:
     and how many entries sort at or before it (`searchsorted(side="right")`).
 
     Float32 goes to a counting select in linear time; numpy's sort costs n·log n, and its
-    AVX-512 quicksort is 5x slower than its AVX2 one on AMD Zen 4 (measured there: 0.20 vs
-    0.04 s for 4M float32), where the select takes 0.01 s. Other dtypes, or kernels off:
-    the sort.
+    AVX-512 quicksort is 6-7x slower than its AVX2 one on AMD Zen 4
+    (`benchmarks/bench_kernels.py` prints both, and the select against the sort). Other
+    dtypes, or kernels off: the sort.
     """
     if not len(ranks):
         return []
@@ -214,8 +214,8 @@ def pcg64_raw(seed: int, count: int, out: np.ndarray | None = None) -> np.ndarra
     """`np.random.PCG64(seed).random_raw(count)`: the same uint64 draws (numpy documents
     them fixed across versions), into `out` (`[count]` uint64) when given. Where the kernels
     run, numpy's seeding is redone here (SeedSequence's four words; the state stepped as
-    `pcg64_set_seed` does) and the draws come from four interleaved lanes (`_pcg64_fill`),
-    about twice as fast with the seeding."""
+    `pcg64_set_seed` does) and the draws come from four interleaved lanes (`_pcg64_fill`):
+    1.2-2x numpy's into a reused row, seeding included (`benchmarks/bench_kernels.py`)."""
     if out is None:
         out = np.empty(count, np.uint64)
     if not enabled():

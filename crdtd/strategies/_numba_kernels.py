@@ -402,8 +402,7 @@ def _elect2(t: np.ndarray, c: int, lam: np.float32, bt: np.ndarray, out: np.ndar
 @njit(nogil=True, cache=True, error_model="numpy")
 def _elect3(t: np.ndarray, c: int, lam: np.float32, bt: np.ndarray, out: np.ndarray) -> None:
     """`_combine`'s consensus for three models of unit weight, normalised (TIES's and
-    DARE's usual case), in one pass over the tile where the general loop makes ten (2.4
-    cycles an entry for the whole combine, from 3.2, in cache on Zen 4): the
+    DARE's usual case), in one pass over the tile where the general loop makes ten: the
     same float operations in the same order per entry, so the same bytes. (numpy's error
     model: the divisor is at least 1, and Python's zero-division check would stop LLVM
     vectorising the loop.)"""

@@ -1,0 +1,117 @@
+"""The task-vector engine's numba kernels against what they replace, measured in one run.
+
+* order statistics: `_kernels.order_stats` (a counting select) against `np.sort` and
+  `searchsorted`, on bf16 task-vector magnitudes (long runs of equal values) and on
+  distinct float32 values; prints `select_speedup_vs_sort` for each, and numpy's sort
+  with its AVX-512 and AVX2 paths where numpy can switch (`NPY_DISABLE_CPU_FEATURES`, in a
+  child process: numpy reads it at import);
+* DARE's draws: `_kernels.pcg64_raw` (four lanes, numpy's words) against
+  `np.random.PCG64(seed).random_raw`, per 65,536-draw chunk with its seeding, as DARE
+  draws them; prints `pcg64_speedup_vs_numpy`.
+
+  python benchmarks/bench_kernels.py [--n 4194304]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from crdtd.strategies import _kernels
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Minimum wall time of `repeats` calls (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def sort_child(n: int) -> None:
+    """Print the best time of np.sort on n normal float32 (for the parent, per CPU path)."""
+    a = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    print(best_of(lambda: np.sort(a)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=1 << 22, help="values per order statistic")
+    ap.add_argument("--chunks", type=int, default=64, help="65,536-draw chunks per timing")
+    ap.add_argument("--sort-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sort_child:
+        sort_child(args.sort_child)
+        return
+    if not _kernels.enabled():
+        sys.exit("numba is not installed: the kernels do not run")
+    _kernels.preload()
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.02, args.n).astype(np.float32)
+    bf16 = ((x.view(np.uint32) >> 16) << 16).view(np.float32)
+    inputs = {
+        "bf16 |tau|": np.abs(bf16 - np.float32(0.001)),
+        "distinct float32": rng.standard_normal(args.n).astype(np.float32),
+    }
+    m = args.n // 2
+    for label, a in inputs.items():
+
+        def by_sort(a: np.ndarray = a) -> tuple[float, int]:
+            ordered = np.sort(a)
+            return float(ordered[m - 1]), int(np.searchsorted(ordered, ordered[m - 1], "right"))
+
+        assert _kernels.order_stats(a, [m])[0] == by_sort()
+        sort = best_of(by_sort)
+        select = best_of(lambda a=a: _kernels.order_stats(a, [m]))
+        print(
+            f"{label:17s} n={args.n}: np.sort {sort * 1e3:7.1f} ms, counting select "
+            f"{select * 1e3:6.1f} ms, select_speedup_vs_sort {sort / select:.1f}"
+        )
+    paths = {"default": "", "AVX2 (X86_V4 off)": "AVX512_ICL AVX512_SPR X86_V4"}
+    times = {}
+    for label, off in paths.items():
+        env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=off)
+        cmd = [sys.executable, __file__, "--sort-child", str(args.n)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode == 0:
+            times[label] = float(res.stdout.strip().splitlines()[-1])
+    if len(times) == 2:
+        print(
+            f"np.sort of {args.n} normal float32 by numpy's path: default "
+            f"{times['default'] * 1e3:.1f} ms, AVX2 {times['AVX2 (X86_V4 off)'] * 1e3:.1f} ms "
+            f"(default_vs_avx2 {times['default'] / times['AVX2 (X86_V4 off)']:.2f})"
+        )
+    seeds = range(1000, 1000 + args.chunks)
+    for s in seeds:  # the same words, before timing either
+        assert np.array_equal(_kernels.pcg64_raw(s, 8), np.random.PCG64(s).random_raw(8)), (
+            "pcg64_raw differs from numpy's PCG64"
+        )
+    row = np.empty(65_536, np.uint64)  # DARE's reused word row, as `Draws.fill` has it
+
+    def by_numpy() -> None:
+        for s in seeds:
+            row[:] = np.random.PCG64(s).random_raw(65_536)
+
+    def by_kernel() -> None:
+        for s in seeds:
+            _kernels.pcg64_raw(s, 65_536, row)
+
+    numpy_t, mine_t = best_of(by_numpy), best_of(by_kernel)
+    per = 65_536 * args.chunks
+    print(
+        f"PCG64, {args.chunks} chunks of 65,536 draws into a row, with seeding: numpy "
+        f"{numpy_t / per * 1e9:.2f} ns/draw, kernel {mine_t / per * 1e9:.2f} ns/draw, "
+        f"pcg64_speedup_vs_numpy {numpy_t / mine_t:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
