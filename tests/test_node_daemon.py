@@ -68,10 +68,14 @@ def _slow_push(c: Client, node: Daemon) -> bytes:
     def messages():
         yield pb.PushRequest(header=pb.PushHeader(namespace="blobs/raw", payload_size=len(data)))
         for i, piece in enumerate(pieces):
-            yield pb.PushRequest(data=piece)
-            if i == 0:
+            if i == 1:
+                # the call has been open on the server since the first piece went out (the
+                # channel asked for this one after it); a signal sent while the generator
+                # still held the first piece could reach the daemon before the call did,
+                # and a call that arrives after shutdown began is refused (CANCELLED)
                 assert node.proc is not None
                 node.proc.send_signal(signal.SIGTERM)
+            yield pb.PushRequest(data=piece)
             time.sleep(0.1)
 
     reply = c.stub.PushContribution(messages(), metadata=c._meta, timeout=30)
