@@ -18,22 +18,11 @@ import argparse
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
+from bench_strategies import best_of  # (this script's folder is on sys.path)
 
 from crdtd.strategies import _kernels
-
-
-def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
-    """Minimum wall time of `repeats` calls (seconds)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def sort_child(n: int) -> None:

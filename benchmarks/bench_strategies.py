@@ -20,7 +20,7 @@ from crdtd.strategies import TensorMerge, get
 from crdtd.strategies._select import keep_count, top_mask
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
+def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
     """Minimum wall time of `repeats` calls (seconds)."""
     best = float("inf")
     for _ in range(repeats):
