@@ -7,7 +7,11 @@
   child process: numpy reads it at import);
 * DARE's draws: `_kernels.pcg64_raw` (four lanes, numpy's words) against
   `np.random.PCG64(seed).random_raw`, per 65,536-draw chunk with its seeding, as DARE
-  draws them; prints `pcg64_speedup_vs_numpy`.
+  draws them; prints `pcg64_speedup_vs_numpy`;
+* TIES's scan: one 1 Mi-entry block of bf16 bits, three models, a bracket holding about 4 %
+  of each model's |τ| (bench_model_merge's TIES gathers 2.8 %), through the 16-lane scan (AVX-512F,
+  int32 positions) and through the flag pass and gather it replaces on such CPUs; prints
+  `scan_speedup_vs_flags`.
 
   python benchmarks/bench_kernels.py [--n 4194304]
 """
@@ -18,11 +22,14 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 from bench_strategies import best_of  # (this script's folder is on sys.path)
+from numba import njit
 
 from crdtd.strategies import _kernels
+from crdtd.strategies import _numba_kernels as nk
 
 
 def sort_child(n: int) -> None:
@@ -99,6 +106,67 @@ def main() -> None:
         f"PCG64, {args.chunks} chunks of 65,536 draws into a row, with seeding: numpy "
         f"{numpy_t / per * 1e9:.2f} ns/draw, kernel {mine_t / per * 1e9:.2f} ns/draw, "
         f"pcg64_speedup_vs_numpy {numpy_t / mine_t:.2f}"
+    )
+
+    scan_timing()
+
+
+@njit(nogil=True)
+def scan_with(
+    tile: Any,
+    x: np.ndarray,
+    base: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    values: np.ndarray,
+    where: np.ndarray,
+) -> np.ndarray:
+    """`_numba_kernels._scan`'s loop over tiles and models, with the tile scan given."""
+    n = base.shape[0]
+    a = np.empty(nk.TILE, np.float32)
+    bw = np.empty(nk.TILE, np.float32)
+    flags = np.empty(nk.TILE, np.uint8)
+    sizes = np.zeros(x.shape[0], np.int64)
+    for s in range(0, n, nk.TILE):
+        c = min(nk.TILE, n - s)
+        bt = nk._widen(base[s : s + c], bw)
+        for j in range(x.shape[0]):
+            sizes[j] = tile(
+                x[j, s : s + c], bt, lo[j], hi[j], a, flags, values[j], where[j], sizes[j], s
+            )[1]
+    return sizes
+
+
+def scan_timing() -> None:
+    """`scan_speedup_vs_flags`: `_scan` with the 16-lane tile scan against the flag one."""
+    if not nk.COMPRESS:
+        print("TIES scan: this CPU has no AVX-512F, so only the flag scan runs here")
+        return
+    rng = np.random.default_rng(2)
+    n = 1 << 20
+    base = rng.normal(0, 0.02, n).astype(np.float32)
+    x = base + rng.normal(0, 0.002, (3, n)).astype(np.float32)
+    bits = [(a.view(np.uint32) >> 16).astype(np.uint16) for a in (x, base)]
+    wide = [(b.astype(np.uint32) << 16).view(np.float32) for b in bits]
+    tau = np.abs(wide[0] - wide[1])
+    lo = np.quantile(tau, 0.485, axis=1).astype(np.float32)
+    hi = np.quantile(tau, 0.515, axis=1).astype(np.float32)
+    values = np.empty((3, n), np.float32)
+    timed = {}
+    for label, tile, kind in (
+        ("flags", nk._scan_flags, np.int64),
+        ("16-lane", nk._scan_packed, np.int32),
+    ):
+        where = np.empty((3, n), kind)
+        args = (tile, bits[0], bits[1], lo, hi, values, where)
+        inside = scan_with(*args)
+        timed[label] = best_of(lambda args=args: scan_with(*args))
+        share = inside.sum() / (3 * n)
+    flags, packed = timed["flags"], timed["16-lane"]
+    print(
+        f"TIES scan of a 1 Mi-entry bf16 block, 3 models, {share:.1%} inside: flag pass and gather "
+        f"{flags / (3 * n) * 1e9:.2f} ns/entry, 16-lane {packed / (3 * n) * 1e9:.2f} ns/entry, "
+        f"scan_speedup_vs_flags {flags / packed:.2f}"
     )
 
 

@@ -230,6 +230,63 @@ def test_the_scan_kernel_finds_every_entry_of_the_bracket_in_order(
 @settings(max_examples=200, deadline=None)
 @given(
     c=st.integers(0, 2048),
+    seed=st.integers(0, 2**16),
+    raw=st.booleans(),
+    wide=st.booleans(),
+    room=st.integers(0, 40),
+    special=st.lists(
+        st.tuples(
+            st.integers(0, 2047),
+            st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 3.0e38, -3.0e38]),
+        ),
+        max_size=8,
+    ),
+)
+def test_the_sixteen_lane_scan_finds_what_the_flag_scan_finds(
+    c: int, seed: int, raw: bool, wide: bool, room: int, special: list[tuple[int, float]]
+) -> None:
+    """`_scan_packed` (AVX-512F: |τ|, the counts and the gather in registers, 16 entries at
+    a time) gives `_scan_flags`'s counts, values and positions, for bf16 bits and float32,
+    int32 and int64 positions, NaN, ±inf, ±0 and overflowing τ, and near the end of the
+    output row (where it goes on flag by flag)."""
+    from crdtd.strategies import _numba_kernels as nk
+
+    if not nk.COMPRESS:
+        pytest.skip("the CPU has no AVX-512F")
+    rng = np.random.default_rng(seed)
+    xf = rng.normal(0, 1, 2048).astype(np.float32)
+    bf = (xf + rng.normal(0, 0.5, 2048)).astype(np.float32)
+    for at, value in special:
+        (xf if at % 2 else bf)[at] = value
+    xs, bs = xf[:c], bf[:c]
+    if raw:
+        xs = (xs.view(np.uint32) >> 16).astype(np.uint16)
+        bs = ((bs.view(np.uint32) >> 16) << 16).view(np.float32)
+    low, high = np.float32(0.25), np.float32(0.75 if not wide else np.inf)
+    wide_x = (xs.astype(np.uint32) << 16).view(np.float32) if raw else xs
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.abs(wide_x - bs)
+        count = int(((v >= low) & (v <= high)).sum())
+    found = []
+    for scan, kind in (
+        (nk._scan_flags, np.int64),
+        (nk._scan_packed, np.int32),
+        (nk._scan_packed, np.int64),
+    ):
+        start = 3
+        vj = np.full(start + count + room, -1.0, np.float32)  # room: 16 lanes fit, or not
+        pj = np.full(len(vj), -1, kind)
+        a, inside = np.empty(2048, np.float32), np.empty(2048, np.uint8)
+        above, size, bounded = scan(xs, bs, low, high, a, inside, vj, pj, start, 100)
+        assert (vj[:start] == -1.0).all() and (pj[:start] == -1).all()
+        found.append((above, size, bounded, vj[start:size].tolist(), pj[start:size].tolist()))
+    assert found[0][1] == 3 + count
+    assert found[1] == found[0] and found[2] == found[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    c=st.integers(0, 2048),
     density=st.sampled_from([0.0, 0.03, 0.5, 1.0]),
     room=st.integers(0, 64),
     seed=st.integers(0, 2**16),

@@ -234,7 +234,8 @@ def _scan_fused(
     """`scan_block`'s findings from the fused kernel, the whole block as one part."""
     n, m = base.numel(), len(active)
     values = _thread_buffer("scan_values", m * n).numpy()[: m * n].reshape(m, n)
-    where = _thread_buffer("scan_where", m * n, torch.int64).numpy()[: m * n].reshape(m, n)
+    at = torch.int32 if n < 2**31 else torch.int64  # positions in the block
+    where = _thread_buffer(f"scan_where_{at}", m * n, at).numpy()[: m * n].reshape(m, n)
     raw = block.raw
     if raw is not None and raw.base is None:
         raw.widen()

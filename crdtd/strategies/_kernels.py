@@ -65,7 +65,7 @@ def preload() -> None:
             out=np.empty(4, np.float32),
         )
         scan_block(
-            x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int64)
+            x, base, [0], [(0.0, 1.0)], np.empty((1, 4), np.float32), np.empty((1, 4), np.int32)
         )
         weighted_sum_block(x, np.ones(2), np.empty(4, np.float32))
     pcg64_raw(0, 5)
@@ -155,7 +155,8 @@ def scan_block(
     """Per model in `models`: (#entries with |τ| < lo, the |τ| in [lo, hi] in order, their
     positions) over a flat block, τ = x[i] − base (None: unbounded), and whether every |τ|
     was finite (the counts assume it). x and base are float32, or bf16 bits as uint16;
-    `values`/`where` `[len(models), ≥ n]` are scratch the results are copied out of."""
+    `values`/`where` `[len(models), ≥ n]` (float32, int32 or int64: positions in the block)
+    are scratch the results are copied out of."""
     m = len(models)
     has_lo = np.array([lo is not None for lo, _ in bounds], np.bool_)
     lo = np.array([-np.inf if lo is None else lo for lo, _ in bounds], np.float32)

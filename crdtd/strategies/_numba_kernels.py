@@ -38,9 +38,66 @@ def _has_compress() -> bool:
 
 
 COMPRESS = _has_compress()
-_F32, _I8, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_F32, _I8, _I16 = ir.FloatType(), ir.IntType(8), ir.IntType(16)
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
 _V16F, _V16B, _V8I = ir.VectorType(_F32, 16), ir.VectorType(_I8, 16), ir.VectorType(_I64, 8)
-_V16M, _V8M = ir.VectorType(ir.IntType(1), 16), ir.VectorType(ir.IntType(1), 8)
+_V16M = ir.VectorType(ir.IntType(1), 16)
+_V16H, _V16I = ir.VectorType(_I16, 16), ir.VectorType(_I32, 16)
+
+
+def _ptr(builder: Any, base: Any, index: Any, vector: Any) -> Any:
+    """A pointer to the `vector` starting at entry `index` of the array data `base`."""
+    return builder.bitcast(builder.gep(base, [index]), vector.as_pointer())
+
+
+def _mask_count(builder: Any, mask: Any) -> Any:
+    """How many of a `<n x i1>` mask's lanes are set (n = 8 or 16), as an i64."""
+    kind = ir.IntType(len(mask.type))
+    count = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(kind, [kind]), f"llvm.ctpop.i{len(mask.type)}"
+    )
+    return builder.zext(builder.call(count, [builder.bitcast(mask, kind)]), _I64)
+
+
+def _compressed(builder: Any, vector: Any, mask: Any) -> Any:
+    """The lanes of `vector` set in `mask`, packed to the front in order (AVX-512F)."""
+    lanes, item = len(vector.type), vector.type.element
+    name = f"v{lanes}f32" if item == _F32 else f"v{lanes}i{item.width}"
+    pack = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector.type, [vector.type, vector.type, mask.type]),
+        f"llvm.x86.avx512.mask.compress.{name}",
+    )
+    return builder.call(pack, [vector, ir.Constant(vector.type, None), mask])
+
+
+def _positions(builder: Any, first: Any, kind: Any, lanes: range) -> Any:
+    """The vector first + lane for each lane in `lanes`, of integers `kind`."""
+    vector = ir.VectorType(kind, len(lanes))
+    one = builder.insert_element(ir.Constant(vector, None), first, ir.Constant(_I32, 0))
+    same = ir.Constant(ir.VectorType(_I32, len(lanes)), [0] * len(lanes))
+    splat = builder.shuffle_vector(one, ir.Constant(vector, None), same)
+    return builder.add(splat, ir.Constant(vector, list(lanes)))
+
+
+def _append_packed(
+    builder: Any, values: Any, mask: Any, vv: Any, pv: Any, size: Any, first: Any
+) -> Any:
+    """Store the lanes of the 16 float32 `values` set in `mask`, in order, at vv[size:],
+    and their positions first + lane at pv[size:] (int32 or int64); returns the new size.
+    Each store writes whole vectors, so vv and pv need room for 16 past `size`."""
+    builder.store(_compressed(builder, values, mask), _ptr(builder, vv, size, _V16F), align=4)
+    if pv.type.pointee == _I32:  # one vector of 16 positions
+        where = _positions(builder, builder.trunc(first, _I32), _I32, range(16))
+        builder.store(_compressed(builder, where, mask), _ptr(builder, pv, size, _V16I), align=4)
+        return builder.add(size, _mask_count(builder, mask))
+    for half in (range(8), range(8, 16)):  # two of 8 int64 positions
+        picks = ir.Constant(ir.VectorType(_I32, 8), list(half))
+        part = builder.shuffle_vector(mask, ir.Constant(_V16M, None), picks)
+        where = _compressed(builder, _positions(builder, first, _I64, half), part)
+        builder.store(where, _ptr(builder, pv, size, _V8I), align=8)
+        size = builder.add(size, _mask_count(builder, part))
+    return size
 
 
 @intrinsic
@@ -59,45 +116,67 @@ def _compress16(
             for t, v in zip(signature.args[:2] + signature.args[3:5], (a_, inside_, vj_, pj_))
         ]
         av, fv, vv, pv = (arr.data for arr in arrays)
-        mod = builder.module
-
-        def at_ptr(base: Any, index: Any, vector: Any) -> Any:
-            return builder.bitcast(builder.gep(base, [index]), vector.as_pointer())
-
-        x = builder.load(at_ptr(av, q_, _V16F), align=4)
-        flags = builder.load(at_ptr(fv, q_, _V16B), align=1)
+        x = builder.load(_ptr(builder, av, q_, _V16F), align=4)
+        flags = builder.load(_ptr(builder, fv, q_, _V16B), align=1)
         mask = builder.icmp_unsigned("!=", flags, ir.Constant(_V16B, [0] * 16))
-        pack_f = cgutils.get_or_insert_function(
-            mod,
-            ir.FunctionType(_V16F, [_V16F, _V16F, _V16M]),
-            "llvm.x86.avx512.mask.compress.v16f32",
+        return _append_packed(builder, x, mask, vv, pv, size_, builder.add(at_, q_))
+
+    return sig, codegen
+
+
+@intrinsic
+def _scan16(
+    typingctx: Any,
+    xs: Any,
+    bt: Any,
+    q: Any,
+    low: Any,
+    high: Any,
+    vj: Any,
+    pj: Any,
+    size: Any,
+    at: Any,
+) -> Any:
+    """`_flags` and the gather of entries [q, q+16) in registers: v = |xs − bt| (xs: bf16
+    bits or float32, bt float32), the v with low ≤ v ≤ high appended to vj[size:] and their
+    positions at + q + lane to pj[size:] (16 lanes stored: room for 16 past `size`);
+    returns (new size, how many v ≥ low, how many v < inf). The same float operations and
+    ordered comparisons as `_flags` (NaN is in no count). AVX-512F only."""
+    sig = types.UniTuple(types.intp, 3)(
+        xs, bt, types.intp, types.float32, types.float32, vj, pj, types.intp, types.intp
+    )
+    bits = xs.dtype == types.uint16
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        q_, low_, high_, size_, at_ = (args[i] for i in (2, 3, 4, 7, 8))
+        arrays = [
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 5, 6)
+        ]
+        xp, bp, vv, pv = (arr.data for arr in arrays)
+        if bits:
+            raw = builder.load(_ptr(builder, xp, q_, _V16H), align=2)
+            wide = builder.shl(builder.zext(raw, _V16I), ir.Constant(_V16I, [16] * 16))
+            x = builder.bitcast(wide, _V16F)
+        else:
+            x = builder.load(_ptr(builder, xp, q_, _V16F), align=4)
+        b = builder.load(_ptr(builder, bp, q_, _V16F), align=4)
+        fabs = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16F, [_V16F]), "llvm.fabs.v16f32"
         )
-        pack_q = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(_V8I, [_V8I, _V8I, _V8M]), "llvm.x86.avx512.mask.compress.v8i64"
-        )
-        count = cgutils.get_or_insert_function(mod, ir.FunctionType(_I8, [_I8]), "llvm.ctpop.i8")
-        packed = builder.call(pack_f, [x, ir.Constant(_V16F, None), mask])
-        builder.store(packed, at_ptr(vv, size_, _V16F), align=4)
-        first = builder.insert_element(
-            ir.Constant(_V8I, None), builder.add(at_, q_), ir.Constant(_I32, 0)
-        )
-        splat = builder.shuffle_vector(
-            first, ir.Constant(_V8I, None), ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
-        )
-        size = size_
-        for half in (0, 1):
-            lanes = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * half, 8 * half + 8)))
-            m = builder.shuffle_vector(mask, ir.Constant(_V16M, None), lanes)
-            where = builder.add(splat, ir.Constant(_V8I, list(range(8 * half, 8 * half + 8))))
-            builder.store(
-                builder.call(pack_q, [where, ir.Constant(_V8I, None), m]),
-                at_ptr(pv, size, _V8I),
-                align=8,
+        v = builder.call(fabs, [builder.fsub(x, b)])
+
+        def splat(value: Any) -> Any:
+            one = builder.insert_element(ir.Constant(_V16F, None), value, ir.Constant(_I32, 0))
+            return builder.shuffle_vector(
+                one, ir.Constant(_V16F, None), ir.Constant(_V16I, [0] * 16)
             )
-            size = builder.add(
-                size, builder.zext(builder.call(count, [builder.bitcast(m, _I8)]), _I64)
-            )
-        return size
+
+        ge = builder.fcmp_ordered(">=", v, splat(low_))
+        inside = builder.and_(ge, builder.fcmp_ordered("<=", v, splat(high_)))
+        bounded = builder.fcmp_ordered("<", v, ir.Constant(_V16F, [float("inf")] * 16))
+        size = _append_packed(builder, v, inside, vv, pv, size_, builder.add(at_, q_))
+        counts = [size, _mask_count(builder, ge), _mask_count(builder, bounded)]
+        return context.make_tuple(builder, signature.return_type, counts)
 
     return sig, codegen
 
@@ -451,6 +530,68 @@ def _flags(
 
 
 @njit(nogil=True, cache=True)
+def _scan_flags(
+    xs: np.ndarray,
+    bt: np.ndarray,
+    low: np.float32,
+    high: np.float32,
+    a: np.ndarray,
+    inside: np.ndarray,
+    vj: np.ndarray,
+    pj: np.ndarray,
+    size: int,
+    s: int,
+) -> tuple[int, int, int]:
+    """One model's scan of a tile starting at s: (how many |τ| ≥ low, the new size of
+    vj/pj after appending the |τ| in [low, high] and their positions, how many |τ| are
+    finite). One vectorised pass makes |τ| and the bracket flags (in the scratch `a`,
+    `inside`), then the flagged entries are gathered (a branch per entry on the
+    comparisons themselves is mispredicted half the time)."""
+    above, seen, bounded = _flags(xs, bt, low, high, a, inside)
+    if seen:
+        size = _gather(a, inside, xs.shape[0], s, vj, pj, size)
+    return above, size, bounded
+
+
+@njit(nogil=True, cache=True)
+def _scan_packed(
+    xs: np.ndarray,
+    bt: np.ndarray,
+    low: np.float32,
+    high: np.float32,
+    a: np.ndarray,
+    inside: np.ndarray,
+    vj: np.ndarray,
+    pj: np.ndarray,
+    size: int,
+    s: int,
+) -> tuple[int, int, int]:
+    """`_scan_flags` sixteen entries at a time in registers (`_scan16`: no |τ| or flag
+    is stored, the compress instructions append the entries inside); the last few
+    entries, or all once vj has no room for a 16-lane store, go through `_scan_flags`."""
+    c = xs.shape[0]
+    room = vj.shape[0] - 16
+    above = 0
+    bounded = 0
+    g = 0
+    while g + 16 <= c and size <= room:
+        counts = _scan16(xs, bt, g, low, high, vj, pj, size, s)  # type: ignore[call-arg,var-annotated]
+        size = counts[0]
+        above += counts[1]
+        bounded += counts[2]
+        g += 16
+    if g < c:
+        rest = _scan_flags(xs[g:], bt[g:c], low, high, a, inside, vj, pj, size, s + g)
+        above += rest[0]
+        size = rest[1]
+        bounded += rest[2]
+    return above, size, bounded
+
+
+_scan_tile = _scan_packed if COMPRESS else _scan_flags
+
+
+@njit(nogil=True, cache=True)
 def _scan(
     x: np.ndarray,
     base: np.ndarray,
@@ -463,7 +604,7 @@ def _scan(
     values: np.ndarray,
     where: np.ndarray,
 ) -> bool:
-    """See `_kernels.scan_block`; returns whether some |τ| was NaN or infinite."""
+    """See `_kernels.scan_block`; returns whether every |τ| was finite."""
     n = base.shape[0]
     a = np.empty(TILE, np.float32)
     bw = np.empty(TILE, np.float32)
@@ -479,18 +620,12 @@ def _scan(
         for j in range(models.shape[0]):
             xs = x[models[j], s : s + c]
             low, high = lo[j], hi[j]
-            # one vectorised pass: |τ|, how many reach lo, and the bracket flags; then the
-            # gather of the entries inside (a branch per entry on the comparisons themselves
-            # is mispredicted half the time, one per set flag once per entry inside)
-            above, seen, bounded = _flags(xs, bt, low, high, a, inside)
+            above, size, bounded = _scan_tile(
+                xs, bt, low, high, a, inside, values[j], where[j], sizes[j], s
+            )
             finite &= bounded == c
             if has_lo[j]:
                 below[j] += c - above
-            size = sizes[j]
-            vj = values[j]
-            pj = where[j]
-            if seen:
-                size = _gather(a, inside, c, s, vj, pj, size)
             sizes[j] = size
     return finite
 
