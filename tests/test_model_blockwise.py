@@ -140,9 +140,9 @@ def test_engine_merges_blockwise_with_the_bytes_of_whole_tensors(
     loaded: list[int] = []
     real = merge_mod._load
 
-    def spy(plan, job, buf, block, check=True, raw=False):  # type: ignore[no-untyped-def]
+    def spy(plan, job, buf, block, check=True, raw=False, **kept):  # type: ignore[no-untyped-def]
         loaded.append(0 if block is None else block.stop - block.start)
-        return real(plan, job, buf, block, check, raw)
+        return real(plan, job, buf, block, check, raw, **kept)
 
     monkeypatch.setattr(merge_mod, "_load", spy)
     ModelMerge(schema).merge_to_dir(items, tmp_path / "blocks", base)
@@ -268,3 +268,54 @@ def test_nan_or_inf_in_a_block_read_as_bits_is_refused_naming_it(
             items, tmp_path / "out", base
         )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("slabs, reads", [(0, 24), (1, 20), (8, 12)])
+def test_ties_merges_the_blocks_its_scan_kept_from_there_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slabs: int, reads: int
+) -> None:
+    """TIES's scan reads each block of bf16 bits into a free slab of the kept-blocks arena
+    and its merge takes them from there: a block is read from its four files once when it
+    found a slab (the 700×1000 tensor's three blocks: 12 reads), twice when not (24 without
+    an arena, 20 with one slab), and the bytes are the same whichever."""
+    from crdtd.model import io as io_mod
+    from crdtd.model import kept_blocks
+
+    items, base = _checkpoints(tmp_path)
+    schema = ModelMergeSchema.single("ties", {"density": 0.3})
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", BLOCK_ALIGN)
+    monkeypatch.setattr(kept_blocks, "KEPT_BYTES", slabs * 4 * BLOCK_ALIGN * 2)
+    seen: list[str] = []
+    real = io_mod.SafetensorsFile.read_into
+
+    def counted(self, name, start, stop, out):  # type: ignore[no-untyped-def]
+        seen.append(name)
+        return real(self, name, start, stop, out)
+
+    monkeypatch.setattr(io_mod.SafetensorsFile, "read_into", counted)
+    ModelMerge(schema).merge_to_dir(items, tmp_path / "kept", base)
+    assert seen.count("embed.weight") == reads
+    monkeypatch.setattr(kept_blocks, "KEPT_BYTES", 0)
+    ModelMerge(schema).merge_to_dir(items, tmp_path / "read", base)
+    assert hash_dir(tmp_path / "kept") == hash_dir(tmp_path / "read")
+
+
+def test_the_kept_blocks_arena_holds_a_block_until_its_merge_frees_it() -> None:
+    from crdtd.model.kept_blocks import KeptBlocks
+
+    arena = KeptBlocks(rows=4, n=8, budget=2 * 4 * 8 * 2)
+    try:
+        assert arena.take(5, 8) is None and arena.take(4, 9) is None  # does not fit a slab
+        first, second = arena.take(4, 8), arena.take(3, 8)
+        assert first is not None and second is not None and first != second
+        assert arena.take(4, 8) is None  # both slabs taken: the caller reads on its own
+        arena.view(first, 4, 8)[:] = 7
+        arena.keep("w", 16, first)
+        assert arena.get("w", 16) == first and arena.get("w", 0) is None
+        assert (arena.view(arena.get("w", 16), 4, 8) == 7).all()  # type: ignore[arg-type]
+        assert arena.pop("w", 16) == first and arena.pop("w", 16) is None
+        arena.free(first)
+        assert arena.take(2, 8) == first
+    finally:
+        arena.close()
+    assert KeptBlocks(rows=4, n=8, budget=10).take(1, 1) is None  # budget below one slab

@@ -35,6 +35,7 @@ from crdtd.errors import (
     StrategyParamError,
     TensorMismatchError,
 )
+from crdtd.model import kept_blocks
 from crdtd.model.identity import input_set_digest
 from crdtd.model.io import (
     MAX_HASH_THREADS,
@@ -47,6 +48,7 @@ from crdtd.model.io import (
     parse_dtype,
     st_dtype,
 )
+from crdtd.model.kept_blocks import KeptBlocks
 from crdtd.model.sampling import PieceSampler, sample_positions
 from crdtd.model.schema import (
     ModelMergeSchema,
@@ -794,11 +796,15 @@ def _load(
     block: slice | None,
     check: bool = True,
     raw: bool = False,
+    kept: KeptBlocks | None = None,
+    slab: int | None = None,
 ) -> TensorMerge:
     """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers;
     NaN and Inf refused (`check`; else the caller checks, see `_check_loaded`). With `raw`
     (a block of a `raw_inputs` strategy) bf16 files are only read, into `TensorMerge.raw`:
-    its `widen()` fills the float32 buffers and does the check."""
+    its `widen()` fills the float32 buffers and does the check. With `kept`, a `prepare`
+    scan reads the block into a slab of it when one is free and holds it there, and a merge
+    given the block's `slab` takes the bits from it (see `_read_raw`)."""
     name = job.info.name
 
     def part(t: torch.Tensor) -> torch.Tensor:
@@ -834,7 +840,7 @@ def _load(
             _check_loaded(plan, name, stack, base_t, start)
 
     if raw and block is not None:
-        rawin = _read_raw(plan, job, buf, start, n, widen)
+        rawin = _read_raw(plan, job, buf, start, n, widen, kept, slab)
     if rawin is None:
         widen()
     extras: tuple[dict[str, torch.Tensor], ...] = ()
@@ -866,12 +872,23 @@ def _load(
 
 
 def _read_raw(
-    plan: MergePlan, job: TensorJob, buf: _Buffers, start: int, n: int, widen: Callable[[], None]
+    plan: MergePlan,
+    job: TensorJob,
+    buf: _Buffers,
+    start: int,
+    n: int,
+    widen: Callable[[], None],
+    kept: KeptBlocks | None = None,
+    slab: int | None = None,
 ) -> RawInputs | None:
     """Entries [start, start + n) of every input and the base (if the strategy reads it) as
     bf16 bits, read straight into the reused raw rows; None unless every one is a bf16 file
     tensor and the merge runs on the CPU, where the kernels are (other sources, dtypes and
-    devices are widened as usual)."""
+    devices are widened as usual).
+
+    With `kept` (a `prepare` scan), a block already held there is not read again, and a new
+    one is read into a free slab and held for its merge; the merge passes that `slab` and
+    its bits come from there, not from the files."""
     if plan.device.type != "cpu":
         return None
     name = job.info.name
@@ -882,10 +899,29 @@ def _read_raw(
     for src in sources:
         if getattr(src, "read_into", None) is None or src.infos[name].torch_dtype != torch.bfloat16:
             return None
-    rows = buf.raw_rows(len(sources), n)
+    if kept is not None and slab is None:
+        slab = kept.get(name, start)
+        if slab is None:
+            fresh = kept.take(len(sources), n)
+            if fresh is not None:
+                rows = kept.view(fresh, len(sources), n)
+                _read_rows(rows, sources, name, start, n)
+                kept.keep(name, start, fresh)
+                slab = fresh
+    if kept is not None and slab is not None:
+        rows = kept.view(slab, len(sources), n)
+    else:
+        rows = buf.raw_rows(len(sources), n)
+        _read_rows(rows, sources, name, start, n)
+    return RawInputs(rows[:-1], rows[-1], widen) if with_base else RawInputs(rows, None, widen)
+
+
+def _read_rows(
+    rows: np.ndarray, sources: Sequence[TensorSource], name: str, start: int, n: int
+) -> None:
+    """rows[i] ← entries [start, start + n) of tensor `name` in sources[i], raw."""
     for row, src in zip(rows, sources):
         src.read_into(name, start, start + n, row.data.cast("B"))  # type: ignore[attr-defined]
-    return RawInputs(rows[:-1], rows[-1], widen) if with_base else RawInputs(rows, None, widen)
 
 
 def _check_loaded(
@@ -941,7 +977,7 @@ def _blocks(
         raw = job.strategy is not None and job.strategy.raw_inputs
 
         def load(worker: _Buffers, b: tuple[int, int]) -> Any:
-            return fn(_load(plan, job, worker, slice(*b), raw=raw))
+            return fn(_load(plan, job, worker, slice(*b), raw=raw, kept=pool.kept))
 
         return pool.map(load, bounds)
 
@@ -962,10 +998,35 @@ def _blocks(
 
 
 def _merge_block(
-    plan: MergePlan, job: TensorJob, buf: _Buffers, rows: slice | None, state: Any = None
+    plan: MergePlan,
+    job: TensorJob,
+    buf: _Buffers,
+    rows: slice | None,
+    state: Any = None,
+    kept: KeptBlocks | None = None,
 ) -> torch.Tensor:
     """Merge tensor `job` (or only the flat block `rows` of it, with the strategy's prepared
-    `state`) and return the float32 result on the CPU."""
+    `state`, from its bits in `kept` where its `prepare` scan held them there) and return
+    the float32 result on the CPU."""
+    name = job.info.name
+    slab = None if kept is None or rows is None else kept.pop(name, rows.start)
+    try:
+        return _merge_loaded(plan, job, buf, rows, state, kept, slab)
+    finally:
+        if kept is not None and slab is not None:
+            kept.free(slab)
+
+
+def _merge_loaded(
+    plan: MergePlan,
+    job: TensorJob,
+    buf: _Buffers,
+    rows: slice | None,
+    state: Any,
+    kept: KeptBlocks | None,
+    slab: int | None,
+) -> torch.Tensor:
+    """`_merge_block` once the block's kept `slab` (if any) is taken."""
     name = job.info.name
     strategy = job.strategy
     assert strategy is not None
@@ -974,7 +1035,8 @@ def _merge_block(
     # two-phase strategy decides from the values in its `prepare`, so it is checked up
     # front when it prepares inline (a whole tensor); its prepare pass checked its blocks
     late = strategy.propagates_nonfinite and (state is not None or strategy.prepare is None)
-    tm = _load(plan, job, buf, rows, check=not late, raw=strategy.raw_inputs)
+    held = None if slab is None else kept  # (given alone, `kept` would hold a new block)
+    tm = _load(plan, job, buf, rows, check=not late, raw=strategy.raw_inputs, kept=held, slab=slab)
     shape = tuple(tm.inputs.shape[1:])
     out = strategy.fn(tm if state is None else replace(tm, state=state))
     if late and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out.sum())):
@@ -1023,6 +1085,7 @@ class _BlockPool:
         self._threads = torch.get_num_threads()
         self._pool: PriorityWorkers | None = None
         self._prepare: ThreadPoolExecutor | None = None
+        self.kept = _kept_blocks(plan, self.jobs, chunk)
         if self.workers > 1 and self.jobs:
             torch.set_num_threads(1)
             # one more thread than cores: reads and writes stall on page allocation (a fresh
@@ -1107,8 +1170,27 @@ class _BlockPool:
             self._pool.shutdown()
         if self._prepare is not None:
             self._prepare.shutdown(wait=True, cancel_futures=True)
+        if self.kept is not None:
+            self.kept.close()
         if self._pool is not None:
             torch.set_num_threads(self._threads)
+
+
+def _kept_blocks(
+    plan: MergePlan, jobs: Sequence[TensorJob], chunk: int | None
+) -> KeptBlocks | None:
+    """An arena for the blocks that `prepare` scans read, when some job is two-phase over
+    blocks of bf16 bits on the CPU (its merge pass then takes them from there)."""
+    budget = kept_blocks.KEPT_BYTES
+    if chunk is None or plan.device.type != "cpu" or budget <= 0:
+        return None
+    for job in jobs:
+        s = job.strategy
+        if s is None or s.prepare is None or not s.raw_inputs:
+            continue
+        if block_bounds(job, chunk) is not None and job.input_dtype == torch.bfloat16:
+            return KeptBlocks(len(plan.inputs) + (plan.base is not None), chunk, budget)
+    return None
 
 
 def _on_pool(job: TensorJob, chunk: int | None) -> bool:
@@ -1289,7 +1371,7 @@ def _execute_job(
             if state is None:
                 out = _merge_block(plan, job, worker, rows)
             else:
-                out = _merge_block(plan, job, worker, rows, state)
+                out = _merge_block(plan, job, worker, rows, state, pool.kept)
             sink.put_block(name, bound[0], out)
 
         for bound in bounds:
