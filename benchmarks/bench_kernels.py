@@ -11,7 +11,11 @@
 * TIES's scan: one 1 Mi-entry block of bf16 bits, three models, a bracket holding about 4 %
   of each model's |τ| (bench_model_merge's TIES gathers 2.8 %), through the 16-lane scan (AVX-512F,
   int32 positions) and through the flag pass and gather it replaces on such CPUs; prints
-  `scan_speedup_vs_flags`.
+  `scan_speedup_vs_flags`;
+* DARE's combine of such a block (three models, density 0.5, rescaled): its words drawn
+  ahead into a `[k, n]` row (`_gta._draw_words`) then combined, against the words drawn
+  inside the combine tile by tile from each chunk's PCG64 lanes (`_gta._draw_streams`);
+  prints `dare_combine_speedup_vs_words`.
 
   python benchmarks/bench_kernels.py [--n 4194304]
 """
@@ -109,6 +113,62 @@ def main() -> None:
     )
 
     scan_timing()
+    dare_timing()
+
+
+def dare_timing() -> None:
+    """`dare_combine_speedup_vs_words`: DARE's combine with its draws made inside the
+    kernel against the draws written to a words row first, on one 1 Mi-entry bf16 block."""
+    import functools
+
+    import torch
+
+    from crdtd.strategies import _gta
+    from crdtd.strategies.base import BLOCK_ALIGN, chunk_seed
+
+    rng = np.random.default_rng(3)
+    n, k = 1 << 20, 3
+    base = rng.normal(0, 0.02, n).astype(np.float32)
+    x = base + rng.normal(0, 0.002, (k, n)).astype(np.float32)
+    bits = [(a.view(np.uint32) >> 16).astype(np.uint16) for a in (x, base)]
+    gen = torch.Generator().manual_seed(5)
+    keeps = [
+        _gta.Keep(draws=_gta.Draws(functools.partial(chunk_seed, gen, i), 1 << 15), scale=2.0)
+        for i in range(k)
+    ]
+    fused = _gta._fused_keeps(keeps)
+    assert fused is not None
+    out = np.empty(n, np.float32)
+    rule = dict(unit=True, consensus=True, normalize=True, wmode=_kernels.UNIT, wfloor=0.0)
+    rule |= dict(divide=False, total=3.0, lam=1.0, out=out)
+
+    def ahead() -> bytes:
+        words = _gta._draw_words(keeps, n, 0)
+        _kernels.combine_block(bits[0], bits[1], 0, fused, words, np.ones(k), **rule)
+        return out.tobytes()
+
+    def inside() -> bytes:
+        streams = _gta._draw_streams(keeps, n, 0)
+        _kernels.combine_block(
+            bits[0],
+            bits[1],
+            0,
+            fused,
+            _gta._NO_WORDS,
+            np.ones(k),
+            streams=streams,
+            grid=BLOCK_ALIGN,
+            **rule,
+        )
+        return out.tobytes()
+
+    assert ahead() == inside(), "the draws made inside the combine differ"
+    words_t, inside_t = best_of(ahead), best_of(inside)
+    print(
+        f"DARE combine of a 1 Mi-entry bf16 block, 3 models: words drawn ahead "
+        f"{words_t / (k * n) * 1e9:.2f} ns/entry, drawn inside {inside_t / (k * n) * 1e9:.2f} "
+        f"ns/entry, dare_combine_speedup_vs_words {words_t / inside_t:.2f}"
+    )
 
 
 @njit(nogil=True)

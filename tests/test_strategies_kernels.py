@@ -106,6 +106,68 @@ def test_combine_gives_the_torch_paths_bytes(
     np.testing.assert_array_equal(_bits(fast), _bits(slow))
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    chunk=st.integers(0, 2),
+    n=st.one_of(st.integers(1, 5000), st.integers(2 * BLOCK_ALIGN - 3000, 2 * BLOCK_ALIGN + 5000)),
+    kinds=st.lists(st.sampled_from(["all", "draws", "scaled", "threshold+draws"]), min_size=4),
+    below=st.integers(0, 2**16 - 1),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_draws_made_inside_the_combine_give_the_drawn_words_bytes(
+    k: int, chunk: int, n: int, kinds: list[str], below: int, seed: int
+) -> None:
+    """A block on the chunk grid draws its words inside the kernel, tile by tile from each
+    chunk's PCG64 lanes (`_draw_streams`), across chunk boundaries and partial tiles: the
+    bytes of the same combine given the words drawn ahead (`_draw_words`)."""
+    from crdtd.strategies import _gta
+
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, n).astype(np.float32)
+    x = (base + rng.normal(0, 0.5, (k, n))).astype(np.float32)
+    offset = chunk * BLOCK_ALIGN
+    keeps = []
+    for i, kind in enumerate(kinds[:k]):
+        draws = Draws(lambda c, i=i: seed % 1000 * 7 + i * 13 + c, below)
+        if kind == "all":
+            keeps.append(KEEP_ALL)
+        elif kind == "draws":
+            keeps.append(Keep(draws=draws))
+        elif kind == "scaled":
+            keeps.append(Keep(draws=draws, scale=1 / 0.3))
+        else:
+            keeps.append(Keep(threshold=0.5, tie_from=offset + n // 3, draws=draws, scale=2.0))
+    fused = _gta._fused_keeps(keeps)
+    assert fused is not None
+    streams = _gta._draw_streams(keeps, n, offset)
+    assert (streams is None) == all(kind == "all" for kind in kinds[:k])
+    outs = []
+    for drawn in (None, streams):
+        out = np.full(n, np.nan, np.float32)
+        _kernels.combine_block(
+            x,
+            base,
+            offset,
+            fused,
+            _gta._draw_words(keeps, n, offset).copy(),
+            np.ones(k),
+            streams=drawn,
+            grid=BLOCK_ALIGN,
+            unit=True,
+            consensus=True,
+            normalize=True,
+            wmode=_kernels.UNIT,
+            wfloor=0.0,
+            divide=False,
+            total=float(k),
+            lam=1.0,
+            out=out,
+        )
+        outs.append(out.view(np.uint32))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     data=st.data(),

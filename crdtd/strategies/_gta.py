@@ -511,13 +511,16 @@ def combine(
         else:
             x, b = raw.x, raw.base
         wmode, wfloor = divisor_rule(None if unit else w32)
+        streams = _draw_streams(keeps, n, off)
         kernels.combine_block(
             x,
             b,
             off,
             fused,
-            _draw_words(keeps, n, off),
+            _draw_words(keeps, n, off) if streams is None else _NO_WORDS,
             w32.numpy(),
+            streams=streams,
+            grid=CHUNK,
             unit=unit,
             consensus=consensus,
             normalize=normalize,
@@ -576,6 +579,27 @@ def _fused_keeps(keeps: list[Keep]) -> list[kernels.FusedKeep] | None:
         scale = None if keep.scale == 1.0 else float(np.float32(keep.scale))
         out.append((thr, keep.tie_from, below, draws, scale))
     return out
+
+
+_NO_WORDS = np.zeros((1, 1), np.uint16)
+
+
+def _draw_streams(keeps: list[Keep], n: int, offset: int) -> np.ndarray | None:
+    """`[k, chunks, 10]` PCG64 lanes (`kernels.pcg64_lanes`) of each drawing model's
+    streams for the `CHUNK`s a block of n entries at `offset` touches, for the kernel to
+    draw the words tile by tile; None where it cannot (no model draws, a block off the
+    chunk grid, or a big-endian machine, where a draw's words are not low first)."""
+    drawing = [i for i, keep in enumerate(keeps) if keep.draws is not None]
+    if not drawing or offset % CHUNK or sys.byteorder != "little":
+        return None
+    first, last = offset // CHUNK, (offset + n - 1) // CHUNK
+    streams = np.zeros((len(keeps), last - first + 1, 10), np.uint64)
+    for i in drawing:
+        draws = keeps[i].draws
+        assert draws is not None
+        for c in range(first, last + 1):
+            kernels.pcg64_lanes(draws.seed(c), streams[i, c - first])
+    return streams
 
 
 def _draw_words(keeps: list[Keep], n: int, offset: int) -> np.ndarray:

@@ -80,6 +80,8 @@ def combine_block(
     words: np.ndarray,
     weights: np.ndarray,
     *,
+    streams: np.ndarray | None = None,
+    grid: int = 1,
     unit: bool,
     consensus: bool,
     normalize: bool,
@@ -94,7 +96,9 @@ def combine_block(
     uint16) into `out` (float32).
 
     `keeps` is one `FusedKeep` per model, `words` `[k, n]` the 16-bit draw words of the
-    models with draws.
+    models with draws; or, for a block starting on the draws' chunk grid (`grid` entries per
+    chunk), `streams` `[k, chunks, 10]`: each drawing model's `pcg64_lanes` for each chunk
+    the block touches, from which the kernel draws the words tile by tile itself.
     """
     k = x.shape[0]
     has_thr = np.zeros(k, np.bool_)
@@ -128,6 +132,9 @@ def combine_block(
         lim,
         has_draws,
         words,
+        np.empty((0, 0, 10), np.uint64) if streams is None else streams,
+        grid,
+        *_PCG_MULT4_WORDS,
         below16,
         has_scale,
         scale,
@@ -222,6 +229,16 @@ def pcg64_raw(seed: int, count: int, out: np.ndarray | None = None) -> np.ndarra
     if not enabled():
         out[:] = np.random.PCG64(seed).random_raw(count)
         return out
+    lanes = pcg64_lanes(seed)
+    _kernels()._pcg64_fill(lanes, *_PCG_MULT4_WORDS, lanes[8], lanes[9], out)
+    return out
+
+
+def pcg64_lanes(seed: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The four-lane state of `PCG64(seed)` before its first draw, as `_pcg64_fill` steps
+    it: `[10]` uint64, lane j's (low, high) state at 2j, 2j + 1 (the state of draw j), and
+    the four-step increment's low and high words at 8, 9. numpy's seeding, redone:
+    SeedSequence's four words, the state stepped as `pcg64_set_seed` does."""
     words = [int(w) for w in np.random.SeedSequence(seed).generate_state(4, np.uint64)]
     inc = ((((words[2] << 64) | words[3]) << 1) | 1) & _U128
     state = (inc + ((words[0] << 64) | words[1])) & _U128  # one step from 0, plus the seed
@@ -231,8 +248,7 @@ def pcg64_raw(seed: int, count: int, out: np.ndarray | None = None) -> np.ndarra
         state = (state * _PCG_MULT + inc) & _U128
         lanes += [state & _U64, state >> 64]
     c4 = (inc * _PCG_SUM4) & _U128
-    states = np.array(lanes, np.uint64)
-    _kernels()._pcg64_fill(
-        states, *_PCG_MULT4_WORDS, np.uint64(c4 & _U64), np.uint64(c4 >> 64), out
-    )
+    if out is None:
+        out = np.empty(10, np.uint64)
+    out[:] = [*lanes, c4 & _U64, c4 >> 64]
     return out

@@ -322,6 +322,29 @@ def _minus(xs: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(nogil=True, cache=True)
+def _dropped(
+    xs: np.ndarray,
+    bt: np.ndarray,
+    wt: np.ndarray,
+    b16: np.uint16,
+    f: np.float32,
+    scaled: bool,
+    out: np.ndarray,
+) -> None:
+    """out ← ((xs − bt)·keep)·f, keep = 1 where the draw word wt < b16 else 0 (multiplied,
+    so a dropped entry keeps its sign), the ·f only when `scaled`: DARE's τ, drop and
+    rescale, the same float operations `_combine` made in three passes, in one."""
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if scaled:
+        for j in range(out.shape[0]):
+            out[j] = ((_at(xs, j) - bt[j]) * (one if wt[j] < b16 else zero)) * f
+    else:
+        for j in range(out.shape[0]):
+            out[j] = (_at(xs, j) - bt[j]) * (one if wt[j] < b16 else zero)
+
+
+@njit(nogil=True, cache=True)
 def _rowsum(t: np.ndarray, c: int, out: np.ndarray) -> None:
     """out[:c] = Σ_i t[i, :c] in row order, as `_gta.rowsum`."""
     k = t.shape[0]
@@ -350,6 +373,10 @@ def _combine(
     below: np.ndarray,
     has_draws: np.ndarray,
     words: np.ndarray,
+    streams: np.ndarray,
+    grid: int,
+    m_lo: np.uint64,
+    m_hi: np.uint64,
     below16: np.ndarray,
     has_scale: np.ndarray,
     scale: np.ndarray,
@@ -372,6 +399,11 @@ def _combine(
     divisor = np.empty(TILE, np.float32)
     zero = np.float32(0.0)
     one = np.float32(1.0)
+    # with `streams`, each drawing model's 16-bit words come from its chunk's PCG64 lanes
+    # tile by tile (four per 64-bit draw, low first), so no words row is written and read
+    drawn = np.empty((k, TILE // 4), np.uint64)
+    lanes = np.empty((k, 10), np.uint64)
+    m0, m1 = np.uint64(m_lo), np.uint64(m_hi)  # (the four-step multiplier)
     # every loop indexes tile slices by its own range variable: numba then knows the
     # index is not negative and LLVM vectorises (an index like `a + j` is not)
     for a in range(0, n, TILE):
@@ -380,18 +412,29 @@ def _combine(
         for i in range(k):
             ti = t[i, :c]
             xs = x[i, a : a + c]
+            fused = has_draws[i] and not has_thr[i]  # τ, drop and rescale in one pass
             if has_thr[i]:  # τ and its hardshrink in one pass (the threshold, then below it)
                 cut = min(c, max(0, tie_from[i] - offset - a))
                 _shrunk(xs[:cut], bt[:cut], thr[i], ti[:cut])
                 _shrunk(xs[cut:c], bt[cut:c], below[i], ti[cut:])
-            else:
+            elif not fused:
                 _minus(xs, bt, ti)
             if has_draws[i]:
-                wt = words[i, a : a + c]
+                if streams.shape[0]:
+                    if a % grid == 0:  # a chunk starts: its stream's lanes
+                        lanes[i, :] = streams[i, a // grid]
+                    li = lanes[i]
+                    _pcg64_fill(li, m0, m1, li[8], li[9], drawn[i, : (c + 3) // 4])
+                    wt = drawn[i].view(np.uint16)[:c]
+                else:
+                    wt = words[i, a : a + c]
                 b16 = below16[i]
-                for j in range(c):
-                    ti[j] = ti[j] * (one if wt[j] < b16 else zero)
-            if has_scale[i]:
+                if fused:
+                    _dropped(xs, bt, wt, b16, scale[i], has_scale[i], ti)
+                else:
+                    for j in range(c):
+                        ti[j] = ti[j] * (one if wt[j] < b16 else zero)
+            if has_scale[i] and not fused:
                 f = scale[i]
                 for j in range(c):
                     ti[j] = ti[j] * f
@@ -742,12 +785,19 @@ def _pcg_draw(typingctx: Any, lo: Any, hi: Any, m_lo: Any, m_hi: Any, c_lo: Any,
 
 @njit(nogil=True, cache=True)
 def _pcg64_fill(
-    states: np.ndarray, m_lo: int, m_hi: int, c_lo: int, c_hi: int, out: np.ndarray
+    states: np.ndarray,
+    m_lo: np.uint64,
+    m_hi: np.uint64,
+    c_lo: np.uint64,
+    c_hi: np.uint64,
+    out: np.ndarray,
 ) -> None:
     """out ← consecutive PCG64 draws from four interleaved lanes: lane j (states[2j],
     states[2j + 1]: low, high) holds the state of draw j, 4 + j, …, each stepped by the
     four-step multiplier and increment, so four independent multiply chains overlap where
-    one would wait on each product. The lanes live in registers while they run."""
+    one would wait on each product. The lanes live in registers while they run, and go
+    back to `states` after the last whole round of four (so a stream goes on where a call
+    of a multiple of four draws left it)."""
     a0, a1, b0, b1 = states[0], states[1], states[2], states[3]
     e0, e1, d0, d1 = states[4], states[5], states[6], states[7]
     m0, m1, k0, k1 = np.uint64(m_lo), np.uint64(m_hi), np.uint64(c_lo), np.uint64(c_hi)
@@ -759,6 +809,8 @@ def _pcg64_fill(
         out[q + 2], e0, e1 = _pcg_draw(e0, e1, m0, m1, k0, k1)  # type: ignore[call-arg]
         out[q + 3], d0, d1 = _pcg_draw(d0, d1, m0, m1, k0, k1)  # type: ignore[call-arg]
         q += 4
+    states[0], states[1], states[2], states[3] = a0, a1, b0, b1
+    states[4], states[5], states[6], states[7] = e0, e1, d0, d1
     left = ((a0, a1), (b0, b1), (e0, e1))
     for j in range(n - q):
         out[q + j] = _pcg_draw(left[j][0], left[j][1], m0, m1, k0, k1)[0]  # type: ignore[call-arg]
