@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from crdtd.data import radix
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -100,7 +102,10 @@ def _packed_sort(values: np.ndarray, row_bits: int, stable: bool) -> KeyOrder:
     """Sort values below 2**(64 - row_bits) packed with their row numbers."""
     packed = np.left_shift(values, _U64(row_bits))
     packed |= np.arange(len(values), dtype=_U64)
-    packed.sort(kind="stable" if stable else "quicksort")
+    if stable:
+        packed.sort(kind="stable")  # merges the inputs' sorted runs
+    else:  # (packed values are distinct: every sort gives this order)
+        radix.sort_u64(packed, int(packed.max()).bit_length() if len(packed) else 0)
     differ = packed[1:] ^ packed[:-1]
     differ >>= _U64(row_bits)
     same_next = differ == 0
