@@ -1,7 +1,7 @@
-"""Key order for the vectorised merge: each key as one unsigned 64-bit code, sorted by numpy.
+"""Key order for the vectorised merge: each key as one unsigned 64-bit code, sorted.
 
 polars sorts text and multi-column keys slowly (an arg_sort of two million UUID strings takes
-seconds), while numpy sorts 64-bit integers in milliseconds. So every key column becomes an
+seconds), while 64-bit integers sort in milliseconds (`sort_codes`). So every key column becomes an
 order-preserving code: integer and temporal values (their physical integers) less the
 column's minimum, floats by their IEEE bits with the sign folded, booleans as 0 / 1. Text and
 bytes are ordered by their first 7 bytes plus a count of the bytes left (exact for short
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crdtd.data import radix
+from crdtd.data import sort_codes
 
 if TYPE_CHECKING:
     import polars as pl
@@ -62,18 +62,20 @@ def key_order(frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int])
     return _sorted(_pack(codes), segments)
 
 
-def _sorted(code: _Code, segments: Sequence[int]) -> KeyOrder:
+def _sorted(code: _Code, segments: Sequence[int], owned: bool = True) -> KeyOrder:
     """The order of rows by an exact code.
 
-    numpy sorts code and row number packed into one 64-bit word (a plain sort is several times
-    faster than an argsort) and the order is read off the low bits. A code too wide for that
-    is sorted by its high bits first; rows tied on them are then sorted again, together with
-    the rank of their tie, by the low bits. An input of sorted runs is merged (stable sort)."""
+    Code and row number are packed into one 64-bit word and sorted (a plain sort is several
+    times faster than an argsort; `sort_codes`: polars from 65,536 codes, numpy below), in
+    the place of the code's array when the caller `owned` it, and the order is read off the
+    low bits. A code too wide for that is sorted by its high bits first; rows tied on them
+    are then sorted again, together with the rank of their tie, by the low bits. An input of
+    sorted runs is merged (numpy's stable sort)."""
     n = len(code.values)
     row_bits = max(1, (n - 1).bit_length())
     stable = _runs_sorted(code.values, segments)
     if code.bits + row_bits <= 64:
-        return _packed_sort(code.values, row_bits, stable)
+        return _packed_sort(code.values if owned else code.values.copy(), row_bits, stable)
     low_bits = code.bits + row_bits - 64
     if low_bits + 2 * row_bits > 64:  # no room for a second pass: plain argsort
         order = _argsort(code.values, segments)
@@ -99,21 +101,23 @@ def _sorted(code: _Code, segments: Sequence[int]) -> KeyOrder:
 
 
 def _packed_sort(values: np.ndarray, row_bits: int, stable: bool) -> KeyOrder:
-    """Sort values below 2**(64 - row_bits) packed with their row numbers."""
-    packed = np.left_shift(values, _U64(row_bits))
+    """Sort values below 2**(64 - row_bits) packed with their row numbers, packed in the
+    place of `values` (a code array the caller does not read again)."""
+    packed = np.left_shift(values, _U64(row_bits), out=values)
     packed |= np.arange(len(values), dtype=_U64)
     if stable:
         packed.sort(kind="stable")  # merges the inputs' sorted runs
     else:  # (packed values are distinct: every sort gives this order)
-        radix.sort_u64(packed, int(packed.max()).bit_length() if len(packed) else 0)
+        packed = sort_codes.sorted_u64(packed)
     differ = packed[1:] ^ packed[:-1]
     differ >>= _U64(row_bits)
     same_next = differ == 0
     del differ
-    packed &= _U64((1 << row_bits) - 1)
+    rows = packed & _U64((1 << row_bits) - 1)
+    del packed
     if row_bits <= 32:
-        return KeyOrder(packed.astype(np.uint32), same_next)
-    return KeyOrder(packed.view(np.int64), same_next)  # row numbers are below 2**63
+        return KeyOrder(rows.astype(np.uint32), same_next)
+    return KeyOrder(rows.view(np.int64), same_next)  # row numbers are below 2**63
 
 
 def _is_text(s: pl.Series) -> bool:
@@ -126,7 +130,7 @@ def _argsort(values: np.ndarray, segments: Sequence[int]) -> np.ndarray:
     """Indices that sort `values`: a stable merge of the inputs' runs when each is sorted."""
     if _runs_sorted(values, segments):
         return np.argsort(values, kind="stable")
-    return np.argsort(values)
+    return sort_codes.argsort_u64(values)
 
 
 def _runs_sorted(values: np.ndarray, segments: Sequence[int]) -> bool:
@@ -334,7 +338,7 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
 
     text = _Bytes(s)
     first = text.chunk(None, 0, _FIRST_WIDTH)
-    ko = _sorted(_Code(first, 8 * _FIRST_WIDTH + 4), segments)
+    ko = _sorted(_Code(first, 8 * _FIRST_WIDTH + 4), segments, owned=False)
     order, same = ko.order, ko.same_next
     # Tied and going on beyond the bytes compared so far.
     open_ = same.copy()
@@ -359,7 +363,7 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
         width = max(1, min(_FIRST_WIDTH, (64 - run_bits - 4) // 8))
         rows = order[pos]
         code = (local.astype(_U64) << _U64(8 * width + 4)) | text.chunk(rows, offset, width)
-        sub = np.argsort(code)
+        sub = sort_codes.argsort_u64(code)
         order[pos] = rows[sub]  # runs keep their place: local run ids ascend with position
         sorted_code = code[sub]
         tied = sorted_code[1:] == sorted_code[:-1]
