@@ -68,16 +68,17 @@ def _sorted(code: _Code, segments: Sequence[int], owned: bool = True) -> KeyOrde
     Code and row number are packed into one 64-bit word and sorted (a plain sort is several
     times faster than an argsort; `sort_codes`: polars from 65,536 codes, numpy below), in
     the place of the code's array when the caller `owned` it, and the order is read off the
-    low bits. A code too wide for that is sorted by its high bits first; rows tied on them
-    are then sorted again, together with the rank of their tie, by the low bits. An input of
-    sorted runs is merged (numpy's stable sort)."""
+    low bits. A code too wide for that is arg-sorted whole from 65,536 codes on (polars), and
+    below that sorted by its high bits first, the rows tied on them sorted again, together
+    with the rank of their tie, by the low bits. An input of sorted runs is merged (numpy's
+    stable sort)."""
     n = len(code.values)
     row_bits = max(1, (n - 1).bit_length())
     stable = _runs_sorted(code.values, segments)
     if code.bits + row_bits <= 64:
         return _packed_sort(code.values if owned else code.values.copy(), row_bits, stable)
     low_bits = code.bits + row_bits - 64
-    if low_bits + 2 * row_bits > 64:  # no room for a second pass: plain argsort
+    if low_bits + 2 * row_bits > 64 or (not stable and n >= sort_codes.SORT_MIN):
         order = _argsort(code.values, segments)
         ordered = code.values[order]
         return KeyOrder(order, ordered[1:] == ordered[:-1])

@@ -29,9 +29,10 @@ def sorted_u64(values: np.ndarray) -> np.ndarray:
 
 
 def argsort_u64(values: np.ndarray) -> np.ndarray:
-    """Indices that sort uint64 `values` (int64 or uint32; ties in no promised order)."""
+    """Indices that sort uint64 `values` (int64 or uint32, writable; ties in no promised
+    order)."""
     if not _by_polars(values):
         return np.argsort(values)
     import polars as pl
 
-    return pl.Series(values, dtype=pl.UInt64).arg_sort().to_numpy()
+    return pl.Series(values, dtype=pl.UInt64).arg_sort().to_numpy(writable=True)
