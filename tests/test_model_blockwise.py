@@ -307,15 +307,18 @@ def test_the_kept_blocks_arena_holds_a_block_until_its_merge_frees_it() -> None:
     try:
         assert arena.take(5, 8) is None and arena.take(4, 9) is None  # does not fit a slab
         first, second = arena.take(4, 8), arena.take(3, 8)
-        assert first is not None and second is not None and first != second
+        assert first is not None and second is not None and first[0] != second[0]
+        assert first[1].shape == (4, 8) and second[1].shape == (3, 8)
         assert arena.take(4, 8) is None  # both slabs taken: the caller reads on its own
-        arena.view(first, 4, 8)[:] = 7
+        first[1][:] = 7
         arena.keep("w", 16, first)
-        assert arena.get("w", 16) == first and arena.get("w", 0) is None
-        assert (arena.view(arena.get("w", 16), 4, 8) == 7).all()  # type: ignore[arg-type]
-        assert arena.pop("w", 16) == first and arena.pop("w", 16) is None
-        arena.free(first)
-        assert arena.take(2, 8) == first
+        held = arena.get("w", 16)
+        assert held is not None and (held == 7).all() and arena.get("w", 0) is None
+        popped = arena.pop("w", 16)
+        assert popped is not None and popped[0] == first[0] and arena.pop("w", 16) is None
+        arena.free(first[0])
+        again = arena.take(2, 8)
+        assert again is not None and again[0] == first[0]
     finally:
         arena.close()
     assert KeptBlocks(rows=4, n=8, budget=10).take(1, 1) is None  # budget below one slab

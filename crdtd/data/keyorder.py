@@ -78,7 +78,7 @@ def _sorted(code: _Code, segments: Sequence[int], owned: bool = True) -> KeyOrde
     if code.bits + row_bits <= 64:
         return _packed_sort(code.values if owned else code.values.copy(), row_bits, stable)
     low_bits = code.bits + row_bits - 64
-    if low_bits + 2 * row_bits > 64 or (not stable and n >= sort_codes.SORT_MIN):
+    if low_bits + 2 * row_bits > 64 or (not stable and sort_codes.by_polars(code.values)):
         order = _argsort(code.values, segments)
         ordered = code.values[order]
         return KeyOrder(order, ordered[1:] == ordered[:-1])

@@ -1,10 +1,10 @@
 """Sorting the unsigned 64-bit key codes with polars where numpy's sort is slow.
 
 numpy sorts uint64 with x86-simd-sort where the CPU has AVX-512, and on AMD Zen 4 that path
-is several times slower than its AVX2 one (2M codes: numpy 115 ms, its argsort 204 ms).
-polars' sort of the same codes takes 29 ms and its arg_sort 63 ms there, and polars is
-already loaded for the tables, so codes from `SORT_MIN` on go through it (numpy keeps the
-short arrays, where crossing into polars costs more than it saves).
+is several times slower than its AVX2 one; polars sorts 2M such codes 3.5-3.7x faster there,
+and arg-sorts them as much faster (`benchmarks/bench_sort_codes.py`). polars is already loaded
+for the tables, so codes from `SORT_MIN` on go through it (numpy keeps the short arrays,
+where crossing into polars costs more than it saves).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ SORT_MIN = 1 << 16  # codes below this many: numpy's sort
 ENABLED = True  # tests switch polars' sort off to compare with numpy's
 
 
-def _by_polars(values: np.ndarray) -> bool:
+def by_polars(values: np.ndarray) -> bool:
+    """Whether `values` are long enough to be sorted by polars (and polars' sort is on)."""
     return ENABLED and len(values) >= SORT_MIN
 
 
 def sorted_u64(values: np.ndarray) -> np.ndarray:
     """uint64 `values` in ascending order (a new array; it may be read-only)."""
-    if not _by_polars(values):
+    if not by_polars(values):
         return np.sort(values)
     import polars as pl
 
@@ -31,7 +32,7 @@ def sorted_u64(values: np.ndarray) -> np.ndarray:
 def argsort_u64(values: np.ndarray) -> np.ndarray:
     """Indices that sort uint64 `values` (int64 or uint32, writable; ties in no promised
     order)."""
-    if not _by_polars(values):
+    if not by_polars(values):
         return np.argsort(values)
     import polars as pl
 

@@ -35,33 +35,34 @@ class KeptBlocks:
             whole = np.frombuffer(self._map, np.uint16)
             self._slabs = [whole[i * rows * n : (i + 1) * rows * n] for i in range(count)]
         self._free = list(range(count - 1, -1, -1))
-        self._held: dict[tuple[str, int], int] = {}
+        self._held: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
         self._lock = threading.Lock()
 
-    def take(self, rows: int, n: int) -> int | None:
-        """A free slab for a block of `[rows, n]` the caller is about to read (`view`), or
-        None when every slab is held or the block does not fit one."""
+    def take(self, rows: int, n: int) -> tuple[int, np.ndarray] | None:
+        """A free slab and its `[rows, n]` view, for a block the caller is about to read and
+        then `keep`; None when every slab is held or the block does not fit one."""
         if rows > self.rows or n > self.n:
             return None
         with self._lock:
-            return self._free.pop() if self._free else None
+            if not self._free:
+                return None
+            slab = self._free.pop()
+        return slab, self._slabs[slab][: rows * n].reshape(rows, n)
 
-    def view(self, slab: int, rows: int, n: int) -> np.ndarray:
-        """Slab `slab` as `[rows, n]` uint16."""
-        return self._slabs[slab][: rows * n].reshape(rows, n)
-
-    def keep(self, name: str, start: int, slab: int) -> None:
-        """Hold slab `slab`, now filled with block `start` of tensor `name`, for its merge."""
+    def keep(self, name: str, start: int, taken: tuple[int, np.ndarray]) -> None:
+        """Hold a `taken` slab, now filled with block `start` of tensor `name`, for its merge."""
         with self._lock:
-            self._held[(name, start)] = slab
+            self._held[(name, start)] = taken
 
-    def get(self, name: str, start: int) -> int | None:
-        """The slab holding block `start` of tensor `name` (it stays held), or None."""
+    def get(self, name: str, start: int) -> np.ndarray | None:
+        """The rows of block `start` of tensor `name` while it is held, or None."""
         with self._lock:
-            return self._held.get((name, start))
+            held = self._held.get((name, start))
+        return None if held is None else held[1]
 
-    def pop(self, name: str, start: int) -> int | None:
-        """`get`, and the block is held no longer: the caller `free`s the slab when done."""
+    def pop(self, name: str, start: int) -> tuple[int, np.ndarray] | None:
+        """The slab and rows of a held block, held no longer: the caller `free`s the slab
+        when done with the rows."""
         with self._lock:
             return self._held.pop((name, start), None)
 

@@ -797,14 +797,14 @@ def _load(
     check: bool = True,
     raw: bool = False,
     kept: KeptBlocks | None = None,
-    slab: int | None = None,
+    filled: np.ndarray | None = None,
 ) -> TensorMerge:
     """The `TensorMerge` of tensor `job`, or of the flat `block` of it, in the reused buffers;
     NaN and Inf refused (`check`; else the caller checks, see `_check_loaded`). With `raw`
     (a block of a `raw_inputs` strategy) bf16 files are only read, into `TensorMerge.raw`:
     its `widen()` fills the float32 buffers and does the check. With `kept`, a `prepare`
-    scan reads the block into a slab of it when one is free and holds it there, and a merge
-    given the block's `slab` takes the bits from it (see `_read_raw`)."""
+    scan reads the block into a slab of it when one is free and holds it there; a merge
+    given the rows its scan `filled` takes the bits from them (see `_read_raw`)."""
     name = job.info.name
 
     def part(t: torch.Tensor) -> torch.Tensor:
@@ -840,7 +840,7 @@ def _load(
             _check_loaded(plan, name, stack, base_t, start)
 
     if raw and block is not None:
-        rawin = _read_raw(plan, job, buf, start, n, widen, kept, slab)
+        rawin = _read_raw(plan, job, buf, start, n, widen, kept, filled)
     if rawin is None:
         widen()
     extras: tuple[dict[str, torch.Tensor], ...] = ()
@@ -879,7 +879,7 @@ def _read_raw(
     n: int,
     widen: Callable[[], None],
     kept: KeptBlocks | None = None,
-    slab: int | None = None,
+    filled: np.ndarray | None = None,
 ) -> RawInputs | None:
     """Entries [start, start + n) of every input and the base (if the strategy reads it) as
     bf16 bits, read straight into the reused raw rows; None unless every one is a bf16 file
@@ -887,8 +887,8 @@ def _read_raw(
     devices are widened as usual).
 
     With `kept` (a `prepare` scan), a block already held there is not read again, and a new
-    one is read into a free slab and held for its merge; the merge passes that `slab` and
-    its bits come from there, not from the files."""
+    one is read into a free slab and held for its merge; the merge passes those rows as
+    `filled` and its bits come from there, not from the files."""
     if plan.device.type != "cpu":
         return None
     name = job.info.name
@@ -899,29 +899,15 @@ def _read_raw(
     for src in sources:
         if getattr(src, "read_into", None) is None or src.infos[name].torch_dtype != torch.bfloat16:
             return None
-    if kept is not None and slab is None:
-        slab = kept.get(name, start)
-        if slab is None:
-            fresh = kept.take(len(sources), n)
-            if fresh is not None:
-                rows = kept.view(fresh, len(sources), n)
-                _read_rows(rows, sources, name, start, n)
-                kept.keep(name, start, fresh)
-                slab = fresh
-    if kept is not None and slab is not None:
-        rows = kept.view(slab, len(sources), n)
-    else:
-        rows = buf.raw_rows(len(sources), n)
-        _read_rows(rows, sources, name, start, n)
+    rows = filled if filled is not None or kept is None else kept.get(name, start)
+    if rows is None:
+        taken = None if kept is None else kept.take(len(sources), n)
+        rows = buf.raw_rows(len(sources), n) if taken is None else taken[1]
+        for row, src in zip(rows, sources):
+            src.read_into(name, start, start + n, row.data.cast("B"))  # type: ignore[attr-defined]
+        if kept is not None and taken is not None:
+            kept.keep(name, start, taken)
     return RawInputs(rows[:-1], rows[-1], widen) if with_base else RawInputs(rows, None, widen)
-
-
-def _read_rows(
-    rows: np.ndarray, sources: Sequence[TensorSource], name: str, start: int, n: int
-) -> None:
-    """rows[i] ← entries [start, start + n) of tensor `name` in sources[i], raw."""
-    for row, src in zip(rows, sources):
-        src.read_into(name, start, start + n, row.data.cast("B"))  # type: ignore[attr-defined]
 
 
 def _check_loaded(
@@ -1008,13 +994,12 @@ def _merge_block(
     """Merge tensor `job` (or only the flat block `rows` of it, with the strategy's prepared
     `state`, from its bits in `kept` where its `prepare` scan held them there) and return
     the float32 result on the CPU."""
-    name = job.info.name
-    slab = None if kept is None or rows is None else kept.pop(name, rows.start)
+    held = None if kept is None or rows is None else kept.pop(job.info.name, rows.start)
     try:
-        return _merge_loaded(plan, job, buf, rows, state, kept, slab)
+        return _merge_loaded(plan, job, buf, rows, state, None if held is None else held[1])
     finally:
-        if kept is not None and slab is not None:
-            kept.free(slab)
+        if kept is not None and held is not None:
+            kept.free(held[0])
 
 
 def _merge_loaded(
@@ -1023,10 +1008,9 @@ def _merge_loaded(
     buf: _Buffers,
     rows: slice | None,
     state: Any,
-    kept: KeptBlocks | None,
-    slab: int | None,
+    filled: np.ndarray | None,
 ) -> torch.Tensor:
-    """`_merge_block` once the block's kept `slab` (if any) is taken."""
+    """`_merge_block` with the block's rows its scan `filled`, if it kept them."""
     name = job.info.name
     strategy = job.strategy
     assert strategy is not None
@@ -1035,8 +1019,7 @@ def _merge_loaded(
     # two-phase strategy decides from the values in its `prepare`, so it is checked up
     # front when it prepares inline (a whole tensor); its prepare pass checked its blocks
     late = strategy.propagates_nonfinite and (state is not None or strategy.prepare is None)
-    held = None if slab is None else kept  # (given alone, `kept` would hold a new block)
-    tm = _load(plan, job, buf, rows, check=not late, raw=strategy.raw_inputs, kept=held, slab=slab)
+    tm = _load(plan, job, buf, rows, check=not late, raw=strategy.raw_inputs, filled=filled)
     shape = tuple(tm.inputs.shape[1:])
     out = strategy.fn(tm if state is None else replace(tm, state=state))
     if late and isinstance(out, torch.Tensor) and not bool(torch.isfinite(out.sum())):
