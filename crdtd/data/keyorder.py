@@ -39,30 +39,38 @@ class KeyOrder:
 
 
 @dataclass(frozen=True)
-class _Code:
+class Code:
     values: np.ndarray  # uint64, one per row, order-preserving and exact
     bits: int  # every value is below 2**bits
 
 
-def key_order(frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int]) -> KeyOrder:
-    """Order the rows of `frame` (inputs stacked, `segments` their heights) by `keys`.
+def key_code(frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int]) -> Code | None:
+    """The exact order-preserving code of each row's key (inputs stacked, `segments` their
+    heights); None for a single text key that is ordered by its prefixes instead."""
+    if len(keys) == 1 and _is_text(frame[keys[0]]):
+        return _text_code(frame[keys[0]])
+    return _pack([_column_code(frame[k], segments) for k in keys])
+
+
+def key_order(
+    frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int], code: Code | None = None
+) -> KeyOrder:
+    """Order the rows of `frame` (inputs stacked, `segments` their heights) by `keys`, or by
+    their `code` (`key_code`) where the caller has it already (the order packs in its place).
 
     When every input is already sorted by key a stable sort merges the sorted runs in about
-    linear time; otherwise numpy's introsort (vectorised where the CPU allows) sorts them."""
+    linear time; otherwise polars or numpy sorts them (`sort_codes`)."""
     n = frame.height
     if n == 0:
         return KeyOrder(np.zeros(0, dtype=np.intp), np.zeros(0, dtype=bool))
-    if len(keys) == 1 and _is_text(frame[keys[0]]):
-        code = _text_code(frame[keys[0]])
-        if code is None:
-            return _text_order(frame[keys[0]], segments)
-        codes = [code]
-    else:
-        codes = [_column_code(frame[k], segments) for k in keys]
-    return _sorted(_pack(codes), segments)
+    if code is None:
+        code = key_code(frame, keys, segments)
+    if code is None:
+        return _text_order(frame[keys[0]], segments)
+    return _sorted(code, segments)
 
 
-def _sorted(code: _Code, segments: Sequence[int], owned: bool = True) -> KeyOrder:
+def _sorted(code: Code, segments: Sequence[int], owned: bool = True) -> KeyOrder:
     """The order of rows by an exact code.
 
     Code and row number are packed into one 64-bit word and sorted (a plain sort is several
@@ -74,7 +82,7 @@ def _sorted(code: _Code, segments: Sequence[int], owned: bool = True) -> KeyOrde
     stable sort)."""
     n = len(code.values)
     row_bits = max(1, (n - 1).bit_length())
-    stable = _runs_sorted(code.values, segments)
+    stable = runs_sorted(code.values, segments)
     if code.bits + row_bits <= 64:
         return _packed_sort(code.values if owned else code.values.copy(), row_bits, stable)
     low_bits = code.bits + row_bits - 64
@@ -129,12 +137,12 @@ def _is_text(s: pl.Series) -> bool:
 
 def _argsort(values: np.ndarray, segments: Sequence[int]) -> np.ndarray:
     """Indices that sort `values`: a stable merge of the inputs' runs when each is sorted."""
-    if _runs_sorted(values, segments):
+    if runs_sorted(values, segments):
         return np.argsort(values, kind="stable")
     return sort_codes.argsort_u64(values)
 
 
-def _runs_sorted(values: np.ndarray, segments: Sequence[int]) -> bool:
+def runs_sorted(values: np.ndarray, segments: Sequence[int]) -> bool:
     """Whether each input's rows are in ascending order already."""
     start = 0
     for height in segments:
@@ -145,42 +153,42 @@ def _runs_sorted(values: np.ndarray, segments: Sequence[int]) -> bool:
     return True
 
 
-def _column_code(s: pl.Series, segments: Sequence[int]) -> _Code:
+def _column_code(s: pl.Series, segments: Sequence[int]) -> Code:
     """An exact order-preserving code of one key column."""
     import polars as pl
 
     dtype = s.dtype
     if dtype == pl.Boolean:
-        return _Code(s.cast(pl.UInt8).to_numpy().astype(_U64), 1)
+        return Code(s.cast(pl.UInt8).to_numpy().astype(_U64), 1)
     if dtype.is_integer() or dtype.is_temporal():
         physical = s.to_physical()
         if physical.dtype.is_integer() and physical.dtype not in (pl.Int128, pl.UInt128):
             lo, hi = int(physical.min()), int(physical.max())  # type: ignore[arg-type]
             values = physical.to_numpy().astype(_U64)
             values -= _U64(lo % (1 << 64))  # wraps exactly
-            return _Code(values, (hi - lo).bit_length())
+            return Code(values, (hi - lo).bit_length())
     if dtype.is_float():
         bits = s.cast(pl.Float64).to_numpy().view(_U64)  # -0.0 was read as 0.0, NaN as null
-        return _Code(np.where(bits >= _TOP, ~bits, bits | _TOP), 64)
+        return Code(np.where(bits >= _TOP, ~bits, bits | _TOP), 64)
     if _is_text(s):
         code = _text_code(s)
         return code if code is not None else _rank(_text_order(s, segments))
     # Decimals, 128-bit integers: polars ranks them (rare as keys, so its speed is enough).
     ranks = s.rank("dense").to_numpy().astype(_U64) - _U64(1)
-    return _Code(ranks, int(ranks.max()).bit_length())
+    return Code(ranks, int(ranks.max()).bit_length())
 
 
-def _rank(ko: KeyOrder) -> _Code:
+def _rank(ko: KeyOrder) -> Code:
     """Dense rank of each row (0 for the smallest key) from its order."""
     n = len(ko.order)
     in_order = np.zeros(n, dtype=_U64)
     np.cumsum(~ko.same_next, out=in_order[1:])
     ranks = np.empty(n, dtype=_U64)
     ranks[ko.order] = in_order
-    return _Code(ranks, int(in_order[-1]).bit_length())
+    return Code(ranks, int(in_order[-1]).bit_length())
 
 
-def _pack(codes: list[_Code]) -> _Code:
+def _pack(codes: list[Code]) -> Code:
     """One code ordering rows like the columns' codes compared in turn (lexicographically)."""
     acc = codes[0]
     for code in codes[1:]:
@@ -190,11 +198,11 @@ def _pack(codes: list[_Code]) -> _Code:
             acc = _rank_of(acc)
         values = np.left_shift(acc.values, _U64(code.bits))
         values |= code.values
-        acc = _Code(values, acc.bits + code.bits)
+        acc = Code(values, acc.bits + code.bits)
     return acc
 
 
-def _rank_of(code: _Code) -> _Code:
+def _rank_of(code: Code) -> Code:
     return _rank(_sorted(code, ()))
 
 
@@ -216,7 +224,7 @@ def _few_distinct(s: pl.Series) -> bool:
     return sample.n_unique() <= len(sample) // 8
 
 
-def _dictionary_code(s: pl.Series) -> _Code | None:
+def _dictionary_code(s: pl.Series) -> Code | None:
     """Each value's rank among the column's distinct values, found by its 64-bit hash in the
     sorted hashes of the distinct values (exact: it is used only if those hashes differ);
     None if there are too many distinct values or two of them share a hash."""
@@ -237,9 +245,9 @@ def _dictionary_code(s: pl.Series) -> _Code | None:
         mask = _U64((1 << table_bits) - 1)
         table = np.zeros(1 << table_bits, dtype=_U64)
         table[(hashes >> _U64(shift)) & mask] = text_rank
-        return _Code(table[(all_hashes >> _U64(shift)) & mask], bits)
+        return Code(table[(all_hashes >> _U64(shift)) & mask], bits)
     rank_of = text_rank[by_hash].astype(_U64)
-    return _Code(rank_of[np.searchsorted(sorted_hashes, all_hashes)], bits)
+    return Code(rank_of[np.searchsorted(sorted_hashes, all_hashes)], bits)
 
 
 def _slot_shift(hashes: np.ndarray, table_bits: int) -> int | None:
@@ -253,7 +261,7 @@ def _slot_shift(hashes: np.ndarray, table_bits: int) -> int | None:
     return None
 
 
-def _text_code(s: pl.Series) -> _Code | None:
+def _text_code(s: pl.Series) -> Code | None:
     """An exact code for text that has few distinct values or is at most 7 bytes long; None
     for other text (its order comes from sorting prefixes, `_text_order`)."""
     import polars as pl
@@ -264,7 +272,7 @@ def _text_code(s: pl.Series) -> _Code | None:
             return code
     width = int(s.cast(pl.Binary).bin.size().max() or 0)  # type: ignore[arg-type]
     if width <= _FIRST_WIDTH:
-        return _Code(_Bytes(s).chunk(None, 0, width), 8 * width + 4)
+        return Code(_Bytes(s).chunk(None, 0, width), 8 * width + 4)
     return None
 
 
@@ -339,7 +347,7 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
 
     text = _Bytes(s)
     first = text.chunk(None, 0, _FIRST_WIDTH)
-    ko = _sorted(_Code(first, 8 * _FIRST_WIDTH + 4), segments, owned=False)
+    ko = _sorted(Code(first, 8 * _FIRST_WIDTH + 4), segments, owned=False)
     order, same = ko.order, ko.same_next
     # Tied and going on beyond the bytes compared so far.
     open_ = same.copy()

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crdtd.data.columnar import larger_is_b
-from crdtd.data.keyorder import KeyOrder, key_order
+from crdtd.data.dense import Pairs, pair_rows
+from crdtd.data.keyorder import KeyOrder, key_code, key_order, runs_sorted
 from crdtd.data.schema import UnifiedSchema
 from crdtd.data.spec import MergeSpec
 from crdtd.data.twoway import merge_slices
@@ -67,12 +68,25 @@ def merge_frames(
     stamped = spec.timestamp is not None and schema.dtypes[spec.timestamp] != pl.Null
     ts = spec.timestamp if stamped else None
     key_frame = pl.concat([df.select(keys) for df in aligned], rechunk=True)
-    ko = key_order(key_frame, keys, [df.height for df in aligned])
-    out = None
-    if len(aligned) == 2 and aligned[0].height and aligned[1].height:
-        out = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
-    if out is None:
-        out = _merge_runs(aligned, key_frame, ko, columns, schema, ts)
+    segments = [df.height for df in aligned]
+    code = key_code(key_frame, keys, segments) if key_frame.height else None
+    pairs = None
+    # Two inputs not both in key order (those merge by slices, `twoway`) pair up directly
+    # where their key codes are dense.
+    if code is not None and len(aligned) == 2 and ts is None:
+        pairs = None if runs_sorted(code.values, segments) else pair_rows(code.values, segments[0])
+    if pairs is not None:
+        out = _merge_pairs(aligned, key_frame, pairs, columns, schema)
+    else:
+        ko = key_order(key_frame, keys, segments, code)
+        sliced = None
+        if len(aligned) == 2 and aligned[0].height and aligned[1].height:
+            sliced = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
+        out = (
+            sliced
+            if sliced is not None
+            else _merge_runs(aligned, key_frame, ko, columns, schema, ts)
+        )
     if spec.drop_deleted and spec.tombstone is not None:
         out = out.filter(~pl.col(spec.tombstone))
     return out.select(columns).cast(pl.Schema(schema.dtypes))
@@ -186,13 +200,66 @@ class _FirstRound:
     b_rows: np.ndarray
     a_series: pl.Series
     b_series: pl.Series
+    kept_series: pl.Series
+    landing: pl.Series
 
     @classmethod
     def of(cls, order: np.ndarray, r: _Round) -> _FirstRound:
         import polars as pl
 
-        a_rows, b_rows = order[r.absorbing], order[r.absorbing + 1]
-        return cls(order[r.keep], a_rows, b_rows, pl.Series(a_rows), pl.Series(b_rows))
+        a_rows, b_rows, kept = order[r.absorbing], order[r.absorbing + 1], order[r.keep]
+        landing = pl.Series(r.landing.astype(kept.dtype, copy=False))
+        return cls(
+            kept, a_rows, b_rows, pl.Series(a_rows), pl.Series(b_rows), pl.Series(kept), landing
+        )
+
+
+def _below_all(s: pl.Series) -> tuple[pl.Series, object] | None:
+    """The column's physical values with nulls replaced by a value below every value in it,
+    and that value; None where there is no such value or the column has no nulls (booleans,
+    text and decimals keep their nulls: polars gathers a column with nulls several times slower
+    than one without)."""
+    import polars as pl
+
+    dtype = s.dtype
+    if not s.null_count() or dtype.is_decimal() or not (dtype.is_numeric() or dtype.is_temporal()):
+        return None
+    physical = s.to_physical()
+    low: object
+    if physical.dtype.is_float():
+        low = float("-inf")
+    elif physical.dtype.is_integer() and physical.dtype not in (pl.Int128, pl.UInt128):
+        low = int(np.iinfo(physical.head(0).to_numpy().dtype).min)
+    else:
+        return None
+    smallest = physical.min()
+    if smallest is None or smallest <= low:  # type: ignore[operator]
+        return None
+    return physical.fill_null(low), low
+
+
+def _one_round_column(stacked: pl.Series, first: _FirstRound) -> pl.Series:
+    """The merged column when every key is in at most two rows: each key's first row in key
+    order, gathered once, then patched where the second row's value is larger (null never
+    wins). Only the second rows are gathered besides, which halves the random reads of
+    gathering both rows of every pair."""
+    import polars as pl
+
+    filled = _below_all(stacked)
+    values = stacked if filled is None else filled[0]
+    out = values.gather(first.kept_series)
+    second = values.gather(first.b_series)
+    if len(second):
+        x, y = pl.col("x"), pl.col("y")
+        larger = (y > x) if filled is not None else larger_is_b(x, y)
+        pair = pl.DataFrame({"x": out.gather(first.landing), "y": second})
+        take_b = pair.select(larger.alias("b")).to_series()
+        out = out.scatter(first.landing.filter(take_b), second.filter(take_b))
+    if filled is None:
+        return out
+    low = pl.lit(filled[1], dtype=out.dtype)
+    restored = pl.select(pl.when(pl.lit(out) != low).then(pl.lit(out))).to_series()
+    return restored.cast(stacked.dtype).alias(stacked.name)
 
 
 def _resolve_column(
@@ -202,6 +269,8 @@ def _resolve_column(
     wins)."""
     import polars as pl
 
+    if len(rounds) == 1 and first is not None:
+        return _one_round_column(stacked, first)
     column = _Column(stacked)
     w = order
     for i, r in enumerate(rounds):
@@ -240,13 +309,10 @@ def _merge_runs(
     order = ko.order.astype(np.uint32 if n < 2**32 else np.uint64, copy=False)
     rounds = _rounds(ko.same_next)
 
-    def stacked(c: str) -> pl.Series:
-        return pl.concat([df[c] for df in aligned], rechunk=True)
-
     first = _FirstRound.of(order, rounds[0]) if rounds else None
     done: dict[str, pl.Series] = {}
     if ts is not None and rounds:
-        stamps = stacked(ts)
+        stamps = _stacked(aligned, ts)
         done[ts] = _resolve_column(stamps, order, rounds, first)
         order, same_next = _newest_rows(order, ko.same_next, stamps, done[ts])
         rounds = _rounds(same_next)
@@ -258,16 +324,72 @@ def _merge_runs(
     def column(c: str) -> pl.Series:
         if c in done:
             return done[c]
+        return _resolve_column(_stacked(aligned, c), order, rounds, first)
+
+    return _assemble(key_frame, src, column, columns, schema)
+
+
+def _merge_pairs(
+    aligned: list[pl.DataFrame],
+    key_frame: pl.DataFrame,
+    pairs: Pairs,
+    columns: list[str],
+    schema: UnifiedSchema,
+) -> pl.DataFrame:
+    """Merge two frames whose rows `pairs` pairs by key (`dense`): one round."""
+    import polars as pl
+
+    first = _FirstRound(
+        pairs.kept,
+        pairs.kept[pairs.landing],
+        pairs.second,
+        pl.Series(pairs.kept[pairs.landing]),
+        pl.Series(pairs.second),
+        pl.Series(pairs.kept),
+        pl.Series(pairs.landing),
+    )
+    return _assemble(
+        key_frame,
+        pairs.kept,
+        lambda c: _one_round_column(_stacked(aligned, c), first),
+        columns,
+        schema,
+    )
+
+
+def _stacked(aligned: list[pl.DataFrame], c: str) -> pl.Series:
+    import polars as pl
+
+    return pl.concat([df[c] for df in aligned], rechunk=True)
+
+
+def _assemble(
+    key_frame: pl.DataFrame,
+    src: np.ndarray,
+    column: Callable[[str], pl.Series],
+    columns: list[str],
+    schema: UnifiedSchema,
+) -> pl.DataFrame:
+    """The merged frame: the keys of rows `src` (one per key, in key order) and each value
+    column from `column` (columns of nulls only stay so), resolved on a thread pool for large
+    merges."""
+    import polars as pl
+
+    keys = key_frame.columns
+    others = columns[key_frame.width :]
+
+    def one(c: str) -> pl.Series:
+        if c in keys:
+            return key_frame[c].gather(pl.Series(src))
         if schema.dtypes[c] == pl.Null:
             return pl.repeat(None, len(src), dtype=pl.Null, eager=True).alias(c)
-        return _resolve_column(stacked(c), order, rounds, first)
+        return column(c)
 
-    others = columns[key_frame.width :]
-    keys = key_frame.columns
     gathered = _map(
-        lambda c: key_frame[c].gather(pl.Series(src)) if c in keys else column(c),
+        one,
         keys + others,
-        threaded=n >= _THREADED_MIN_ROWS,
+        threaded=key_frame.height >= _THREADED_MIN_ROWS,
+        slow=[c for c in keys + others if schema.dtypes[c] in (pl.String, pl.Binary)],
     )
     return pl.DataFrame(gathered)
 
@@ -289,10 +411,15 @@ def _newest_rows(
     return order[is_newest], run[1:] == run[:-1]
 
 
-def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
+def _map(
+    f: Callable[[str], pl.Series], names: list[str], threaded: bool, slow: Sequence[str] = ()
+) -> list[pl.Series]:
     """f over the column names, on a thread pool when worth it (polars and numpy release the
-    GIL), results in the names' order."""
+    GIL), the `slow` ones started first so that no long one is left running alone at the end;
+    results in the names' order."""
     if not threaded or len(names) < 2:
         return [f(c) for c in names]
+    start = [c for c in names if c in slow] + [c for c in names if c not in slow]
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        return list(pool.map(f, names))
+        done = dict(zip(start, pool.map(f, start)))
+    return [done[c] for c in names]
