@@ -42,21 +42,26 @@ def pair_rows(codes: np.ndarray, a_rows: int) -> Pairs | None:
     slots_b = _slots(codes[a_rows:], a_rows, span)
     if slots_a is None or slots_b is None:
         return None
-    in_a, in_b = slots_a >= 0, slots_b >= 0
-    present = np.logical_or(in_a, in_b, out=in_a)
-    first = slots_a[present]
-    second = slots_b[present]
-    both = second >= 0
-    both &= first >= 0
-    kept = np.where(first >= 0, first, second).astype(np.uint32)
-    return Pairs(kept, np.flatnonzero(both).astype(np.uint32), second[both].astype(np.uint32))
+    # As unsigned numbers an empty slot is the largest, and a's rows come before b's, so the
+    # smaller of a key's two slots is its first row.
+    first = np.minimum(slots_a, slots_b)
+    second = slots_b
+    present = first != _EMPTY
+    if not present.all():  # codes missing from the range
+        first, second = first[present], second[present]
+    landing = np.flatnonzero((second != _EMPTY) & (first < np.uint32(a_rows))).astype(np.uint32)
+    return Pairs(first, landing, second[landing])
+
+
+_EMPTY = np.uint32(0xFFFFFFFF)
 
 
 def _slots(codes: np.ndarray, first_row: int, span: int) -> np.ndarray | None:
-    """For each code in [0, span), the row holding it (numbered from `first_row`), else -1;
-    None if two rows hold the same code."""
-    slots = np.full(span, -1, dtype=np.int32)
-    slots[codes] = np.arange(first_row, first_row + len(codes), dtype=np.int32)
-    if np.count_nonzero(slots >= 0) != len(codes):
+    """For each code in [0, span), the row holding it (numbered from `first_row`), else
+    `_EMPTY`; None if two rows hold the same code."""
+    slots = np.full(span, _EMPTY, dtype=np.uint32)
+    # As signed indices (the codes are below 2**31): numpy converts uint64 indices first.
+    slots[codes.view(np.int64)] = np.arange(first_row, first_row + len(codes), dtype=np.uint32)
+    if span - np.count_nonzero(slots == _EMPTY) != len(codes):
         return None
     return slots
