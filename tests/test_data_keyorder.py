@@ -108,3 +108,36 @@ def test_text_keys_order_alike_by_value_rank_and_by_prefixes(
     ordered = [rows[i] for i in ko.order]
     assert ordered == sorted(rows)
     assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+@SETTINGS
+@given(keyed_frames())
+def test_text_read_in_parts_on_threads_orders_like_python(
+    parts: int, case: tuple[pl.DataFrame, list[str], list[int]]
+) -> None:
+    frame, names, segments = case
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keyorder, "_few_distinct", lambda s: False)  # text ordered by its bytes
+        mp.setattr(keyorder, "_PART_ROWS", 1)
+        mp.setattr(keyorder.threads, "CORES", parts)
+        ko = key_order(frame, names, segments)
+    rows = frame.select(names).rows()
+    ordered = [rows[i] for i in ko.order]
+    assert ordered == sorted(rows)
+    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+
+
+def test_uuid_like_text_read_in_parts_sorts_exactly() -> None:
+    rng = np.random.default_rng(5)
+    keys = [f"{x:032x}"[:9] + "-" + f"{x:032x}"[9:] for x in rng.integers(0, 2**40, 4000)]
+    keys += [k[:7] for k in keys[:50]] + keys[:700]  # prefixes of others, and duplicates
+    frame = pl.DataFrame({"k": keys})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keyorder, "_PART_ROWS", 1000)
+        parts = keyorder._Bytes(frame["k"]).parts
+        ko = key_order(frame, ["k"], [3000, len(keys) - 3000])
+    assert len(parts) == min(keyorder.threads.CORES, len(keys) // 1000)
+    ordered = [keys[int(i)] for i in ko.order]
+    assert ordered == sorted(keys)
+    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]

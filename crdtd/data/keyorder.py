@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crdtd.data import sort_codes
+from crdtd.data import sort_codes, threads
 
 if TYPE_CHECKING:
     import polars as pl
@@ -52,19 +52,22 @@ def key_code(frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int]) 
     return _pack([_column_code(frame[k], segments) for k in keys])
 
 
-def key_order(
-    frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int], code: Code | None = None
-) -> KeyOrder:
-    """Order the rows of `frame` (inputs stacked, `segments` their heights) by `keys`, or by
-    their `code` (`key_code`) where the caller has it already (the order packs in its place).
+def key_order(frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int]) -> KeyOrder:
+    """Order the rows of `frame` (inputs stacked, `segments` their heights) by `keys`.
 
     When every input is already sorted by key a stable sort merges the sorted runs in about
     linear time; otherwise polars or numpy sorts them (`sort_codes`)."""
-    n = frame.height
-    if n == 0:
+    code = key_code(frame, keys, segments) if frame.height else None
+    return order_by_code(frame, keys, segments, code)
+
+
+def order_by_code(
+    frame: pl.DataFrame, keys: Sequence[str], segments: Sequence[int], code: Code | None
+) -> KeyOrder:
+    """`key_order` from the keys' `code` (`key_code`, packed in its place), or by the single
+    text key's prefixes where `code` is None."""
+    if frame.height == 0:
         return KeyOrder(np.zeros(0, dtype=np.intp), np.zeros(0, dtype=bool))
-    if code is None:
-        code = key_code(frame, keys, segments)
     if code is None:
         return _text_order(frame[keys[0]], segments)
     return _sorted(code, segments)
@@ -87,8 +90,7 @@ def _sorted(code: Code, segments: Sequence[int], owned: bool = True) -> KeyOrder
         return _packed_sort(code.values if owned else code.values.copy(), row_bits, stable)
     low_bits = code.bits + row_bits - 64
     if low_bits + 2 * row_bits > 64 or (not stable and sort_codes.by_polars(code.values)):
-        order = _argsort(code.values, segments)
-        ordered = code.values[order]
+        order, ordered = _argsort(code.values, segments)
         return KeyOrder(order, ordered[1:] == ordered[:-1])
     ko = _packed_sort(code.values >> _U64(low_bits), row_bits, stable)
     tied = ko.same_next
@@ -135,11 +137,13 @@ def _is_text(s: pl.Series) -> bool:
     return s.dtype in (pl.String, pl.Binary)
 
 
-def _argsort(values: np.ndarray, segments: Sequence[int]) -> np.ndarray:
-    """Indices that sort `values`: a stable merge of the inputs' runs when each is sorted."""
+def _argsort(values: np.ndarray, segments: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices that sort `values`, and the values in that order: a stable merge of the
+    inputs' runs when each is sorted."""
     if runs_sorted(values, segments):
-        return np.argsort(values, kind="stable")
-    return sort_codes.argsort_u64(values)
+        order = np.argsort(values, kind="stable")
+        return order, values[order]
+    return sort_codes.argsort_sorted_u64(values)
 
 
 def runs_sorted(values: np.ndarray, segments: Sequence[int]) -> bool:
@@ -276,7 +280,40 @@ def _text_code(s: pl.Series) -> Code | None:
     return None
 
 
+# Text columns of at least twice this many rows are converted and read in row ranges, one
+# per core, on the merge's threads (Arrow's conversion of polars' string views is serial).
+_PART_ROWS = 1 << 18
+
+
 class _Bytes:
+    """The UTF-8 bytes of a text (or binary) column, read 8 at a time from any offset; a
+    large column in parts (row ranges), each converted and read on its own thread."""
+
+    def __init__(self, s: pl.Series) -> None:
+        n = len(s)
+        count = max(1, min(threads.CORES, n // _PART_ROWS))
+        self.bounds = np.array([n * i // count for i in range(count + 1)], dtype=np.int64)
+        spans = list(zip(self.bounds[:-1].tolist(), self.bounds[1:].tolist()))
+        self.parts = threads.map_threaded(
+            lambda ab: _BytesPart(s.slice(ab[0], ab[1] - ab[0])), spans
+        )
+
+    def chunk(self, rows: np.ndarray | None, offset: int, width: int) -> np.ndarray:
+        """`_BytesPart.chunk` over the whole column."""
+        if len(self.parts) == 1:
+            return self.parts[0].chunk(rows, offset, width)
+        if rows is None:
+            read = threads.map_threaded(lambda p: p.chunk(None, offset, width), self.parts)
+            return np.concatenate(read)
+        out = np.empty(len(rows), dtype=_U64)
+        part = np.searchsorted(self.bounds[1:-1], rows, side="right")
+        for i, p in enumerate(self.parts):
+            at = np.flatnonzero(part == i)
+            out[at] = p.chunk(rows[at] - self.bounds[i], offset, width)
+        return out
+
+
+class _BytesPart:
     """The UTF-8 bytes of a text (or binary) column, read 8 at a time from any offset."""
 
     def __init__(self, s: pl.Series) -> None:
@@ -343,7 +380,6 @@ _FIRST_WIDTH = 7  # bytes per code at the first level: 7 * 8 + 4 = 60 bits
 
 def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
     """Order of a text or binary column (see the module doc)."""
-    import polars as pl
 
     text = _Bytes(s)
     first = text.chunk(None, 0, _FIRST_WIDTH)
@@ -356,18 +392,11 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
     offset = _FIRST_WIDTH
     while open_.any():
         at = np.flatnonzero(open_)
-        left, right = pl.Series(order[at]), pl.Series(order[at + 1])
-        differ = (s.gather(left) != s.gather(right)).to_numpy()
+        differ = _neighbours_differ(s, order, at)
         if not differ.any():
             break
         # Runs of tied rows holding some different values are sorted again, whole.
-        run = np.zeros(len(order), dtype=np.int64)
-        np.cumsum(~same, out=run[1:])
-        redo = np.zeros(int(run[-1]) + 1, dtype=bool)
-        redo[run[at[differ]]] = True
-        pos = np.flatnonzero(redo[run])
-        local = np.zeros(len(pos), dtype=np.int64)
-        np.cumsum(run[pos][1:] != run[pos][:-1], out=local[1:])
+        pos, local = _runs_around(same, at[differ])
         run_bits = int(local[-1]).bit_length()
         width = max(1, min(_FIRST_WIDTH, (64 - run_bits - 4) // 8))
         rows = order[pos]
@@ -383,3 +412,32 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
         open_[pos[:-1][inner]] = (tied & goes_on)[inner]
         offset += width
     return KeyOrder(order, same)
+
+
+def _neighbours_differ(s: pl.Series, order: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Whether the values of rows order[at] and order[at + 1] differ, compared whole (a
+    long list in parts, on the merge's threads)."""
+    import polars as pl
+
+    count = max(1, min(threads.CORES, len(at) // _PART_ROWS))
+
+    def differ(part: np.ndarray) -> np.ndarray:
+        left, right = pl.Series(order[part]), pl.Series(order[part + 1])
+        return (s.gather(left) != s.gather(right)).to_numpy()
+
+    return np.concatenate(threads.map_threaded(differ, np.array_split(at, count)))
+
+
+def _runs_around(same: np.ndarray, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the runs of tied rows (`same`: whether each row ties with the next)
+    that hold any of the ascending positions `links`, in order, and the number of each one's
+    run among them (from 0)."""
+    ends = np.flatnonzero(~same)  # a run ends at each of these, and at the last row
+    which = np.unique(np.searchsorted(ends, links))
+    bounds = np.append(ends, len(same))
+    first = np.where(which > 0, bounds[which - 1] + 1, 0)
+    lengths = bounds[which] + 1 - first
+    local = np.repeat(np.arange(len(which), dtype=np.int64), lengths)
+    starts_in_pos = np.cumsum(lengths) - lengths
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(first - starts_in_pos, lengths)
+    return pos, local

@@ -37,3 +37,16 @@ def argsort_u64(values: np.ndarray) -> np.ndarray:
     import polars as pl
 
     return pl.Series(values, dtype=pl.UInt64).arg_sort().to_numpy(writable=True)
+
+
+def argsort_sorted_u64(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`argsort_u64` of `values` and the values in that order (polars gathers them faster
+    than numpy does by uint32 indices)."""
+    if not by_polars(values):
+        order = np.argsort(values)
+        return order, values[order]
+    import polars as pl
+
+    series = pl.Series(values, dtype=pl.UInt64)
+    indices = series.arg_sort()
+    return indices.to_numpy(writable=True), series.gather(indices).to_numpy()

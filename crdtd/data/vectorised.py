@@ -15,18 +15,16 @@ orders booleans, numbers, text (by code point), bytes, dates and times exactly l
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from crdtd.data import threads
 from crdtd.data.columnar import larger_is_b
 from crdtd.data.dense import Pairs, pair_rows
-from crdtd.data.keyorder import KeyOrder, key_code, key_order, runs_sorted
+from crdtd.data.keyorder import KeyOrder, key_code, order_by_code, runs_sorted
 from crdtd.data.schema import UnifiedSchema
 from crdtd.data.spec import MergeSpec
 from crdtd.data.twoway import merge_slices
@@ -34,8 +32,7 @@ from crdtd.data.twoway import merge_slices
 if TYPE_CHECKING:
     import polars as pl
 
-# Threads resolving columns, for merges of at least this many rows.
-_WORKERS = min(4, os.cpu_count() or 1)
+# Columns are resolved on threads (`threads`) for merges of at least this many rows.
 _THREADED_MIN_ROWS = 100_000
 
 
@@ -79,7 +76,7 @@ def merge_frames(
     if pairs is not None:
         out = _merge_pairs(aligned, key_frame, pairs, columns, schema)
     else:
-        ko = key_order(key_frame, keys, segments, code)
+        ko = order_by_code(key_frame, keys, segments, code)
         sliced = None
         if len(aligned) == 2 and aligned[0].height and aligned[1].height:
             sliced = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
@@ -415,18 +412,9 @@ def _newest_rows(
 def _map(
     f: Callable[[str], pl.Series], names: list[str], threaded: bool, slow: Sequence[str] = ()
 ) -> list[pl.Series]:
-    """f over the column names, on a thread pool when worth it (polars and numpy release the
-    GIL), the `slow` ones started first so that no long one is left running alone at the end;
-    results in the names' order."""
-    if not threaded or len(names) < 2:
-        return [f(c) for c in names]
+    """f over the column names, on the merge's threads when worth it, the `slow` ones started
+    first so that no long one is left running alone at the end; results in the names'
+    order."""
     start = [c for c in names if c in slow] + [c for c in names if c not in slow]
-    done = dict(zip(start, _column_pool().map(f, start)))
+    done = dict(zip(start, threads.map_threaded(f, start, threaded)))
     return [done[c] for c in names]
-
-
-@cache
-def _column_pool() -> ThreadPoolExecutor:
-    """The threads resolving columns, started once: starting them anew took about 5 ms a
-    merge."""
-    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="crdtd-columns")
