@@ -298,6 +298,11 @@ class _Bytes:
             lambda ab: _BytesPart(s.slice(ab[0], ab[1] - ab[0])), spans
         )
 
+    @property
+    def shortest(self) -> int:
+        """The length of the column's shortest value, in bytes."""
+        return min(p.shortest for p in self.parts)
+
     def chunk(self, rows: np.ndarray | None, offset: int, width: int) -> np.ndarray:
         """`_BytesPart.chunk` over the whole column."""
         if len(self.parts) == 1:
@@ -385,10 +390,12 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
     first = text.chunk(None, 0, _FIRST_WIDTH)
     ko = _sorted(Code(first, 8 * _FIRST_WIDTH + 4), segments, owned=False)
     order, same = ko.order, ko.same_next
-    # Tied and going on beyond the bytes compared so far.
+    # Tied and going on beyond the bytes compared so far (all tied ones where every value
+    # is longer than those bytes).
     open_ = same.copy()
-    at = np.flatnonzero(same)
-    open_[at] = (first[order[at]] & _U64(15)) == _U64(_FIRST_WIDTH + 1)
+    if text.shortest <= _FIRST_WIDTH:
+        at = np.flatnonzero(same)
+        open_[at] = (first[order[at]] & _U64(15)) == _U64(_FIRST_WIDTH + 1)
     offset = _FIRST_WIDTH
     while open_.any():
         at = np.flatnonzero(open_)
@@ -415,17 +422,14 @@ def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
 
 
 def _neighbours_differ(s: pl.Series, order: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Whether the values of rows order[at] and order[at + 1] differ, compared whole (a
-    long list in parts, on the merge's threads)."""
+    """Whether the values of rows order[at] and order[at + 1] differ, compared whole (in one
+    polars query, which gathers both sides at once without the GIL)."""
     import polars as pl
 
-    count = max(1, min(threads.CORES, len(at) // _PART_ROWS))
-
-    def differ(part: np.ndarray) -> np.ndarray:
-        left, right = pl.Series(order[part]), pl.Series(order[part + 1])
-        return (s.gather(left) != s.gather(right)).to_numpy()
-
-    return np.concatenate(threads.map_threaded(differ, np.array_split(at, count)))
+    rows = pl.LazyFrame({"left": order[at], "right": order[at + 1]})
+    values = pl.lit(s)
+    differ = values.gather(pl.col("left")) != values.gather(pl.col("right"))
+    return rows.select(differ).collect().to_series().to_numpy()
 
 
 def _runs_around(same: np.ndarray, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
