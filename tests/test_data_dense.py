@@ -51,9 +51,13 @@ def test_a_table_holding_a_key_twice_is_left_to_the_sort() -> None:
     assert pair_rows(np.array([0, 1, 2, 1, 0], dtype=np.uint64), 3) is not None  # in both
 
 
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), composite=st.booleans())
-def test_shuffled_dense_states_merge_directly_like_the_row_path(seed: int, composite: bool) -> None:
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), composite=st.booleans(), stamped=st.booleans())
+def test_shuffled_dense_states_merge_directly_like_the_row_path(
+    seed: int, composite: bool, stamped: bool
+) -> None:
+    """Two states (unique keys, any row order) with nulls and conflicting values; with a
+    timestamp `ts` drawn from 0..2 with nulls, so that pairs tie on it, or one side is newer."""
     rng = np.random.default_rng(seed)
     universe = rng.permutation(300)
     states = []
@@ -67,10 +71,14 @@ def test_shuffled_dense_states_merge_directly_like_the_row_path(seed: int, compo
                     pl.Series(rng.random(len(ids)) < 0.2), None
                 ),
                 "s": np.array(["x", "y", "zz"])[rng.integers(0, 3, len(ids))],
+                "ts": pl.Series(rng.integers(0, 3, len(ids))).set(
+                    pl.Series(rng.random(len(ids)) < 0.1), None
+                ),
             }
         )
         states.append(frame)
     key = ["site", "id"] if composite else "id"
+    timestamp = "ts" if stamped else None
     taken: list[bool] = []
     real = vectorised.pair_rows
 
@@ -82,8 +90,8 @@ def test_shuffled_dense_states_merge_directly_like_the_row_path(seed: int, compo
     vectorised_pair_rows = vectorised.pair_rows
     try:
         vectorised.pair_rows = spy  # type: ignore[assignment]
-        fast = merge(*states, key=key, fast_threshold=0)
+        fast = merge(*states, key=key, timestamp=timestamp, fast_threshold=0)
     finally:
         vectorised.pair_rows = vectorised_pair_rows
     assert taken == [True]
-    assert_frame_equal(fast, merge(*states, key=key, fast_threshold=10**9))
+    assert_frame_equal(fast, merge(*states, key=key, timestamp=timestamp, fast_threshold=10**9))

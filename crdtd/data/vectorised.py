@@ -71,10 +71,10 @@ def merge_frames(
     pairs = None
     # Two inputs not both in key order (those merge by slices, `twoway`) pair up directly
     # where their key codes are dense.
-    if code is not None and len(aligned) == 2 and ts is None:
+    if code is not None and len(aligned) == 2:
         pairs = None if runs_sorted(code.values, segments) else pair_rows(code.values, segments[0])
     if pairs is not None:
-        out = _merge_pairs(aligned, key_frame, pairs, columns, schema)
+        out = _merge_pairs(aligned, key_frame, pairs, columns, schema, ts)
     else:
         ko = order_by_code(key_frame, keys, segments, code)
         sliced = None
@@ -333,10 +333,15 @@ def _merge_pairs(
     pairs: Pairs,
     columns: list[str],
     schema: UnifiedSchema,
+    ts: str | None,
 ) -> pl.DataFrame:
-    """Merge two frames whose rows `pairs` pairs by key (`dense`): one round."""
+    """Merge two frames whose rows `pairs` pairs by key (`dense`): one round. With a
+    timestamp, a pair whose rows differ in it is its newer row; only tied pairs are joined."""
     import polars as pl
 
+    done: dict[str, pl.Series] = {}
+    if ts is not None:
+        pairs, done[ts] = _newest_pairs(_stacked(aligned, ts), pairs)
     first = _FirstRound(
         pairs.kept,
         pairs.kept[pairs.landing],
@@ -349,10 +354,28 @@ def _merge_pairs(
     return _assemble(
         key_frame,
         pairs.kept,
-        lambda c: _one_round_column(_stacked(aligned, c), first),
+        lambda c: done[c] if c in done else _one_round_column(_stacked(aligned, c), first),
         columns,
         schema,
     )
+
+
+def _newest_pairs(stamps: pl.Series, pairs: Pairs) -> tuple[Pairs, pl.Series]:
+    """The pairs whose two rows hold the same timestamp (a null the oldest), each key's
+    first row replaced by its second where that is newer; and each key's newest timestamp."""
+    import polars as pl
+
+    first, second = stamps.gather(pairs.kept[pairs.landing]), stamps.gather(pairs.second)
+    both = pl.DataFrame({"a": first, "b": second})
+    newer_b, tied = both.select(
+        larger_is_b(pl.col("a"), pl.col("b")).alias("newer"),
+        pl.col("a").eq_missing(pl.col("b")).alias("tied"),
+    )
+    newer, same = newer_b.to_numpy(), tied.to_numpy()
+    kept = pairs.kept.copy()
+    kept[pairs.landing[newer]] = pairs.second[newer]
+    newest = stamps.gather(pl.Series(kept))
+    return Pairs(kept, pairs.landing[same], pairs.second[same]), newest
 
 
 def _stacked(aligned: list[pl.DataFrame], c: str) -> pl.Series:
