@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,16 +68,10 @@ def merge_frames(
     ts = spec.timestamp if stamped else None
     key_frame = pl.concat([df.select(keys) for df in aligned], rechunk=True)
     segments = [df.height for df in aligned]
-    code = key_code(key_frame, keys, segments) if key_frame.height else None
-    pairs = None
-    # Two inputs not both in key order (those merge by slices, `twoway`) pair up directly
-    # where their key codes are dense.
-    if code is not None and len(aligned) == 2:
-        pairs = None if runs_sorted(code.values, segments) else pair_rows(code.values, segments[0])
-    if pairs is not None:
-        out = _merge_pairs(aligned, key_frame, pairs, columns, schema, ts)
+    ko = _pairs_or_order(key_frame, keys, segments)
+    if isinstance(ko, Pairs):
+        out = _merge_pairs(aligned, key_frame, ko, columns, schema, ts)
     else:
-        ko = order_by_code(key_frame, keys, segments, code)
         sliced = None
         if len(aligned) == 2 and aligned[0].height and aligned[1].height:
             sliced = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
@@ -88,6 +83,20 @@ def merge_frames(
     if spec.drop_deleted and spec.tombstone is not None:
         out = out.filter(~pl.col(spec.tombstone))
     return out.select(columns).cast(pl.Schema(schema.dtypes))
+
+
+def _pairs_or_order(
+    key_frame: pl.DataFrame, keys: list[str], segments: list[int]
+) -> Pairs | KeyOrder:
+    """Two inputs not both in key order (those merge by slices, `twoway`) pair up directly
+    where their key codes are dense (`dense`); other inputs are put in key order. (The codes
+    are dropped on return: the order is packed in their place.)"""
+    code = key_code(key_frame, keys, segments) if key_frame.height else None
+    if code is not None and len(segments) == 2 and not runs_sorted(code.values, segments):
+        pairs = pair_rows(code.values, segments[0])
+        if pairs is not None:
+            return pairs
+    return order_by_code(key_frame, keys, segments, code)
 
 
 def _rounds(same_next: np.ndarray) -> list[_Round]:
@@ -191,25 +200,40 @@ class _Column:
 
 @dataclass(frozen=True)
 class _FirstRound:
-    """The first round's row indices, the same for every column (computed once)."""
+    """The first round's row indices, the same for every column (computed once): the rows
+    kept (each key's first), the pairs' two rows, and where the pairs land among the kept."""
 
     kept: np.ndarray
     a_rows: np.ndarray
     b_rows: np.ndarray
+    landing_rows: np.ndarray
     a_series: pl.Series
     b_series: pl.Series
-    kept_series: pl.Series
-    landing: pl.Series
 
     @classmethod
     def of(cls, order: np.ndarray, r: _Round) -> _FirstRound:
+        return cls.pairs(order[r.keep], order[r.absorbing], order[r.absorbing + 1], r.landing)
+
+    @classmethod
+    def pairs(
+        cls, kept: np.ndarray, a_rows: np.ndarray, b_rows: np.ndarray, landing: np.ndarray
+    ) -> _FirstRound:
         import polars as pl
 
-        a_rows, b_rows, kept = order[r.absorbing], order[r.absorbing + 1], order[r.keep]
-        landing = pl.Series(r.landing.astype(kept.dtype, copy=False))
-        return cls(
-            kept, a_rows, b_rows, pl.Series(a_rows), pl.Series(b_rows), pl.Series(kept), landing
-        )
+        return cls(kept, a_rows, b_rows, landing, pl.Series(a_rows), pl.Series(b_rows))
+
+    @cached_property
+    def kept_series(self) -> pl.Series:
+        """`kept` for polars (made when first asked: a merge of several rounds never does)."""
+        import polars as pl
+
+        return pl.Series(self.kept)
+
+    @cached_property
+    def landing(self) -> pl.Series:
+        import polars as pl
+
+        return pl.Series(self.landing_rows.astype(self.kept.dtype, copy=False))
 
 
 def _below_all(s: pl.Series) -> tuple[pl.Series, object] | None:
@@ -337,20 +361,11 @@ def _merge_pairs(
 ) -> pl.DataFrame:
     """Merge two frames whose rows `pairs` pairs by key (`dense`): one round. With a
     timestamp, a pair whose rows differ in it is its newer row; only tied pairs are joined."""
-    import polars as pl
 
     done: dict[str, pl.Series] = {}
     if ts is not None:
         pairs, done[ts] = _newest_pairs(_stacked(aligned, ts), pairs)
-    first = _FirstRound(
-        pairs.kept,
-        pairs.kept[pairs.landing],
-        pairs.second,
-        pl.Series(pairs.kept[pairs.landing]),
-        pl.Series(pairs.second),
-        pl.Series(pairs.kept),
-        pl.Series(pairs.landing),
-    )
+    first = _FirstRound.pairs(pairs.kept, pairs.kept[pairs.landing], pairs.second, pairs.landing)
     return _assemble(
         key_frame,
         pairs.kept,
@@ -410,7 +425,6 @@ def _assemble(
         one,
         keys + others,
         threaded=key_frame.height >= _THREADED_MIN_ROWS,
-        slow=[c for c in keys + others if schema.dtypes[c] in (pl.String, pl.Binary)],
     )
     return pl.DataFrame(gathered)
 
@@ -432,12 +446,7 @@ def _newest_rows(
     return order[is_newest], run[1:] == run[:-1]
 
 
-def _map(
-    f: Callable[[str], pl.Series], names: list[str], threaded: bool, slow: Sequence[str] = ()
-) -> list[pl.Series]:
-    """f over the column names, on the merge's threads when worth it, the `slow` ones started
-    first so that no long one is left running alone at the end; results in the names'
+def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
+    """f over the column names, on the merge's threads when worth it; results in the names'
     order."""
-    start = [c for c in names if c in slow] + [c for c in names if c not in slow]
-    done = dict(zip(start, threads.map_threaded(f, start, threaded)))
-    return [done[c] for c in names]
+    return threads.map_threaded(f, names, threaded)
