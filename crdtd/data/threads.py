@@ -14,14 +14,13 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-CORES = min(4, os.cpu_count() or 1)
-WORKERS = CORES
+CORES = min(4, os.cpu_count() or 1)  # threads in the pool, and parts a column is read in
 
 
 @cache
 def pool() -> ThreadPoolExecutor:
     """The merge's thread pool."""
-    return ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="crdtd-merge")
+    return ThreadPoolExecutor(max_workers=CORES, thread_name_prefix="crdtd-merge")
 
 
 def map_threaded(f: Callable[[T], R], items: Iterable[T], threaded: bool = True) -> list[R]:

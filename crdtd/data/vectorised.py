@@ -68,17 +68,17 @@ def merge_frames(
     ts = spec.timestamp if stamped else None
     key_frame = pl.concat([df.select(keys) for df in aligned], rechunk=True)
     segments = [df.height for df in aligned]
-    ko = _pairs_or_order(key_frame, keys, segments)
-    if isinstance(ko, Pairs):
-        out = _merge_pairs(aligned, key_frame, ko, columns, schema, ts)
+    arranged = _pairs_or_order(key_frame, keys, segments)
+    if isinstance(arranged, Pairs):
+        out = _merge_pairs(aligned, key_frame, arranged, columns, schema, ts)
     else:
         sliced = None
         if len(aligned) == 2 and aligned[0].height and aligned[1].height:
-            sliced = merge_slices(aligned[0], aligned[1], ko, keys, columns, ts)
+            sliced = merge_slices(aligned[0], aligned[1], arranged, keys, columns, ts)
         out = (
             sliced
             if sliced is not None
-            else _merge_runs(aligned, key_frame, ko, columns, schema, ts)
+            else _merge_runs(aligned, key_frame, arranged, columns, schema, ts)
         )
     if spec.drop_deleted and spec.tombstone is not None:
         out = out.filter(~pl.col(spec.tombstone))
@@ -231,6 +231,7 @@ class _FirstRound:
 
     @cached_property
     def landing(self) -> pl.Series:
+        """`landing_rows` for polars, typed like the kept rows."""
         import polars as pl
 
         return pl.Series(self.landing_rows.astype(self.kept.dtype, copy=False))
@@ -394,6 +395,8 @@ def _newest_pairs(stamps: pl.Series, pairs: Pairs) -> tuple[Pairs, pl.Series]:
 
 
 def _stacked(aligned: list[pl.DataFrame], c: str) -> pl.Series:
+    """Column `c` of every input, one after another in one chunk (polars gathers from a
+    column of several chunks many times slower)."""
     import polars as pl
 
     return pl.concat([df[c] for df in aligned], rechunk=True)
@@ -421,12 +424,8 @@ def _assemble(
             return pl.repeat(None, len(src), dtype=pl.Null, eager=True).alias(c)
         return column(c)
 
-    gathered = _map(
-        one,
-        keys + others,
-        threaded=key_frame.height >= _THREADED_MIN_ROWS,
-    )
-    return pl.DataFrame(gathered)
+    threaded = key_frame.height >= _THREADED_MIN_ROWS
+    return pl.DataFrame(threads.map_threaded(one, keys + others, threaded))
 
 
 def _newest_rows(
@@ -444,9 +443,3 @@ def _newest_rows(
     is_newest = row_stamp.eq_missing(newest.gather(pl.Series(run))).to_numpy()
     run = run[is_newest]
     return order[is_newest], run[1:] == run[:-1]
-
-
-def _map(f: Callable[[str], pl.Series], names: list[str], threaded: bool) -> list[pl.Series]:
-    """f over the column names, on the merge's threads when worth it; results in the names'
-    order."""
-    return threads.map_threaded(f, names, threaded)
