@@ -65,6 +65,15 @@ def keyed_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, list[str], list[int]]:
     return frame, names, segments
 
 
+def assert_python_order(frame: pl.DataFrame, names: list[str], ko: keyorder.KeyOrder) -> None:
+    """`ko` puts the rows in the order Python's sort gives their keys, and `same_next` says
+    exactly which neighbours hold equal keys."""
+    rows = frame.select(names).rows()
+    ordered = [rows[i] for i in ko.order]
+    assert ordered == sorted(rows)
+    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+
+
 @SETTINGS
 @given(keyed_frames())
 def test_rows_come_in_python_key_order_and_ties_are_exact(
@@ -72,11 +81,8 @@ def test_rows_come_in_python_key_order_and_ties_are_exact(
 ) -> None:
     frame, names, segments = case
     ko = key_order(frame, names, segments)
-    rows = frame.select(names).rows()
     assert sorted(ko.order.tolist()) == list(range(frame.height))
-    ordered = [rows[i] for i in ko.order]
-    assert ordered == sorted(rows)
-    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+    assert_python_order(frame, names, ko)
 
 
 def test_uuid_like_text_with_shared_prefixes_and_duplicates_sorts_exactly() -> None:
@@ -104,10 +110,7 @@ def test_text_keys_order_alike_by_value_rank_and_by_prefixes(
         if way == "ranked-by-search":
             mp.setattr(keyorder, "_slot_shift", lambda hashes, bits: None)
         ko = key_order(frame, names, segments)
-    rows = frame.select(names).rows()
-    ordered = [rows[i] for i in ko.order]
-    assert ordered == sorted(rows)
-    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+    assert_python_order(frame, names, ko)
 
 
 @pytest.mark.parametrize("parts", [2, 3])
@@ -122,10 +125,7 @@ def test_text_read_in_parts_on_threads_orders_like_python(
         mp.setattr(keyorder, "_PART_ROWS", 1)
         mp.setattr(keyorder.threads, "CORES", parts)
         ko = key_order(frame, names, segments)
-    rows = frame.select(names).rows()
-    ordered = [rows[i] for i in ko.order]
-    assert ordered == sorted(rows)
-    assert ko.same_next.tolist() == [x == y for x, y in itertools.pairwise(ordered)]
+    assert_python_order(frame, names, ko)
 
 
 def test_uuid_like_text_read_in_parts_sorts_exactly() -> None:
