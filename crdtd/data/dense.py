@@ -60,7 +60,7 @@ def _slots(codes: np.ndarray, first_row: int, span: int) -> np.ndarray | None:
     """For each code in [0, span), the row holding it (numbered from `first_row`), else
     `_EMPTY`; None if two rows hold the same code."""
     slots = np.full(span, _EMPTY, dtype=np.uint32)
-    # As signed indices (the codes are below 2**31): numpy converts uint64 indices first.
+    # As signed indices (the codes are below 2 * 2**31): numpy converts uint64 ones first.
     slots[codes.view(np.int64)] = np.arange(first_row, first_row + len(codes), dtype=np.uint32)
     if span - np.count_nonzero(slots == _EMPTY) != len(codes):
         return None

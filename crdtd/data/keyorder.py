@@ -319,7 +319,8 @@ class _Bytes:
 
 
 class _BytesPart:
-    """The UTF-8 bytes of a text (or binary) column, read 8 at a time from any offset."""
+    """The UTF-8 bytes of one row range of a `_Bytes` column, read 8 at a time from any
+    offset."""
 
     def __init__(self, s: pl.Series) -> None:
         import pyarrow as pa
@@ -385,7 +386,6 @@ _FIRST_WIDTH = 7  # bytes per code at the first level: 7 * 8 + 4 = 60 bits
 
 def _text_order(s: pl.Series, segments: Sequence[int]) -> KeyOrder:
     """Order of a text or binary column (see the module doc)."""
-
     text = _Bytes(s)
     first = text.chunk(None, 0, _FIRST_WIDTH)
     ko = _sorted(Code(first, 8 * _FIRST_WIDTH + 4), segments, owned=False)
