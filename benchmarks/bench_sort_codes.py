@@ -4,10 +4,10 @@ The vectorised table merge sorts unsigned 64-bit key codes (code and row number 
 one word, and arg-sorts of codes too wide for that). `crdtd/data/sort_codes.py` hands those
 of 65,536 codes and more to polars; this prints, for `--n` codes shaped like the packed ones
 (a 21-bit key and a 21-bit row number) and for 64-bit codes to arg-sort (alone, and with
-the codes in sorted order, as the text keys' first bytes need), numpy's time, polars' and `sort_speedup_vs_numpy` /
-`argsort_speedup_vs_numpy` / `argsort_sorted_speedup_vs_numpy` (numpy's sort takes its
-AVX-512 path where the CPU has it, which on AMD Zen 4 is several times slower than its AVX2
-one).
+the codes in sorted order, as the text keys' first bytes need), numpy's time, polars' and
+`sort_speedup_vs_numpy` / `argsort_speedup_vs_numpy` / `argsort_sorted_speedup_vs_numpy`
+(numpy's sort takes its AVX-512 path where the CPU has it, which on AMD Zen 4 is several
+times slower than its AVX2 one).
 
   python benchmarks/bench_sort_codes.py [--n 2000000]
 """

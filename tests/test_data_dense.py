@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import crdtd.data.vectorised as vectorised
 from crdtd.data import merge
-from crdtd.data.dense import SLOTS_PER_ROW, pair_rows
+from crdtd.data.dense import SLOTS_PER_ROW, Pairs, pair_rows
 
 
 def expected_pairs(codes: list[int], a_rows: int) -> tuple[list[int], list[int], list[int]]:
@@ -82,16 +83,13 @@ def test_shuffled_dense_states_merge_directly_like_the_row_path(
     taken: list[bool] = []
     real = vectorised.pair_rows
 
-    def spy(*args: object) -> object:
-        result = real(*args)  # type: ignore[arg-type]
+    def spy(codes: np.ndarray, a_rows: int) -> Pairs | None:
+        result = real(codes, a_rows)
         taken.append(result is not None)
         return result
 
-    vectorised_pair_rows = vectorised.pair_rows
-    try:
-        vectorised.pair_rows = spy  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vectorised, "pair_rows", spy)
         fast = merge(*states, key=key, timestamp=timestamp, fast_threshold=0)
-    finally:
-        vectorised.pair_rows = vectorised_pair_rows
     assert taken == [True]
     assert_frame_equal(fast, merge(*states, key=key, timestamp=timestamp, fast_threshold=10**9))

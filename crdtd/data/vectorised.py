@@ -201,30 +201,36 @@ class _Column:
 @dataclass(frozen=True)
 class _FirstRound:
     """The first round's row indices, the same for every column (computed once): the rows
-    kept (each key's first), the pairs' two rows, and where the pairs land among the kept."""
+    kept (each key's first), the pairs' second rows, and where the pairs land among the kept
+    (so their first rows are `kept[landing_rows]`). The polars copies are made when first
+    asked for: a merge of one round and one of several need different ones."""
 
     kept: np.ndarray
-    a_rows: np.ndarray
     b_rows: np.ndarray
     landing_rows: np.ndarray
-    a_series: pl.Series
-    b_series: pl.Series
 
     @classmethod
     def of(cls, order: np.ndarray, r: _Round) -> _FirstRound:
-        return cls.pairs(order[r.keep], order[r.absorbing], order[r.absorbing + 1], r.landing)
+        return cls(order[r.keep], order[r.absorbing + 1], r.landing)
 
-    @classmethod
-    def pairs(
-        cls, kept: np.ndarray, a_rows: np.ndarray, b_rows: np.ndarray, landing: np.ndarray
-    ) -> _FirstRound:
+    @cached_property
+    def a_rows(self) -> np.ndarray:
+        return self.kept[self.landing_rows]
+
+    @cached_property
+    def a_series(self) -> pl.Series:
         import polars as pl
 
-        return cls(kept, a_rows, b_rows, landing, pl.Series(a_rows), pl.Series(b_rows))
+        return pl.Series(self.a_rows)
+
+    @cached_property
+    def b_series(self) -> pl.Series:
+        import polars as pl
+
+        return pl.Series(self.b_rows)
 
     @cached_property
     def kept_series(self) -> pl.Series:
-        """`kept` for polars (made when first asked: a merge of several rounds never does)."""
         import polars as pl
 
         return pl.Series(self.kept)
@@ -243,6 +249,7 @@ def _below_all(s: pl.Series) -> tuple[pl.Series, object] | None:
     text and decimals keep their nulls: polars gathers a column with nulls several times slower
     than one without)."""
     import polars as pl
+    from polars.datatypes import IntegerType
 
     dtype = s.dtype
     if not s.null_count() or dtype.is_decimal() or not (dtype.is_numeric() or dtype.is_temporal()):
@@ -251,8 +258,8 @@ def _below_all(s: pl.Series) -> tuple[pl.Series, object] | None:
     low: object
     if physical.dtype.is_float():
         low = float("-inf")
-    elif physical.dtype.is_integer() and physical.dtype not in (pl.Int128, pl.UInt128):
-        low = int(np.iinfo(physical.head(0).to_numpy().dtype).min)
+    elif isinstance(physical.dtype, IntegerType) and physical.dtype not in (pl.Int128, pl.UInt128):
+        low = pl.select(physical.dtype.min()).item()  # the type's minimum, as a literal
     else:
         return None
     smallest = physical.min()
@@ -366,7 +373,7 @@ def _merge_pairs(
     done: dict[str, pl.Series] = {}
     if ts is not None:
         pairs, done[ts] = _newest_pairs(_stacked(aligned, ts), pairs)
-    first = _FirstRound.pairs(pairs.kept, pairs.kept[pairs.landing], pairs.second, pairs.landing)
+    first = _FirstRound(pairs.kept, pairs.second, pairs.landing)
     return _assemble(
         key_frame,
         pairs.kept,
